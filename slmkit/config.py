@@ -1,0 +1,208 @@
+"""Typed configuration for every stage.
+
+Precedence, implemented once in `load_config`: defaults < YAML file < env `SLM_<SECTION>__<KEY>` <
+CLI overrides (`--set section.key=value` and the named flags). Unknown keys and bad values are
+rejected with the dotted field path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from slmkit.errors import SlmError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    base_model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local HF folder, or a hub id")
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class ColumnMap(_Strict):
+    """Which source columns hold what. `messages` wins over input/output when set."""
+
+    input: str | None = None
+    output: str | None = None
+    system: str | None = None
+    messages: str | None = None
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: str = "slmkit"
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="CSV/TSV/JSON/JSONL file, relative to the config file")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl"] = "auto"
+    json_field: str | None = Field(None, description="for JSON: the key holding the list of rows")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    system_prompt: str | None = Field(None, description="system message for every row; {labels} expands to the label list")
+    task: Literal["auto", "classification", "generation"] = "auto"
+    dedup: bool = True
+    max_rows: int | None = Field(None, gt=0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    license: str | None = None
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: Literal["auto"] | list[str] = "auto"
+
+
+class TrainConfig(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_seq_len: int = Field(512, gt=8)
+    save_steps: int = Field(50, gt=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    logging_steps: int = Field(5, gt=0)
+    seed: int = 0
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
+
+
+class EvalConfig(_Strict):
+    max_new_tokens: int = Field(32, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_examples: int | None = Field(None, gt=0)
+    compare_base: bool = True
+
+
+class ExportConfig(_Strict):
+    formats: list[Literal["merged"]] = Field(default_factory=lambda: ["merged"])
+    verify_tolerance: float = Field(1e-3, gt=0, description="max abs logit diff allowed for the merged export")
+
+
+class BuildConfig(_Strict):
+    name: str = "run"
+    output_dir: str = "runs"
+    stages: list[Literal["data", "train", "eval", "export"]] = Field(
+        default_factory=lambda: ["data", "train", "eval", "export"])
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    config_dir: str | None = Field(None, description="set by the loader: folder of the YAML, for relative paths")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError("must be a plain folder name (no slashes, not starting with '.')")
+        return v
+
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.setdefault(p, {})
+    tree[leaf] = value
+
+
+def _parse_scalar(text: str) -> Any:
+    """'3' -> 3, 'true' -> True, '[a, b]' -> list: YAML's own scalar rules, so env and CLI agree."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict:
+    """`SLM_TRAIN__LR=1e-4` -> {"train": {"lr": 1e-4}}. Single-underscore SLM_* vars (SLM_HOME...) are not config."""
+    tree: dict = {}
+    for key, val in (environ if environ is not None else os.environ).items():
+        if key.startswith("SLM_") and "__" in key:
+            _set_path(tree, key[4:].lower().replace("__", "."), _parse_scalar(val))
+    return tree
+
+
+def cli_overrides(pairs: list[str]) -> dict:
+    """['train.lr=1e-4', 'name=x'] -> nested dict."""
+    tree: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SlmError(f"--set {pair!r} is not KEY=VALUE", "e.g. --set train.lr=1e-4")
+        key, val = pair.split("=", 1)
+        _set_path(tree, key.strip(), _parse_scalar(val))
+    return tree
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SlmError(f"config file not found: {path}", "pass the path of a YAML file, e.g. examples/intent-router/build.yaml")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise SlmError(f"{path}: invalid YAML ({str(e).splitlines()[0]})", "check indentation and quoting") from None
+    if not isinstance(data, dict):
+        raise SlmError(f"{path}: top level must be a mapping of sections", "see examples/intent-router/build.yaml")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                environ: dict[str, str] | None = None) -> BuildConfig:
+    """defaults < YAML < env SLM_* < CLI overrides, validated once."""
+    merged: dict = {}
+    if path is not None:
+        merged = _deep_merge(merged, read_yaml(path))
+        merged["config_dir"] = str(Path(path).resolve().parent)
+    merged = _deep_merge(merged, env_overrides(environ))
+    merged = _deep_merge(merged, overrides or {})
+    try:
+        return BuildConfig.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        src = f"{path}: " if path else ""
+        hint = "remove or rename that key; `slm config show` prints every valid key" if err["type"] == "extra_forbidden" \
+            else "fix the value; `slm config show` prints the merged config"
+        raise SlmError(f"{src}config field '{where}': {err['msg']}", hint) from None
+
+
+def redact(obj: Any) -> Any:
+    """Copy of a config dict with values of secret-looking keys replaced."""
+    if isinstance(obj, dict):
+        return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def resolve_path(cfg: BuildConfig, p: str | Path) -> Path:
+    """Paths in a config are relative to the config file's folder."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else Path(cfg.config_dir or ".") / p

@@ -1,0 +1,261 @@
+"""Supervised fine-tuning (LoRA or full) on canonical chat records, resumable from checkpoints.
+
+Reads <run>/data/{train,val}.jsonl, writes <run>/train/: checkpoints/step-N/ (atomic), final/,
+log.jsonl, loss.png. Goes through accelerate, so `accelerate launch` / torchrun (DDP, FSDP,
+DeepSpeed configs) run the same code on many devices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from slmkit.config import BuildConfig
+from slmkit.errors import SlmError
+from slmkit.hardware import detect, setup_threads
+from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+from slmkit.models import load_model, load_tokenizer, resolve_model
+from slmkit.train.collate import batch_order, collate, encode_chat, steps_for
+from slmkit.train.losses import assistant_ce_loss
+
+log = logging.getLogger("slmkit")
+
+
+def find_lora_targets(model, requested: str | list[str]) -> list[str]:
+    """Names of the Linear layers LoRA can wrap (all of them for 'auto'), excluding the output head."""
+    head = model.get_output_embeddings()
+    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and m is not head})
+    if requested == "auto":
+        return names
+    bad = [t for t in requested if t not in names]
+    if bad:
+        raise SlmError(f"train.lora.target_modules: {', '.join(bad)} not in this model",
+                       f"valid names for {model.config.model_type}: {', '.join(names)} (or 'auto')")
+    return list(requested)
+
+
+def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
+    """Encode a JSONL split; drop rows whose assistant tokens were all cut by max_len (returns count)."""
+    out, dropped = [], 0
+    for rec in read_jsonl(path):
+        ex = encode_chat(tok, rec["messages"], max_len)
+        if any(t != -100 for t in ex["labels"][1:]):
+            out.append(ex)
+        else:
+            dropped += 1
+    return out, dropped
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """Newest complete checkpoint. Checkpoints appear by atomic rename, so any step-N folder is whole."""
+    found = [(int(m.group(1)), p) for p in ckpt_root.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return max(found)[1] if found else None
+
+
+def _save_weights(model, folder: Path, lora: bool) -> None:
+    if lora:
+        model.save_pretrained(folder, safe_serialization=True)
+    else:
+        from safetensors.torch import save_model
+
+        save_model(model, str(folder / "model.safetensors"))  # handles tied embeddings
+
+
+def _load_weights(model, folder: Path, lora: bool) -> None:
+    if lora:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+    else:
+        from safetensors.torch import load_model as st_load_model
+
+        st_load_model(model, str(folder / "model.safetensors"))
+
+
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, lora: bool, keep: int) -> Path:
+    dest = root / f"step-{step}"
+    with atomic_dir(dest) as tmp:
+        _save_weights(model, tmp, lora)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+        atomic_write_json(tmp / "state.json", state)
+    for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, lora: bool) -> dict:
+    _load_weights(model, folder, lora)
+    blob = torch.load(folder / "trainer_state.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"])
+    return json.loads((folder / "state.json").read_text())
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples: list[dict], pad_id: int, batch_size: int, autocast) -> float | None:
+    """Token-weighted mean assistant loss on held-out examples."""
+    if not examples:
+        return None
+    model.eval()
+    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+    for i in range(0, len(order), batch_size):
+        batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        with autocast():
+            loss, n = assistant_ce_loss(model, **{k: v.to(model.device) for k, v in batch.items()})
+        total, count = total + float(loss) * n, count + n
+    model.train()
+    return total / max(count, 1)
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    transient=False)
+
+
+def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
+    """Fine-tune cfg.model.base_model on <run_dir>/data; return a summary for the manifest."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    t_cfg, out = cfg.train, Path(run_dir) / "train"
+    data_dir = Path(run_dir) / "data"
+    if not (data_dir / "train.jsonl").is_file():
+        raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
+    hw = detect(t_cfg.device, t_cfg.dtype)
+    setup_threads()
+    lora = t_cfg.method == "lora"
+    accelerator = Accelerator(cpu=hw.device == "cpu", mixed_precision="bf16" if hw.dtype == "bfloat16" else
+                              "fp16" if hw.dtype == "float16" else "no", log_with=t_cfg.report_to or None,
+                              project_dir=str(out))
+    torch.manual_seed(t_cfg.seed)
+    resolved = resolve_model(cfg.model.base_model)
+    tok = load_tokenizer(resolved, cfg.model.trust_remote_code)
+    # Master weights stay fp32; bf16/fp16 come from autocast (accelerate's mixed_precision).
+    model = load_model(resolved, "float32", "cpu", cfg.model.trust_remote_code)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        targets = find_lora_targets(model, t_cfg.lora.target_modules)
+        model = get_peft_model(model, LoraConfig(r=t_cfg.lora.r, lora_alpha=t_cfg.lora.alpha, lora_dropout=t_cfg.lora.dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    model.train()
+
+    train_ex, cut = encode_split(tok, data_dir / "train.jsonl", t_cfg.max_seq_len)
+    val_ex, _ = encode_split(tok, data_dir / "val.jsonl", t_cfg.max_seq_len) if (data_dir / "val.jsonl").is_file() else ([], 0)
+    if not train_ex:
+        raise SlmError("every training row lost its answer to train.max_seq_len truncation", "raise train.max_seq_len")
+    lengths = [len(e["input_ids"]) for e in train_ex]
+    n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
+    total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    pad_id = tok.pad_token_id
+
+    ckpt_root = out / "checkpoints"
+    state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
+    if resume and (ckpt := latest_checkpoint(ckpt_root)):
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
+        log.info("resumed from %s (step %d of %d)", ckpt, state["step"], total_steps)
+    elif not resume and ckpt_root.exists():
+        shutil.rmtree(ckpt_root)  # a fresh run must not resume from someone else's checkpoints later
+    accelerator.init_trackers("slmkit", config={"run": cfg.name, **t_cfg.model_dump()})
+
+    log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s", cfg.model.base_model, len(train_ex),
+             cut, total_steps, t_cfg.method, hw.reason)
+    window, win_tok, t_start = [], 0, time.monotonic()
+    per_epoch = math.ceil(n_batches / t_cfg.grad_accum) * t_cfg.grad_accum
+    order_cache: dict[int, list[list[int]]] = {}
+    rank, world = accelerator.process_index, accelerator.num_processes
+    prog = _progress() if show_progress and accelerator.is_main_process else None
+    task = prog.add_task("train", total=total_steps, completed=state["step"], loss="-") if prog else None
+    if prog:
+        prog.start()
+    try:
+        for step in range(state["step"], total_steps):
+            for micro in range(t_cfg.grad_accum):
+                epoch, pos = divmod(step * t_cfg.grad_accum + micro, per_epoch)
+                order = order_cache.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))
+                rows = order[pos % len(order)][rank::world] or order[pos % len(order)]
+                batch = {k: v.to(accelerator.device) for k, v in collate([train_ex[i] for i in rows], pad_id).items()}
+                with accelerator.autocast():
+                    loss, n_tok = assistant_ce_loss(model, **batch)
+                accelerator.backward(loss / t_cfg.grad_accum)
+                window.append(loss.detach().item())
+                win_tok += n_tok
+                state["tokens"] += int(batch["attention_mask"].sum())
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
+                entry = {"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                         "tokens": state["tokens"], "seconds": round(state["seconds"] + time.monotonic() - t_start, 2)}
+                state["history"].append(entry)
+                accelerator.log({"train/loss": entry["loss"], "train/lr": entry["lr"]}, step=state["step"])
+                log.info("step %d/%d loss %.4f", state["step"], total_steps, entry["loss"])
+                window, win_tok = [], 0
+                if prog:
+                    prog.update(task, loss=f"{entry['loss']:.4f}")
+            if prog:
+                prog.update(task, completed=state["step"])
+            if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
+                state["seconds"] = state["seconds"] + time.monotonic() - t_start
+                t_start = time.monotonic()
+                save_checkpoint(ckpt_root, state["step"], accelerator.unwrap_model(model), optimizer, scheduler, state,
+                                lora, t_cfg.keep_checkpoints)
+    finally:
+        if prog:
+            prog.stop()
+    state["seconds"] += time.monotonic() - t_start
+
+    val_loss = evaluate_loss(model, val_ex, pad_id, t_cfg.batch_size, accelerator.autocast)
+    accelerator.log({"val/loss": val_loss} if val_loss is not None else {}, step=state["step"])
+    accelerator.end_training()
+    summary = {"steps": state["step"], "final_loss": state["history"][-1]["loss"], "val_loss": val_loss,
+               "train_rows": len(train_ex), "rows_cut": cut, "tokens": state["tokens"],
+               "seconds": round(state["seconds"], 2), "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
+               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype}
+    if accelerator.is_main_process:
+        write_final(out / "final", accelerator.unwrap_model(model), tok, cfg, summary)
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
+        _plot_loss(state["history"], val_loss, out / "loss.png")
+    return summary
+
+
+def write_final(dest: Path, model, tok, cfg: BuildConfig, summary: dict) -> None:
+    with atomic_dir(dest) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)  # adapter only for LoRA, full weights otherwise
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "method": cfg.train.method,
+                                                "trust_remote_code": cfg.model.trust_remote_code, "train": summary})
+
+
+def _plot_loss(history: list[dict], val_loss: float | None, path: Path) -> None:
+    try:
+        from slmkit.plots import loss_curve
+    except ImportError:  # matplotlib missing: the loss log is still written
+        return
+    series = {"train": [(h["step"], h["loss"]) for h in history]}
+    if val_loss is not None and history:
+        series["val (final)"] = [(history[-1]["step"], val_loss)]
+    loss_curve(series, path)

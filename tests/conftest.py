@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated SLM_HOME, and a tiny random llama + ChatML tokenizer built offline."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "intent-router"
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = ("what is the weather today set an alarm for six play some music book a flight to paris translate hello "
+         "into french classify request reply with one intent weather alarm play_music book_flight translate "
+         "tomorrow please me my at in a of").split()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_home(tmp_path_factory):
+    """Keep the registry and model cache of the test session out of the user's folders."""
+    home = tmp_path_factory.mktemp("slm_home")
+    old = os.environ.get("SLM_HOME")
+    os.environ["SLM_HOME"] = str(home)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield home
+    if old is None:
+        os.environ.pop("SLM_HOME", None)
+    else:
+        os.environ["SLM_HOME"] = old
+
+
+def make_tiny_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials + ["\n"] + sorted(set(WORDS)) + list("abcdefghijklmnopqrstuvwxyz_.,?!'"))}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Split on whitespace but keep "\n" as its own token so ChatML turns are visible to the model.
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.WhitespaceSplit()])
+    tk.add_special_tokens(specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+                                  bos_token="<|im_start|>")
+    tok.chat_template = CHATML
+    return tok
+
+
+def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
+    """A 2-layer llama (hidden 32) with random weights, saved as safetensors with the tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tiny_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_llama"))
+
+
+TINY_ROWS = [("what is the weather today", "weather"), ("set an alarm for six", "alarm"),
+             ("play some music", "play_music"), ("book a flight to paris", "book_flight"),
+             ("translate hello into french", "translate"), ("what is the weather tomorrow", "weather"),
+             ("set my alarm at six please", "alarm"), ("play music for me", "play_music"),
+             ("book me a flight", "book_flight"), ("translate hello", "translate")]
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path) -> Path:
+    """40 rows (4 copies of 10 phrasings with a varying suffix) of a 5-intent router, as CSV."""
+    suffixes = ["", " please", " today", " tomorrow"]
+    lines = ["text,intent"] + [f"{t}{s},{label}" for s in suffixes for t, label in TINY_ROWS]
+    path = tmp_path / "rows.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_config(tmp_path: Path, model_dir: Path, csv: Path, **train) -> "BuildConfig":  # noqa: F821
+    from slmkit.config import load_config
+
+    overrides = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "model": {"base_model": str(model_dir)},
+                 "data": {"path": str(csv), "system_prompt": "classify request reply with one intent",
+                          "split": {"val": 0.1, "test": 0.2}},
+                 "train": {"max_steps": 6, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "lr": 1e-2, **train},
+                 "eval": {"max_new_tokens": 4, "batch_size": 8}}
+    return load_config(None, overrides, environ={})
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,108 @@
+"""Manifests, atomic writes, the registry, path safety, model resolution, hardware choice."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from slmkit.errors import SlmError
+from slmkit.io import atomic_dir, atomic_write_text, read_jsonl
+from slmkit.paths import check_writable_output
+from slmkit.runs import fingerprint, get_model, is_done, list_models, read_manifest, register_model, stage_manifest
+
+
+def test_stage_manifest_done_and_fingerprint(tmp_path):
+    fp = fingerprint("data", {"a": 1}, {"source": "abc"})
+    assert fp != fingerprint("data", {"a": 2}, {"source": "abc"})
+    with stage_manifest(tmp_path, "data", fp, {"a": 1}, {}) as summary:
+        assert read_manifest(tmp_path, "data")["status"] == "running"
+        summary["rows"] = 3
+    m = read_manifest(tmp_path, "data")
+    assert m["status"] == "done" and m["summary"] == {"rows": 3} and m["finished"]
+    assert is_done(tmp_path, "data", fp) and not is_done(tmp_path, "data", "other")
+
+
+def test_failed_stage_never_reads_as_done(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with stage_manifest(tmp_path, "train", "fp", {}, {}):
+            raise KeyboardInterrupt
+    m = read_manifest(tmp_path, "train")
+    assert m["status"] == "failed" and "KeyboardInterrupt" in m["error"]
+    assert not is_done(tmp_path, "train")
+
+
+def test_atomic_dir_leaves_old_content_on_error(tmp_path):
+    dest = tmp_path / "out"
+    with atomic_dir(dest) as tmp:
+        (tmp / "a.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("crash")
+    assert (dest / "a.txt").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folder left behind
+
+
+def test_atomic_write_replaces_whole_file(tmp_path):
+    p = atomic_write_text(tmp_path / "x" / "f.txt", "hello")
+    atomic_write_text(p, "bye")
+    assert p.read_text() == "bye" and len(list(p.parent.iterdir())) == 1
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    p = tmp_path / "rows.jsonl"
+    p.write_text('{"a": 1}\n\n{"a": 2}\n{"a": \n')
+    with pytest.raises(SlmError, match=r"rows\.jsonl:4: malformed JSON"):
+        read_jsonl(p)
+
+
+def test_registry_round_trip():
+    register_model("unit-model", "default", "abc123", {"trained": {"accuracy": 0.9}}, Path("/tmp/x"))
+    register_model("unit-model", "default", "def456", {"trained": {"accuracy": 0.95}}, Path("/tmp/x"))
+    entry = get_model("unit-model")
+    assert entry["data_hash"] == "def456" and entry["metrics"]["trained"]["accuracy"] == 0.95
+    assert sum(m["name"] == "unit-model" for m in list_models()) == 1
+    assert get_model("no-such-model") is None
+
+
+@pytest.mark.parametrize("path", ["/etc/slm", "/proc/x", "/sys", "/dev/shm/runs"])
+def test_system_folders_are_refused(path):
+    with pytest.raises(SlmError, match="system folder"):
+        check_writable_output(Path(path))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    with pytest.raises(SlmError):
+        check_writable_output(ro / "runs")
+
+
+def test_resolve_model_errors_and_local_folder(tmp_path, tiny_model_dir):
+    from slmkit.models import resolve_model
+
+    assert resolve_model(str(tiny_model_dir)) == tiny_model_dir.resolve()
+    assert resolve_model("someorg/some-model") == "someorg/some-model"
+    with pytest.raises(SlmError, match="unknown model 'not-a-model'"):
+        resolve_model("not-a-model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SlmError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+
+
+def test_hardware_respects_explicit_choice_and_picks_fp32_without_native_bf16(monkeypatch):
+    import torch
+
+    from slmkit import hardware
+
+    assert hardware.detect("cpu", "bfloat16").dtype == "bfloat16"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    hw = hardware.detect()
+    assert (hw.device, hw.dtype) == ("cpu", "float32") and "AVX2" in hw.reason
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512_BF16")
+    assert hardware.detect().dtype == "bfloat16"
