@@ -192,7 +192,7 @@ def config_show(config: Optional[Path] = typer.Argument(None), sets: Optional[li
     from slmkit.config import redact
 
     cfg = _load(config, sets)
-    out.print(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False), end="", markup=False, highlight=False)
+    sys.stdout.write(yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, width=1_000_000))
 
 
 @models_app.command("list")

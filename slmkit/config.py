@@ -115,7 +115,13 @@ class BuildConfig(_Strict):
         return v
 
 
-SECRET_WORDS = ("key", "token", "secret", "password")
+SECRET_WORDS = {"key", "token", "secret", "password", "apikey"}
+
+
+def _is_secret(key: str) -> bool:
+    """api_key, hf_token, secret -> True; max_new_tokens, api_key_env (a variable's name) -> False."""
+    parts = key.lower().split("_")
+    return parts[-1] != "env" and bool(SECRET_WORDS & set(parts))
 
 
 def _deep_merge(base: dict, over: dict) -> dict:
@@ -196,7 +202,7 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
 def redact(obj: Any) -> Any:
     """Copy of a config dict with values of secret-looking keys replaced."""
     if isinstance(obj, dict):
-        return {k: ("***" if any(w in k.lower() for w in SECRET_WORDS) and v else redact(v)) for k, v in obj.items()}
+        return {k: ("***" if _is_secret(k) and v else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

@@ -1,4 +1,4 @@
-"""Evaluation metrics: SQuAD EM/F1, label accuracy and macro-F1, ROUGE-L and BLEU."""
+"""Evaluation metrics: SQuAD EM/F1, label accuracy, macro-F1 and confusion matrix, ROUGE-L, BLEU, GSM8K numeric accuracy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections import Counter
 from slmkit.errors import SlmError
 
 _INSTALL_HINT = "pip install rouge-score sacrebleu"
-_TASKS = ("classification", "generation")
+_TASKS = ("classification", "generation", "qa", "math")
+# The one number each task is judged by (export verification, --fail-under defaults, report ordering).
+HEADLINE = {"classification": "accuracy", "generation": "rouge_l", "qa": "f1", "math": "accuracy"}
 _QUOTES = "\"'`"
 _TRAILING_PUNCT = ".,;:!?"
 _PUNCT = frozenset(string.punctuation)
@@ -105,21 +107,92 @@ def macro_f1(preds: list[str], refs: list[str]) -> float:
 
 
 def compute_metrics(preds: list[str], refs: list[str], task: str) -> dict[str, float]:
-    """All metrics for `task` ("classification" or "generation"), plus the count "n"."""
+    """All metrics for `task` (classification, generation, qa or math), plus the count "n"."""
     if task not in _TASKS:
         raise SlmError(f"unknown eval task {task!r}", f"use one of: {', '.join(_TASKS)}")
     _check_pairs(preds, refs)
     out: dict[str, float] = {"n": len(preds)}
+    if task == "math":
+        out["accuracy"] = math_accuracy(preds, refs)
+        out["answered"] = sum(extract_number(p) is not None for p in preds) / len(preds)
+        return out
     if task == "classification":
         out["accuracy"] = accuracy(preds, refs)
     out["exact_match"] = sum(map(exact_match, preds, refs)) / len(preds)
     out["f1"] = sum(map(token_f1, preds, refs)) / len(preds)
     if task == "classification":
         out["macro_f1"] = macro_f1(preds, refs)
-    else:
+    elif task == "generation":
         out["rouge_l"] = rouge_l(preds, refs)
         out["bleu"] = bleu(preds, refs)
     return out
+
+
+_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
+
+
+def extract_number(text: str) -> float | None:
+    """The answer number: after the last GSM8K `####` marker if any, else the last number in the text.
+
+    Thousands commas and a leading `$` are dropped ("#### 1,234" -> 1234.0); None when there is no number.
+    """
+    tail = text.rsplit("####", 1)[1] if "####" in text else text
+    found = _NUMBER.findall(tail)
+    if not found:
+        return None
+    raw = found[0] if "####" in text else found[-1]
+    try:
+        return float(raw.replace(",", "").replace("$", ""))
+    except ValueError:  # e.g. "1,2,3," leaves "123" which parses; "-," cannot occur given the regex
+        return None
+
+
+def math_accuracy(preds: list[str], refs: list[str]) -> float:
+    """Share of predictions whose answer number equals the reference's (GSM8K style)."""
+    _check_pairs(preds, refs)
+    hits = 0
+    for p, r in zip(preds, refs):
+        want, got = extract_number(r), extract_number(p)
+        hits += want is not None and got is not None and abs(want - got) < 1e-6
+    return hits / len(preds)
+
+
+def confusion_matrix(preds: list[str], refs: list[str]) -> dict:
+    """Rows are reference labels, columns predicted labels (normalize_label); unseen predictions share "(other)".
+
+    Returns {"labels": [L], "columns": [L or L+1], "matrix": [[count]]} with matrix[i][j] = #(ref=labels[i], pred=columns[j]).
+    """
+    _check_pairs(preds, refs)
+    r_labels = [normalize_label(r) for r in refs]
+    p_labels = [normalize_label(p) for p in preds]
+    labels = sorted(set(r_labels))
+    known = set(labels)
+    columns = labels + (["(other)"] if any(p not in known for p in p_labels) else [])
+    col = {c: j for j, c in enumerate(columns)}
+    row = {c: i for i, c in enumerate(labels)}
+    matrix = [[0] * len(columns) for _ in labels]
+    for p, r in zip(p_labels, r_labels):
+        matrix[row[r]][col[p if p in known else "(other)"]] += 1
+    return {"labels": labels, "columns": columns, "matrix": matrix}
+
+
+def infer_task(refs: list[str]) -> str:
+    """Guess the task kind from the references when the config says "auto".
+
+    math: most references end in a GSM8K `#### N`; classification: few distinct short references that
+    repeat; qa: short answers (at most 8 words, the SQuAD answer-length regime); generation otherwise.
+    """
+    if not refs:
+        raise SlmError("cannot infer the task of an empty split", "add examples to the split, or set the task")
+    if sum("####" in r and extract_number(r) is not None for r in refs) >= 0.8 * len(refs):
+        return "math"
+    words = [len(r.split()) for r in refs]
+    distinct = len({normalize_label(r) for r in refs})
+    if max(words) <= 4 and distinct <= max(2, len(refs) // 2):
+        return "classification"
+    if sorted(words)[len(words) // 2] <= 8:
+        return "qa"
+    return "generation"
 
 
 def _check_pairs(preds: list[str], refs: list[str]) -> None:

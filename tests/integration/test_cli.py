@@ -129,13 +129,19 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+GOOD_ROW = '{"text": "wake me up at six", "intent": "alarm"}'
+
+
+def _data(path: Path) -> list[str]:
+    return ["--set", f"data.path={path}"]
+
+
 BAD_INPUTS = {
-    "missing file": (lambda d: ["--set", f"data.path={d / 'nope.csv'}"], "not found"),
-    "empty file": (lambda d: ["--set", f"data.path={_write(d / 'empty.csv', '')}"], "empty"),
-    "malformed jsonl": (lambda d: ["--set", f"data.path={_write(d / 'bad.jsonl', chr(10).join(['{\"text\": \"a\", \"intent\": \"b\"}'] * 3 + ['{oops']))}"],
+    "missing file": (lambda d: _data(d / "nope.csv"), "not found"),
+    "empty file": (lambda d: _data(_write(d / "empty.csv", "")), "empty"),
+    "malformed jsonl": (lambda d: _data(_write(d / "bad.jsonl", "\n".join([GOOD_ROW] * 3 + ["{oops"]) + "\n")),
                         "bad.jsonl:4"),
-    "missing column": (lambda d: ["--set", f"data.path={_write(d / 'cols.csv', 'utterance,label' + chr(10) + 'hi,greet' + chr(10))}"],
-                       "text"),
+    "missing column": (lambda d: _data(_write(d / "cols.csv", "utterance,label\nhi,greet\n")), "'text'"),
     "unknown model": (lambda d: ["--base-model", "no-such-model"], "unknown model 'no-such-model'"),
     "config typo": (lambda d: ["--set", "train.learnig_rate=0.1"], "train.learnig_rate"),
     "system output dir": (lambda d: ["--output-dir", "/proc/slm-runs"], "system folder"),

@@ -21,7 +21,7 @@ def test_only_assistant_tokens_are_labelled():
     tok = make_tiny_tokenizer()
     ex = encode_chat(tok, MSGS, max_len=128)
     labelled = [t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE]
-    assert tok.convert_ids_to_tokens(labelled) == ["play_music", "<|im_end|>", "\n"]
+    assert tok.convert_ids_to_tokens(labelled) == ["play_music", "<|im_end|>"]
     assert len(ex["input_ids"]) == len(ex["labels"])
 
 
@@ -30,7 +30,7 @@ def test_multi_turn_labels_every_assistant_turn():
     msgs = MSGS + [{"role": "user", "content": "book a flight"}, {"role": "assistant", "content": "book_flight"}]
     ex = encode_chat(tok, msgs, max_len=128)
     labelled = tok.convert_ids_to_tokens([t for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != IGNORE])
-    assert labelled == ["play_music", "<|im_end|>", "\n", "book_flight", "<|im_end|>", "\n"]
+    assert labelled == ["play_music", "<|im_end|>", "book_flight", "<|im_end|>"]
     assert prompt_messages(msgs) == msgs[:-1]
 
 
@@ -92,14 +92,14 @@ def _prepared_run(tmp_path, tiny_model_dir, tiny_csv, **train):
     return cfg, run
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_model_dir, tiny_csv, method):
+@pytest.mark.parametrize("method,lr", [("lora", 5e-2), ("full", 1e-2)])
+def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_model_dir, tiny_csv, method, lr):
     from slmkit.train.sft import train
 
-    cfg, run = _prepared_run(tmp_path, tiny_model_dir, tiny_csv, method=method, max_steps=12)
+    cfg, run = _prepared_run(tmp_path, tiny_model_dir, tiny_csv, method=method, max_steps=24, lr=lr, warmup_ratio=0.0)
     summary = train(cfg, run, show_progress=False)
     history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
-    assert [h["step"] for h in history] == list(range(1, 13)) and summary["steps"] == 12
+    assert [h["step"] for h in history] == list(range(1, 25)) and summary["steps"] == 24
     assert summary["final_loss"] < history[0]["loss"] * 0.7
     final = run / "train" / "final"
     assert (final / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")).is_file()

@@ -1,0 +1,127 @@
+"""PII and secret detection with checksums where the format has one (Luhn, IBAN mod-97, IP parsing).
+
+`find_pii(text)` returns non-overlapping spans; `redact(text)` replaces them with `[TYPE]`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    type: str
+    text: str
+
+
+def luhn_ok(digits: str) -> bool:
+    """Luhn mod-10 checksum (ISO/IEC 7812-1) over a string of digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(iban: str) -> bool:
+    """ISO 13616 check: move the first 4 chars to the end, letters -> 10..35, the number mod 97 is 1."""
+    s = iban.replace(" ", "").upper()
+    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
+        return False
+    return int("".join(str(int(c, 36)) for c in s[4:] + s[:4])) % 97 == 1
+
+
+def _ipv4_ok(s: str) -> bool:
+    try:
+        ipaddress.IPv4Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6_ok(s: str) -> bool:
+    # Two filled groups at least, so slices like `a[::2]` and times like 12:30 are not addresses.
+    if sum(1 for g in s.split(":") if g) < 2:
+        return False
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _card_ok(s: str) -> bool:
+    digits = re.sub(r"[ -]", "", s)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _ssn_ok(s: str) -> bool:
+    # SSA rules: area not 000, 666 or 9xx; group not 00; serial not 0000.
+    area, group, serial = s.split("-")
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+def _phone_ok(s: str) -> bool:
+    return 9 <= sum(c.isdigit() for c in s) <= 15
+
+
+# (type, pattern, validator, group holding the secret value) in priority order: earlier types win overlaps.
+_DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None, int]] = [
+    ("secret", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), None, 0),
+    ("bearer_token", re.compile(r"\bBearer\s+([A-Za-z0-9\-._~+/]{16,}=*)"), None, 1),  # RFC 6750 b64token
+    ("api_key", re.compile(r"(?<![\w-])(sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{36,}|"
+                           r"github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_\-]{35}|"
+                           r"hf_[A-Za-z0-9]{30,})"), None, 1),
+    ("aws_key", re.compile(r"(?<![A-Z0-9])((?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16})(?![A-Z0-9])"), None, 1),
+    ("aws_key", re.compile(r"(?i)aws_?secret_?access_?key\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})"), None, 1),
+    ("secret", re.compile(r"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|password|passwd|access[_-]?token|auth[_-]?token)"
+                          r"\s*[:=]\s*[\"']?([^\s\"']{8,})"), None, 1),
+    ("email", re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])"), None, 0),
+    ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok, 0),
+    ("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card_ok, 0),
+    ("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _ssn_ok, 0),
+    ("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)"), _ipv4_ok, 0),
+    ("ipv6", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
+     _ipv6_ok, 0),
+    # International numbers with '+', bracketed area codes, or the NANP 3-3-4 shape; 9-15 digits (ITU-T E.164).
+    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}|"
+                         r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w])"), _phone_ok, 0),
+]
+
+TYPES = tuple(dict.fromkeys(t for t, *_ in _DETECTORS))
+
+
+def find_pii(text: str, types: Iterable[str] | None = None) -> list[Span]:
+    """Non-overlapping PII spans in `text`, sorted by start; earlier detectors win overlaps."""
+    wanted = set(types) if types is not None else set(TYPES)
+    taken: list[Span] = []
+    for kind, pattern, ok, group in _DETECTORS:
+        if kind not in wanted:
+            continue
+        for m in pattern.finditer(text):
+            start, end = m.span(group)
+            value = m.group(group)
+            if ok is not None and not ok(value):
+                continue
+            if any(start < s.end and s.start < end for s in taken):
+                continue
+            taken.append(Span(start, end, kind, value))
+    return sorted(taken, key=lambda s: s.start)
+
+
+def redact(text: str, types: Iterable[str] | None = None, placeholder: str = "[{type}]") -> tuple[str, list[Span]]:
+    """`text` with every PII span replaced by the placeholder, and the spans found."""
+    spans = find_pii(text, types)
+    out, last = [], 0
+    for s in spans:
+        out += [text[last:s.start], placeholder.format(type=s.type.upper())]
+        last = s.end
+    out.append(text[last:])
+    return "".join(out), spans

@@ -1,0 +1,250 @@
+"""GGUF export with the `gguf` library's writer: llama-family weights, byte-level BPE tokenizer, chat template.
+
+Layout follows what llama.cpp reads (and transformers' GGUF loader reads back): tensor names from
+`gguf.get_tensor_name_map`, Q/K rows permuted to GGML's interleaved RoPE order, norms kept in F32,
+the tied output head left out (readers fall back to `token_embd`), tokenizer as `gpt2` tokens +
+merges + token types + special ids, and the chat template under `tokenizer.chat_template`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from slmkit.errors import SlmError
+
+log = logging.getLogger("slmkit")
+
+# HF class -> GGUF architecture. Mistral has no GGUF arch of its own: llama.cpp writes it as llama.
+SUPPORTED = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
+QUANTS = ("f16", "q8_0")
+Q8_BLOCK = 32  # GGML's Q8_0 block: 32 weights share one f16 scale (ggml-common.h, QK8_0)
+
+# llama.cpp token types (gguf.TokenType): only these three occur in a byte-level BPE vocabulary.
+NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+def _read_config(src: Path) -> dict:
+    path = src / "config.json"
+    if not path.is_file():
+        raise SlmError(f"{src} has no config.json", "export a merged model folder first (`--format merged`)")
+    return json.loads(path.read_text())
+
+
+def check_supported(config: dict, where: str = "model") -> str:
+    """Return the GGUF architecture name or raise SlmError naming the unsupported one."""
+    arch = (config.get("architectures") or ["unknown"])[0]
+    if arch not in SUPPORTED:
+        raise SlmError(f"GGUF export supports llama-family models ({', '.join(SUPPORTED)}); {where} is {arch}",
+                       "export this model with --format onnx or --format merged instead")
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise SlmError(f"GGUF export does not write rope scaling '{rope.get('rope_type')}' yet ({where})",
+                       "use --format onnx or merged for this model")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise SlmError(f"GGUF export of llama models with bias terms is not supported ({where})",
+                       "use --format onnx or merged for this model")
+    return SUPPORTED[arch]
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _pre_tokenizer_name(tj: dict) -> str:
+    """llama.cpp's name for the pre-tokenizer, recognised from tokenizer.json's structure.
+
+    llama.cpp itself identifies it by hashing encodings of a test text; the structures matched here
+    are the ones slmkit models use. Anything else gets "default" (GPT-2 splitting) and a warning.
+    """
+    pre = tj.get("pre_tokenizer") or {}
+    parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    kinds = [p.get("type") for p in parts]
+    if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
+        return "smollm"
+    if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
+        return "gpt-2"
+    if kinds == ["Split", "ByteLevel"] and r"\p{N}{1,3}" in json.dumps(parts[0].get("pattern", {})):
+        return "llama-bpe"
+    log.warning("GGUF: unknown pre-tokenizer %s, writing 'default' (llama.cpp then splits like GPT-2)", kinds)
+    return "default"
+
+
+def tokenizer_metadata(src: Path, vocab_size: int) -> dict:
+    """Tokens, types, merges, special ids and chat template of the HF tokenizer in `src`."""
+    from transformers import AutoTokenizer
+
+    tj_path = src / "tokenizer.json"
+    if not tj_path.is_file():
+        raise SlmError(f"{src} has no tokenizer.json (a fast tokenizer)", "GGUF export needs a byte-level BPE tokenizer.json")
+    tj = json.loads(tj_path.read_text())
+    model = tj.get("model", {})
+    decoder = (tj.get("decoder") or {}).get("type")
+    if model.get("type") != "BPE" or decoder != "ByteLevel":
+        raise SlmError(f"GGUF export supports byte-level BPE tokenizers; {tj_path} is {model.get('type')} "
+                       f"with a {decoder} decoder", "use --format onnx or merged for this tokenizer")
+    tok = AutoTokenizer.from_pretrained(str(src))
+    added = {a["id"]: a for a in tj.get("added_tokens", [])}
+    id_to_tok = {i: t for t, i in model["vocab"].items()} | {i: a["content"] for i, a in added.items()}
+    if max(id_to_tok) >= vocab_size:
+        raise SlmError(f"tokenizer in {src} has ids up to {max(id_to_tok)} but the model's vocab_size is {vocab_size}",
+                       "resize the model's embeddings to the tokenizer before exporting")
+    tokens, types = [], []
+    for i in range(vocab_size):  # the embedding may be padded past the tokenizer: those rows are unused
+        tokens.append(id_to_tok.get(i, f"[PAD{i}]"))
+        types.append(UNUSED if i not in id_to_tok else
+                     (CONTROL if added[i].get("special") else USER_DEFINED) if i in added else NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    probe = tok("a")["input_ids"]
+    template = tok.chat_template
+    if isinstance(template, dict):
+        template = template.get("default") or next(iter(template.values()))
+    eot = next((tok.convert_tokens_to_ids(t) for t in END_OF_TURN if t in tok.get_vocab()), None)
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_tokenizer_name(tj),
+            "bos": tok.bos_token_id, "eos": tok.eos_token_id, "unk": tok.unk_token_id, "pad": tok.pad_token_id,
+            "eot": eot, "add_bos": bool(tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]),
+            "add_eos": bool(tok.eos_token_id is not None and probe[-1:] == [tok.eos_token_id]),
+            "chat_template": template}
+
+
+# ----------------------------------------------------------------------------- tensors
+
+def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF's half-split RoPE rows -> GGML's interleaved pairs, per head: [n_head*d, in] -> same shape.
+
+    The inverse of the reverse permutation transformers applies when it reads a llama GGUF.
+    """
+    d = w.shape[0] // n_head // 2
+    return w.reshape(n_head, 2, d, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _state_dict(src: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    files = sorted(src.glob("*.safetensors"))
+    if not files:
+        raise SlmError(f"no safetensors weights in {src}", "export a merged model folder first (`--format merged`)")
+    out: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            out.update(load_file(str(f)))
+        except TypeError:  # numpy has no bfloat16: read through torch
+            from safetensors.torch import load_file as load_torch
+
+            out.update({k: v.float().numpy() for k, v in load_torch(str(f)).items()})
+    return out
+
+
+def _encode(name: str, w: np.ndarray, quant: str) -> tuple[np.ndarray, object | None]:
+    """Array to write and its GGML type (None = infer from numpy dtype)."""
+    import gguf
+
+    w = w.astype(np.float32)
+    if w.ndim == 1:
+        return w, None  # norms stay F32, as llama.cpp's converter keeps them
+    if quant == "q8_0" and w.shape[-1] % Q8_BLOCK == 0:
+        return gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    return w.astype(np.float16), None
+
+
+def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = None, license_: str | None = None) -> Path:
+    """Write `src` (an HF llama folder with safetensors + tokenizer.json) as one GGUF file at `path`."""
+    import gguf
+
+    if quant not in QUANTS:
+        raise SlmError(f"GGUF quantisation {quant!r} is not supported", f"use one of: {', '.join(QUANTS)}")
+    src, path = Path(src), Path(path)
+    config = _read_config(src)
+    arch = check_supported(config, str(src))
+    n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
+    n_kv = config.get("num_key_value_heads") or n_head
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    rope_theta = (config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta", 10000.0)
+    tokmeta = tokenizer_metadata(src, config["vocab_size"])
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_name(name or src.name)
+    if license_:
+        writer.add_license(license_)
+    writer.add_context_length(config.get("max_position_embeddings", 2048))
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_kv)
+    writer.add_rope_dimension_count(head_dim)
+    if head_dim != config["hidden_size"] // n_head:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(float(rope_theta))
+    writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_tokenizer(writer, tokmeta)
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    state = _state_dict(src)
+    tied = config.get("tie_word_embeddings", False)
+    for hf_name, w in state.items():
+        if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+            continue
+        gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gname is None:
+            raise SlmError(f"GGUF export: no GGUF name for tensor {hf_name} of {src}",
+                           "this llama variant has extra weights; use --format onnx or merged")
+        if ".attn_q." in gname:
+            w = permute_qk(w, n_head)
+        elif ".attn_k." in gname:
+            w = permute_qk(w, n_kv)
+        data, raw = _encode(gname, w, quant)
+        writer.add_tensor(gname, data, raw_dtype=raw)
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    log.info("GGUF %s written: %s (%.1f MB)", quant, path, path.stat().st_size / 1e6)
+    return path
+
+
+def _add_tokenizer(writer, t: dict) -> None:
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(t["pre"])
+    writer.add_token_list(t["tokens"])
+    writer.add_token_types(t["types"])
+    writer.add_token_merges(t["merges"])
+    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
+                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id), ("eot", writer.add_eot_token_id)):
+        if t[key] is not None:
+            add(int(t[key]))
+    writer.add_add_bos_token(t["add_bos"])
+    writer.add_add_eos_token(t["add_eos"])
+    writer.add_add_space_prefix(False)  # byte-level BPE encodes the leading space itself
+    if t["chat_template"]:
+        writer.add_chat_template(t["chat_template"])
+
+
+def read_gguf_metadata(path: Path) -> dict:
+    """Key facts read back with gguf's own reader: arch, tensor types, special ids, chat template."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(key: str):
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    return {"architecture": field("general.architecture"), "tokenizer_model": field("tokenizer.ggml.model"),
+            "n_tokens": len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+            "eos_token_id": field("tokenizer.ggml.eos_token_id"), "eot_token_id": field("tokenizer.ggml.eot_token_id"),
+            "chat_template": field("tokenizer.chat_template"),
+            "tensor_types": sorted({t.tensor_type.name for t in reader.tensors}), "n_tensors": len(reader.tensors)}
