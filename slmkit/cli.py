@@ -231,6 +231,14 @@ def doctor() -> None:
         out.print(f"{k:<15} {v}")
 
 
+# Commands that live beside their stage: each module's register(app) adds its sub-commands.
+EXTENSIONS = ("slmkit.train.distill_cli",)
+for _module in EXTENSIONS:
+    import importlib
+
+    importlib.import_module(_module).register(app)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -47,6 +48,37 @@ def load_full_model(name: str | Path, trust_remote_code: bool = False):
         return model.eval(), load_tokenizer(path, trust_remote_code)
     resolved = resolve_model(str(name))
     return load_model(resolved, "float32", "cpu", trust_remote_code), load_tokenizer(resolved, trust_remote_code)
+
+
+def tokenizer_of(name: str | Path, trust_remote_code: bool = False):
+    """Tokenizer of a model name/folder, or of a slmkit LoRA output folder (which saves its tokenizer)."""
+    path = Path(name).expanduser()
+    if (path / "adapter_config.json").is_file():
+        return load_tokenizer(path, trust_remote_code)
+    return load_tokenizer(resolve_model(str(name)), trust_remote_code)
+
+
+def weights_folder(name: str) -> Path | None:
+    """Local folder holding the weights of `name` (the base model for a slmkit LoRA folder); None for hub ids."""
+    path = Path(name).expanduser()
+    if (path / "adapter_config.json").is_file() and (path / "slmkit.json").is_file():
+        return weights_folder(json.loads((path / "slmkit.json").read_text())["base_model"])
+    resolved = resolve_model(name)
+    return resolved if isinstance(resolved, Path) else None
+
+
+def param_count(name: str) -> int | None:
+    """Parameters read from safetensors headers (no weights loaded); None for hub ids."""
+    from safetensors import safe_open
+
+    folder = weights_folder(name)
+    if folder is None:
+        return None
+    total = 0
+    for f in folder.glob("*.safetensors"):
+        with safe_open(str(f), framework="pt") as sf:
+            total += sum(math.prod(sf.get_slice(k).get_shape()) for k in sf.keys())
+    return total
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

@@ -1,0 +1,380 @@
+"""Distill a teacher into a student: online, from an offline top-k cache, or on-policy (GKD).
+
+Reads <run>/data/{train,val}.jsonl, writes <run>/distill/: student_init/ (when the student is pruned from
+the teacher), cache/ (offline mode), checkpoints/step-N/, final/ (full student weights + tokenizer +
+slmkit.json), log.jsonl, loss.png. The loop follows train/sft.py: accelerate, AdamW, same checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from slmkit.config import BuildConfig, DistillConfig, DistillTrainConfig, PruneSpec, StudentConfig  # noqa: F401 (re-exported)
+from slmkit.errors import SlmError
+from slmkit.hardware import detect, setup_threads
+from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
+from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
+from slmkit.train.kd_losses import (KDLoss, assistant_mask, divergence, labelled_logits, log_probs, masked_mean, mix_with_ce,
+                                    topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.train.prune import param_count, weights_folder
+from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("slmkit")
+
+
+# ----------------------------------------------------------------------------- checks before compute
+
+def teacher_source(dcfg: DistillConfig, run_dir: Path) -> str:
+    if dcfg.teacher != "train":
+        return dcfg.teacher
+    final = Path(run_dir) / "train" / "final"
+    if not final.is_dir():
+        raise SlmError(f"distill.teacher is 'train' but {final} does not exist", "run `slm train CONFIG` first, or set distill.teacher")
+    return str(final)
+
+
+def check_pair(teacher: str, student: str, t_tok, s_tok) -> bool:
+    """True when vocabularies match; SlmError when the student is larger than the teacher."""
+    t_n, s_n = param_count(teacher), param_count(student)
+    if t_n and s_n and s_n > t_n:
+        raise SlmError(f"student {student} ({s_n / 1e6:.1f}M params) is larger than teacher {teacher} ({t_n / 1e6:.1f}M)",
+                       "pick a smaller student, or prune the teacher: distill.student.prune.ratio: 0.5")
+    if t_tok.get_vocab() != s_tok.get_vocab():
+        return False
+    from transformers import AutoConfig
+
+    t_v, s_v = (getattr(AutoConfig.from_pretrained(str(weights_folder(n) or n)), "vocab_size", None) for n in (teacher, student))
+    if t_v != s_v:
+        raise SlmError(f"teacher and student share a tokenizer but their output layers differ ({t_v} vs {s_v} logits)",
+                       "use a student whose config.vocab_size equals the teacher's")
+    return True
+
+
+# ----------------------------------------------------------------------------- per-step pieces
+
+def on_policy_batch(student, rows: list[dict], pad_id: int, eos_id: int, max_new_tokens: int) -> dict[str, torch.Tensor]:
+    """GKD (Agarwal et al. 2024): replace each reply by a sampled student continuation of its prompt; labels on it."""
+    prompts = [e["input_ids"][:next(i for i, t in enumerate(e["labels"]) if t != IGNORE)] for e in rows]
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, p in enumerate(prompts):  # left padding, so generation continues every row at the same column
+        ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        out = student.generate(input_ids=ids.to(student.device), attention_mask=mask.to(student.device), do_sample=True,
+                               top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                               eos_token_id=eos_id).cpu()
+    student.train(was_training)
+    new = []
+    for p, row in zip(prompts, out[:, width:].tolist()):
+        cut = row.index(eos_id) + 1 if eos_id in row else len(row)
+        new.append({"input_ids": p + row[:cut], "labels": [IGNORE] * len(p) + row[:cut]})
+    return collate(new, pad_id)
+
+
+def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True) -> tuple[torch.Tensor, float]:
+    """(loss to backprop, KD value) for one batch. `teacher` (online) or `cached` = (ids, logprobs, missing)."""
+    keep = assistant_mask(batch["labels"])
+    s_logits = labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)
+    T = dcfg.temperature
+    if cached is not None:
+        ids, vals, miss = (x.to(s_logits.device) for x in cached)
+        s_logp, t_logp = topk_student_log_probs(s_logits, ids, T), topk_teacher_log_probs(vals, miss)
+    else:
+        with torch.no_grad():
+            t_logp = log_probs(labelled_logits(teacher, batch["input_ids"], batch["attention_mask"], keep), T)
+        s_logp = log_probs(s_logits, T)
+    kd = masked_mean(divergence(dcfg.loss, s_logp, t_logp, dcfg.beta, dcfg.skew))
+    del t_logp  # free the teacher's [N, V] before backward
+    ce = F.cross_entropy(s_logits.float(), batch["labels"][:, 1:][keep]) if use_ce and dcfg.alpha > 0 else None
+    return mix_with_ce(kd, ce, dcfg.alpha if ce is not None else 0.0, T), float(kd.detach())
+
+
+def sequence_level_records(teacher_name: str, records: list[dict], max_new_tokens: int, trust_remote_code: bool) -> list[dict]:
+    """Sequence-level KD (Kim & Rush 2016): the teacher's greedy reply replaces each reference reply."""
+    from slmkit.eval.evaluate import generate
+    from slmkit.train.collate import prompt_messages
+    from slmkit.train.prune import load_full_model
+
+    teacher, tok = load_full_model(teacher_name, trust_remote_code)
+    prompts = [prompt_messages(r["messages"]) for r in records]
+    replies = generate(teacher, tok, prompts, max_new_tokens, batch_size=8)
+    del teacher
+    return [{**r, "messages": p + [{"role": "assistant", "content": a}]} for r, p, a in zip(records, prompts, replies)]
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def prepare_student(dcfg: DistillConfig, teacher: str, out: Path, data_dir: Path, trust_remote_code: bool) -> str:
+    """Model name of the student: the configured one, or the teacher pruned into out/student_init."""
+    if dcfg.student.model is not None:
+        return dcfg.student.model
+    from slmkit.io import read_jsonl
+    from slmkit.train.prune import prune
+
+    spec = dcfg.student.prune
+    dest = out / "student_init"
+    info = dest / "slmkit.json"
+    want = {"source": teacher, **spec.model_dump()}
+    if info.is_file() and json.loads(info.read_text()).get("prune_spec") == want:
+        return str(dest)
+    rows = read_jsonl(data_dir / "train.jsonl")[: spec.calibration_rows]
+    from slmkit.train.prune import tokenizer_of
+
+    tok = tokenizer_of(teacher, trust_remote_code)
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
+    summary = prune(teacher, dest, spec.layers, spec.ratio, spec.mlp_ratio, texts, trust_remote_code)
+    meta = json.loads(info.read_text())
+    atomic_write_json(info, {**meta, "prune_spec": want, "pruned": summary})
+    return str(dest)
+
+
+def _config(cfg: BuildConfig, dcfg: DistillConfig | None) -> DistillConfig:
+    found = dcfg or getattr(cfg, "distill", None)
+    if found is None:
+        raise SlmError("the config has no distill section", "add a `distill:` block to the YAML (see DistillConfig)")
+    return found
+
+
+def _setup(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig) -> dict:
+    """Resolve teacher and student, check them before any compute, encode the data."""
+    from slmkit.train.prune import tokenizer_of
+
+    run_dir, out = Path(run_dir), Path(run_dir) / "distill"
+    data_dir = run_dir / "data"
+    if not (data_dir / "train.jsonl").is_file():
+        raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
+    trc = cfg.model.trust_remote_code
+    teacher = teacher_source(dcfg, run_dir)
+    t_tok = tokenizer_of(teacher, trc)
+    student = prepare_student(dcfg, teacher, out, data_dir, trc)
+    s_tok = tokenizer_of(student, trc)
+    same_vocab = check_pair(teacher, student, t_tok, s_tok)
+    if not same_vocab and dcfg.tokenizer_mismatch == "error":
+        raise SlmError(f"teacher {teacher} and student {student} use different tokenizers ({len(t_tok)} vs {len(s_tok)} tokens)",
+                       "logit distillation needs one vocabulary: pick a student from the teacher's family, prune the "
+                       "teacher, or set distill.tokenizer_mismatch: sequence (train on teacher-generated replies)")
+    max_len = dcfg.train.max_seq_len
+    if same_vocab:
+        train_ex, cut = encode_split(s_tok, data_dir / "train.jsonl", max_len)
+    else:
+        from slmkit.io import read_jsonl
+        from slmkit.train.collate import encode_chat
+
+        log.info("tokenizers differ: sequence-level distillation from teacher-generated replies")
+        records = sequence_level_records(teacher, read_jsonl(data_dir / "train.jsonl"), dcfg.max_new_tokens, trc)
+        train_ex = [e for e in (encode_chat(s_tok, r["messages"], max_len) for r in records)
+                    if any(t != IGNORE for t in e["labels"][1:])]
+        cut = len(records) - len(train_ex)
+    val_ex = encode_split(s_tok, data_dir / "val.jsonl", max_len)[0] if (data_dir / "val.jsonl").is_file() else []
+    if not train_ex:
+        raise SlmError("every training row lost its answer to distill.train.max_seq_len truncation", "raise distill.train.max_seq_len")
+    return {"out": out, "teacher": teacher, "student": student, "tok": s_tok, "train": train_ex, "val": val_ex, "cut": cut,
+            "sequence_level": not same_vocab}
+
+
+def cache_folder(dcfg: DistillConfig, run_dir: Path, cfg: BuildConfig) -> Path:
+    from slmkit.config import resolve_path
+
+    return resolve_path(cfg, dcfg.cache_dir) if dcfg.cache_dir else Path(run_dir) / "distill" / "cache"
+
+
+def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, overwrite: bool = False,
+                        show_progress: bool = True, setup: dict | None = None, on_shard=None) -> dict:
+    """`slm distill-cache`: run the teacher once over the training split into the top-k cache (resumable)."""
+    from slmkit.train.kd_cache import build_cache, cache_key, teacher_fingerprint
+    from slmkit.train.prune import load_full_model
+
+    dcfg = _config(cfg, dcfg)
+    setup_threads()
+    s = setup or _setup(cfg, run_dir, dcfg)
+    if s["sequence_level"]:
+        raise SlmError("an offline logit cache needs teacher and student to share a tokenizer", "use distill.mode: online")
+    from transformers import AutoConfig
+
+    folder = cache_folder(dcfg, run_dir, cfg)
+    t_conf = AutoConfig.from_pretrained(str(weights_folder(s["teacher"]) or s["teacher"]))
+    key = cache_key(teacher_fingerprint(s["teacher"]), s["train"], dcfg.top_k, dcfg.temperature, t_conf.vocab_size)
+    manifest = folder / "manifest.json"
+    if not overwrite and manifest.is_file() and (m := json.loads(manifest.read_text())).get("complete") and m["key"] == key:
+        return {k: m[k] for k in ("rows", "tokens", "bytes", "bytes_per_token")} | {"shards": len(m["shards"]),
+                                                                                     "k": dcfg.top_k, "key": key}
+    teacher, _ = load_full_model(s["teacher"], cfg.model.trust_remote_code)  # only when there is work to do
+    summary = build_cache(teacher, s["train"], folder, key, s["tok"].pad_token_id,
+                          dcfg.cache_shard_rows, dcfg.train.batch_size, overwrite, show_progress, on_shard)
+    del teacher
+    return {**summary, "key": key}
+
+
+def _progress(total: int, done: int):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    p = Progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                 TextColumn("kd {task.fields[kd]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    return p, p.add_task("distill", total=total, completed=done, kd="-")
+
+
+def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, resume: bool = False,
+            show_progress: bool = True) -> dict:
+    """Train the student against the teacher on <run_dir>/data; return a summary for the manifest."""
+    from accelerate import Accelerator
+    from transformers import get_scheduler
+
+    from slmkit.train.prune import load_full_model
+
+    dcfg = _config(cfg, dcfg)
+    t_cfg = dcfg.train
+    hw = detect(t_cfg.device, t_cfg.dtype)
+    setup_threads()
+    s = _setup(cfg, run_dir, dcfg)
+    out, tok, train_ex = s["out"], s["tok"], s["train"]
+    trc = cfg.model.trust_remote_code
+    teacher = cache = None
+    cache_info: dict = {}
+    if s["sequence_level"]:
+        pass  # plain CE on teacher-written replies
+    elif dcfg.mode == "offline":
+        from slmkit.train.kd_cache import TopKCache
+
+        cache_info = build_teacher_cache(cfg, run_dir, dcfg, show_progress=show_progress, setup=s)  # no-op when complete
+        cache = TopKCache(cache_folder(dcfg, run_dir, cfg), cache_info["key"])
+    else:
+        teacher, _ = load_full_model(s["teacher"], trc)
+        teacher.requires_grad_(False)
+    accelerator = Accelerator(cpu=hw.device == "cpu", mixed_precision="bf16" if hw.dtype == "bfloat16" else
+                              "fp16" if hw.dtype == "float16" else "no", log_with=t_cfg.report_to or None, project_dir=str(out))
+    torch.manual_seed(t_cfg.seed)
+    model, _ = load_full_model(s["student"], trc)
+    if t_cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        from slmkit.train.sft import find_lora_targets
+
+        model = get_peft_model(model, LoraConfig(r=t_cfg.lora.r, lora_alpha=t_cfg.lora.alpha, lora_dropout=t_cfg.lora.dropout,
+                                                 target_modules=find_lora_targets(model, t_cfg.lora.target_modules),
+                                                 task_type="CAUSAL_LM"))
+    model.train()
+    lengths = [len(e["input_ids"]) for e in train_ex]
+    n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
+    total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if teacher is not None:
+        teacher = teacher.to(accelerator.device)
+    lora, pad_id = t_cfg.method == "lora", tok.pad_token_id
+    eos_id = tok.convert_tokens_to_ids(tok.eos_token)
+    ckpt_root = out / "checkpoints"
+    state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
+    if resume and (ckpt := latest_checkpoint(ckpt_root)):
+        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
+    elif not resume and ckpt_root.exists():
+        shutil.rmtree(ckpt_root)
+    log.info("distilling %s -> %s (%s, %s, %d rows): %d steps", s["teacher"], s["student"], dcfg.mode, dcfg.loss,
+             len(train_ex), total_steps)
+    per_epoch = math.ceil(n_batches / t_cfg.grad_accum) * t_cfg.grad_accum
+    orders: dict[int, list[list[int]]] = {}
+    win: dict[str, list[float]] = {"loss": [], "kd": []}
+    t_start, on_policy_steps = time.monotonic(), 0
+    prog = _progress(total_steps, state["step"]) if show_progress else None
+    if prog:
+        prog[0].start()
+    try:
+        for step in range(state["step"], total_steps):
+            generated = dcfg.mode == "on_policy" and teacher is not None and \
+                random.Random(t_cfg.seed * 1_000_003 + step).random() < dcfg.lmbda
+            on_policy_steps += generated
+            for micro in range(t_cfg.grad_accum):
+                epoch, pos = divmod(step * t_cfg.grad_accum + micro, per_epoch)
+                rows = orders.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))[pos % n_batches]
+                examples = [train_ex[i] for i in rows]
+                batch = on_policy_batch(accelerator.unwrap_model(model), examples, pad_id, eos_id, dcfg.max_new_tokens) \
+                    if generated else collate(examples, pad_id)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                cached = None
+                if cache is not None:
+                    cached = cache.lookup(rows)
+                    if cached[0].shape[0] != int(assistant_mask(batch["labels"]).sum()):
+                        raise SlmError(f"teacher cache {cache.folder} does not match the encoded training rows",
+                                       "rebuild it: `slm distill-cache CONFIG --overwrite`")
+                with accelerator.autocast():
+                    if s["sequence_level"]:
+                        from slmkit.train.losses import assistant_ce_loss
+
+                        loss, kd = assistant_ce_loss(model, **batch)[0], float("nan")
+                    else:
+                        loss, kd = step_loss(model, batch, dcfg, teacher, cached, use_ce=not generated)
+                accelerator.backward(loss / t_cfg.grad_accum)
+                win["loss"].append(float(loss.detach()))
+                win["kd"].append(kd)
+                state["tokens"] += int(batch["attention_mask"].sum())
+            accelerator.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] = step + 1
+            if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
+                entry = {"step": state["step"], "loss": sum(win["loss"]) / len(win["loss"]),
+                         "kd": sum(win["kd"]) / len(win["kd"]), "on_policy": generated, "lr": scheduler.get_last_lr()[0],
+                         "tokens": state["tokens"], "seconds": round(state["seconds"] + time.monotonic() - t_start, 2)}
+                state["history"].append(entry)
+                accelerator.log({"distill/loss": entry["loss"], "distill/kd": entry["kd"]}, step=state["step"])
+                win = {"loss": [], "kd": []}
+                if prog:
+                    prog[0].update(prog[1], kd=f"{entry['kd']:.4f}")
+            if prog:
+                prog[0].update(prog[1], completed=state["step"])
+            if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
+                state["seconds"] += time.monotonic() - t_start
+                t_start = time.monotonic()
+                save_checkpoint(ckpt_root, state["step"], accelerator.unwrap_model(model), optimizer, scheduler, state,
+                                lora, t_cfg.keep_checkpoints)
+    finally:
+        if prog:
+            prog[0].stop()
+    state["seconds"] += time.monotonic() - t_start
+    del teacher
+    hist = state["history"]
+    summary = {"mode": dcfg.mode, "loss_fn": dcfg.loss, "teacher": s["teacher"], "student": s["student"],
+               "sequence_level": s["sequence_level"], "steps": state["step"], "on_policy_steps": on_policy_steps,
+               "kd_first": hist[0]["kd"] if hist else None, "kd_last": hist[-1]["kd"] if hist else None,
+               "final_loss": hist[-1]["loss"] if hist else None, "train_rows": len(train_ex), "rows_cut": s["cut"],
+               "tokens": state["tokens"], "seconds": round(state["seconds"], 2),
+               "cache_bytes_per_token": cache_info.get("bytes_per_token"), "device": hw.device, "dtype": hw.dtype}
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        _write_final(out / "final", accelerator.unwrap_model(model), tok, summary, lora)
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in hist))
+        _plot(hist, out / "loss.png")
+    return summary
+
+
+def _write_final(dest: Path, model, tok, summary: dict, lora: bool) -> None:
+    with atomic_dir(dest) as tmp:
+        (model.merge_and_unload() if lora else model).save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        atomic_write_json(tmp / "slmkit.json", {"base_model": summary["student"], "method": "full", "distill": summary})
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    if not history:
+        return
+    from slmkit.plots import loss_curve
+
+    series = {"loss": [(h["step"], h["loss"]) for h in history]}
+    if not math.isnan(history[0]["kd"]):
+        series["kd"] = [(h["step"], h["kd"]) for h in history]
+    loss_curve(series, path, title="Distillation loss")

@@ -1,0 +1,157 @@
+"""Distillation runs on a tiny random teacher: online, offline cache, on-policy, sequence-level; bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from slmkit.errors import SlmError
+from slmkit.train.distill import DistillConfig, build_teacher_cache, distill
+from slmkit.train.distill_cli import register
+from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir):
+    """A run folder with the data stage done on 40 rows of the tiny intent router."""
+    from slmkit.data import prepare
+    from slmkit.pipeline import run_dir_of
+    from tests.conftest import TINY_ROWS
+
+    tmp = tmp_path_factory.mktemp("distill")
+    csv = tmp / "rows.csv"
+    csv.write_text("text,intent\n" + "".join(f"{t}{s},{lab}\n" for s in ("", " please", " today", " tomorrow")
+                                             for t, lab in TINY_ROWS))
+    cfg = tiny_config(tmp, tiny_model_dir, csv)
+    run_dir = run_dir_of(cfg)
+    prepare(cfg, run_dir / "data")
+    return cfg, run_dir, tmp
+
+
+def _dcfg(teacher, **kw) -> DistillConfig:
+    base = {"teacher": str(teacher), "student": {"prune": {"layers": 1}}, "alpha": 0.0, "top_k": 16,
+            "train": {"max_steps": 16, "batch_size": 4, "lr": 2e-2, "logging_steps": 1, "save_steps": 100,
+                      "warmup_ratio": 0.0, "lr_scheduler": "constant"}}
+    for k, v in kw.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return DistillConfig.model_validate(base)
+
+
+def _kd_dropped(summary, run_dir):
+    hist = [json.loads(line) for line in (run_dir / "distill" / "log.jsonl").read_text().splitlines()]
+    hist = [h for h in hist if not h["on_policy"]]  # KD on the student's own samples is not comparable step to step
+    start, end = sum(h["kd"] for h in hist[:4]) / 4, sum(h["kd"] for h in hist[-4:]) / 4
+    return end < 0.9 * start, (start, end)
+
+
+@pytest.mark.parametrize("mode,loss", [("online", "forward_kl"), ("offline", "jsd"), ("on_policy", "reverse_kl")])
+def test_modes_lower_the_kd_loss(run, tiny_model_dir, mode, loss):
+    from transformers import AutoModelForCausalLM
+
+    cfg, run_dir, _ = run
+    summary = distill(cfg, run_dir, _dcfg(tiny_model_dir, mode=mode, loss=loss, lmbda=0.5, max_new_tokens=6), show_progress=False)
+    dropped, values = _kd_dropped(summary, run_dir)
+    assert dropped, values
+    out = run_dir / "distill"
+    assert (out / "loss.png").is_file() and (out / "student_init" / "config.json").is_file()
+    student = AutoModelForCausalLM.from_pretrained(str(out / "final"))
+    assert student.config.num_hidden_layers == 1
+    if mode == "offline":
+        assert summary["cache_bytes_per_token"] > 16 * 6
+        assert (out / "cache" / "manifest.json").is_file()
+    if mode == "on_policy":
+        assert 0 < summary["on_policy_steps"] < summary["steps"]
+
+
+def test_interrupted_cache_build_resumes(run, tiny_model_dir):
+    cfg, run_dir, tmp = run
+    dcfg = _dcfg(tiny_model_dir, mode="offline", cache_dir=str(tmp / "cache2"), cache_shard_rows=8)
+
+    def interrupt(index):
+        if index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher_cache(cfg, run_dir, dcfg, show_progress=False, on_shard=interrupt)
+    manifest = json.loads((tmp / "cache2" / "manifest.json").read_text())
+    assert [s["index"] for s in manifest["shards"]] == [0, 1] and not manifest["complete"]
+    seen = []
+    summary = build_teacher_cache(cfg, run_dir, dcfg, show_progress=False, on_shard=seen.append)
+    assert seen == list(range(2, summary["shards"])) and summary["rows"] > 16
+
+
+def test_cache_from_another_teacher_is_refused(run, tiny_model_dir):
+    cfg, run_dir, tmp = run
+    other = make_tiny_model_dir(tmp / "other_teacher", seed=7)
+    dcfg = _dcfg(tiny_model_dir, mode="offline", cache_dir=str(tmp / "cache3"))
+    build_teacher_cache(cfg, run_dir, dcfg, show_progress=False)
+    with pytest.raises(SlmError, match="another teacher"):
+        distill(cfg, run_dir, _dcfg(other, mode="offline", cache_dir=str(tmp / "cache3")), show_progress=False)
+
+
+def test_bad_inputs_are_refused_before_compute(run, tiny_model_dir):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg, run_dir, tmp = run
+    big = tmp / "big"
+    tok = make_tiny_tokenizer()
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(big)
+    tok.save_pretrained(big)
+    with pytest.raises(SlmError, match="larger than teacher"):
+        distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(big), "prune": None}), show_progress=False)
+    other_vocab = tmp / "other_vocab"
+    make_tiny_model_dir(other_vocab, seed=3)
+    t2 = make_tiny_tokenizer()
+    t2.add_tokens(["newword"])
+    t2.save_pretrained(other_vocab)
+    with pytest.raises(SlmError, match="different tokenizers"):
+        distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(other_vocab), "prune": None}), show_progress=False)
+    with pytest.raises(SlmError, match="top_k"):
+        distill(cfg, run_dir, _dcfg(tiny_model_dir, mode="offline", top_k=100_000, cache_dir=str(tmp / "c4")),
+                show_progress=False)
+    with pytest.raises(SlmError, match="no layers"):
+        distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"prune": {"ratio": 0.99}}), show_progress=False)
+    with pytest.raises(Exception, match="exactly one"):
+        DistillConfig.model_validate({"student": {"model": "default", "prune": {"layers": 1}}})
+
+
+def test_sequence_level_when_tokenizers_differ(run, tiny_model_dir):
+    cfg, run_dir, tmp = run
+    other_vocab = tmp / "seq_student"
+    make_tiny_model_dir(other_vocab, seed=4)
+    t2 = make_tiny_tokenizer()
+    t2.add_tokens(["newword"])
+    t2.save_pretrained(other_vocab)
+    summary = distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(other_vocab), "prune": None},
+                                          tokenizer_mismatch="sequence", max_new_tokens=4, train={"max_steps": 2}),
+                      show_progress=False)
+    assert summary["sequence_level"] and summary["steps"] == 2 and summary["final_loss"] > 0
+
+
+def test_cli_cache_then_offline_distill(run, tiny_model_dir):
+    cfg, run_dir, tmp = run
+    conf = tmp / "build.yaml"
+    dump = cfg.model_dump(mode="json")
+    dump.pop("config_dir")
+    dump["distill"] = _dcfg(tiny_model_dir, mode="offline", cache_dir=str(tmp / "cli_cache"),
+                            train={"max_steps": 3}).model_dump(mode="json")
+    conf.write_text(yaml.safe_dump(dump))
+    app = typer.Typer()
+    register(app)
+    runner = CliRunner()
+    res = runner.invoke(app, ["distill-cache", str(conf), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "bytes/token" in res.output
+    res = runner.invoke(app, ["distill", str(conf), "--no-progress", "--set", "distill.alpha=0.5"])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((run_dir / "distill" / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["config"]["alpha"] == 0.5
+    res = runner.invoke(app, ["distill", str(conf), "--set", "distill.loss=kl"])
+    assert isinstance(res.exception, SlmError) and "distill.loss" in str(res.exception)
+    assert torch.isfinite(torch.tensor(manifest["summary"]["final_loss"]))
