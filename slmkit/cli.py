@@ -232,7 +232,7 @@ def doctor() -> None:
 
 
 # Commands that live beside their stage: each module's register(app) adds its sub-commands.
-EXTENSIONS = ("slmkit.train.distill_cli",)
+EXTENSIONS = ("slmkit.data.cli", "slmkit.synth.cli", "slmkit.train.distill_cli", "slmkit.serve.cli")
 for _module in EXTENSIONS:
     import importlib
 

@@ -15,25 +15,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from slmkit.errors import SlmError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from slmkit.schema.base import ColumnMap, _Strict  # noqa: F401 (re-exported for stage schemas)
+from slmkit.schema.data import ChunkConfig, CleanConfig, FetchConfig, LimitsConfig, SourceConfig
+from slmkit.schema.serve import ServeConfig
+from slmkit.schema.synth import SynthConfig
 
 
 class ModelConfig(_Strict):
     base_model: str = Field("default", description="'default' (embedded SmolLM2-135M-Instruct), a local HF folder, or a hub id")
     trust_remote_code: bool = False
     revision: str | None = None
-
-
-class ColumnMap(_Strict):
-    """Which source columns hold what. `messages` wins over input/output when set."""
-
-    input: str | None = None
-    output: str | None = None
-    system: str | None = None
-    messages: str | None = None
 
 
 class SplitConfig(_Strict):
@@ -53,6 +44,11 @@ class DataConfig(_Strict):
     max_rows: int | None = Field(None, gt=0)
     split: SplitConfig = Field(default_factory=SplitConfig)
     license: str | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, description="several sources instead of one data.path")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
 
 class LoraConfig(_Strict):
@@ -153,6 +149,8 @@ class BuildConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
     config_dir: str | None = Field(None, description="set by the loader: folder of the YAML, for relative paths")
 
     @field_validator("name")

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmkit.config import BuildConfig, redact, resolve_path
+from slmkit.config import BuildConfig, redact
 from slmkit.errors import SlmError
-from slmkit.io import atomic_write_text, sha256_file
+from slmkit.io import atomic_write_text
 from slmkit.paths import check_writable_output
 from slmkit.runs import fingerprint, is_done, read_manifest, register_model, stage_manifest
 
@@ -29,19 +29,12 @@ def run_dir_of(cfg: BuildConfig) -> Path:
     return check_writable_output(out) / cfg.name
 
 
-def _source_hash(cfg: BuildConfig) -> str:
-    if not cfg.data.path:
-        raise SlmError("data.path is not set", "set data.path in the config (or --set data.path=FILE)")
-    path = resolve_path(cfg, cfg.data.path)
-    if not path.is_file():
-        raise SlmError(f"data file not found: {path}", "check data.path (relative paths are from the config file's folder)")
-    return sha256_file(path)
-
-
 def fingerprints(cfg: BuildConfig) -> dict[str, str]:
     """Expected fingerprint of every stage for this config."""
+    from slmkit.data import source_fingerprint
+
     dump = cfg.model_dump(mode="json")
-    fp = {"data": fingerprint("data", dump["data"], {"source": _source_hash(cfg)})}
+    fp = {"data": fingerprint("data", dump["data"], {"source": source_fingerprint(cfg)})}
     fp["train"] = fingerprint("train", {"model": dump["model"], "train": dump["train"]}, {"data": fp["data"]})
     fp["eval"] = fingerprint("eval", {"model": dump["model"], "eval": dump["eval"]}, {"data": fp["data"], "train": fp["train"]})
     fp["export"] = fingerprint("export", dump["export"], {"train": fp["train"], "eval": fp["eval"]})
@@ -129,18 +122,16 @@ def plan(cfg: BuildConfig) -> dict:
     run_dir = run_dir_of(cfg)
     fp = fingerprints(cfg)
     stages = [{"stage": s, "action": "skip (unchanged)" if is_done(run_dir, s, fp[s]) else "run"} for s in cfg.stages]
-    from slmkit.data import read_table, to_records
+    from slmkit.data import run as read_data
 
-    path = resolve_path(cfg, cfg.data.path)
-    rows, locators = read_table(path, cfg.data)
-    rows = rows[: cfg.data.max_rows] if cfg.data.max_rows else rows
-    records, report = to_records(rows, cfg.data, locators[: len(rows)])
+    groups, _chunks, summary, _ = read_data(cfg)
+    records = [r for split in groups.values() for r in split]
     tokens_per_row = _tokens_per_row(cfg, records)
-    train_rows = int(len(records) * (1 - cfg.data.split.val - cfg.data.split.test))
+    train_rows = len(groups["train"])
     steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(train_rows / cfg.train.batch_size) / cfg.train.grad_accum)
     train_tokens = int(steps * cfg.train.batch_size * cfg.train.grad_accum * tokens_per_row)
     tok_s = estimate_train_tokens_per_s(cfg)
-    return {"run_dir": str(run_dir), "stages": stages, "rows": len(records), "task": report["task"],
+    return {"run_dir": str(run_dir), "stages": stages, "rows": len(records), "task": summary["task"],
             "train_rows_est": train_rows, "tokens_per_row": round(tokens_per_row, 1), "train_steps": steps,
             "train_tokens": train_tokens, "train_tokens_per_s_est": round(tok_s), "train_minutes_est": round(train_tokens / tok_s / 60, 1)}
 

@@ -57,9 +57,25 @@ def _ipv6_ok(s: str) -> bool:
     return True
 
 
+# Issuer prefixes and lengths of the major card networks (ISO/IEC 7812 IIN ranges as published by the
+# networks): (prefix range low, high, number of prefix digits, allowed lengths).
+_CARD_BRANDS = [
+    (4, 4, 1, (13, 16, 19)),            # Visa
+    (51, 55, 2, (16,)), (2221, 2720, 4, (16,)),  # Mastercard
+    (34, 34, 2, (15,)), (37, 37, 2, (15,)),      # American Express
+    (6011, 6011, 4, (16, 17, 18, 19)), (644, 649, 3, (16, 17, 18, 19)), (65, 65, 2, (16, 17, 18, 19)),  # Discover
+    (300, 305, 3, (14, 15, 16, 17, 18, 19)), (36, 36, 2, (14, 15, 16, 17, 18, 19)), (38, 39, 2, (16, 17, 18, 19)),
+    (3528, 3589, 4, (16, 17, 18, 19)),  # JCB
+    (62, 62, 2, (16, 17, 18, 19)),      # UnionPay
+    (50, 50, 2, (12, 13, 16, 19)), (56, 58, 2, (12, 13, 16, 19)), (67, 69, 2, (12, 13, 16, 19)),  # Maestro
+]
+
+
 def _card_ok(s: str) -> bool:
+    """Luhn-valid, with a known issuer prefix and a length that issuer uses."""
     digits = re.sub(r"[ -]", "", s)
-    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+    brand = any(lo <= int(digits[:n]) <= hi and len(digits) in lengths for lo, hi, n, lengths in _CARD_BRANDS)
+    return brand and luhn_ok(digits)
 
 
 def _ssn_ok(s: str) -> bool:
@@ -87,7 +103,7 @@ _DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None, int]] = [
     ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok, 0),
     ("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card_ok, 0),
     ("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _ssn_ok, 0),
-    ("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.]|\.\d)"), _ipv4_ok, 0),
+    ("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), _ipv4_ok, 0),
     ("ipv6", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
      _ipv6_ok, 0),
     # International numbers with '+', bracketed area codes, or the NANP 3-3-4 shape; 9-15 digits (ITU-T E.164).
@@ -98,12 +114,24 @@ _DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None, int]] = [
 TYPES = tuple(dict.fromkeys(t for t, *_ in _DETECTORS))
 
 
+# Cheap pre-checks: a detector only runs when the text has what every match of it must contain.
+_DIGIT = re.compile(r"\d")
+_NEEDS: dict[str, Callable[[str], bool]] = {
+    "email": lambda t: "@" in t, "ipv6": lambda t: "::" in t or t.count(":") >= 3,
+    "bearer_token": lambda t: "Bearer" in t, "secret": lambda t: "-----BEGIN" in t or "=" in t or ":" in t,
+    **{k: lambda t: _DIGIT.search(t) is not None for k in ("iban", "credit_card", "us_ssn", "ipv4", "phone")},
+}
+
+
 def find_pii(text: str, types: Iterable[str] | None = None) -> list[Span]:
     """Non-overlapping PII spans in `text`, sorted by start; earlier detectors win overlaps."""
     wanted = set(types) if types is not None else set(TYPES)
     taken: list[Span] = []
+    checked: dict[str, bool] = {}
     for kind, pattern, ok, group in _DETECTORS:
         if kind not in wanted:
+            continue
+        if kind in _NEEDS and not checked.setdefault(kind, _NEEDS[kind](text)):
             continue
         for m in pattern.finditer(text):
             start, end = m.span(group)

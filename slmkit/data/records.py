@@ -29,11 +29,13 @@ class _Draft:
     system: str | None
     turns: list[dict[str, str]]
     output: str
+    rejected: str | None = None  # preference pairs: the dispreferred final answer
+    group: str | None = None  # rows that must share a split (e.g. questions on one SQuAD context)
 
 
 def available_columns(rows: list[dict[str, Any]]) -> list[str]:
-    """Every column seen in any row, in first-seen order."""
-    return list(dict.fromkeys(k for row in rows for k in row))
+    """Every column seen in any row, in first-seen order (internal `_` columns left out)."""
+    return list(dict.fromkeys(k for row in rows for k in row if not k.startswith("_")))
 
 
 def _find(available: list[str], candidates: tuple[str, ...]) -> str | None:
@@ -75,7 +77,8 @@ def _text(value: Any) -> str:
     """A cell as stripped text; None is empty, non-strings are JSON-encoded (3 -> '3')."""
     if value is None:
         return ""
-    return (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)).strip()
+    # default=str: Excel/Parquet cells can be dates, decimals or bytes
+    return (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)).strip()
 
 
 def _parse_messages(value: Any, locator: str) -> list[dict[str, str]]:
@@ -106,12 +109,14 @@ def _draft(row: dict[str, Any], picked: dict, locator: str) -> _Draft | None:
         has_user = any(m["role"] == "user" and m["content"].strip() for m in msgs)
         if not has_user or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
             return None
-        return _Draft(locator, system or None, msgs, msgs[-1]["content"].strip())
+        rejected = row.get("rejected")
+        return _Draft(locator, system or None, msgs, msgs[-1]["content"].strip(),
+                      rejected if isinstance(rejected, str) and rejected.strip() else None)
     user, output = _text(row.get(picked["input"])), _text(row.get(picked["output"]))
     if not user or not output:
         return None
     turns = [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
-    return _Draft(locator, system or None, turns, output)
+    return _Draft(locator, system or None, turns, output, group=row.get("_group"))
 
 
 def expand_labels(prompt: str | None, labels: list[str]) -> str | None:
@@ -128,9 +133,14 @@ def record_id(messages: list[dict[str, str]]) -> str:
 def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
     system = draft.system or system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + draft.turns
-    return {"id": record_id(messages), "messages": messages, "label": None, "_output": draft.output,
-            "meta": {"source": draft.locator, "source_sha256": None, "license": None, "split": None,
-                     "synthetic": None, "pii_redacted": []}}
+    rec = {"id": record_id(messages), "messages": messages, "label": None, "_output": draft.output,
+           "meta": {"source": draft.locator, "source_sha256": None, "license": None, "split": None,
+                    "synthetic": None, "pii_redacted": []}}
+    if draft.rejected is not None:
+        rec["rejected"] = draft.rejected
+    if draft.group is not None:
+        rec["meta"]["group"] = draft.group
+    return rec
 
 
 def dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

@@ -1,8 +1,12 @@
-"""Readers for CSV, TSV, JSON and JSONL files: rows as dicts, each with a locator (`path#row=N`)."""
+"""Table readers (CSV, TSV, JSON, JSONL, Parquet, Excel; .gz allowed): rows as dicts, each with a locator.
+
+Locators: `path#row=N`, `path#line=N` for JSONL, `path#sheet=S&row=N` for Excel (N is the sheet's row).
+"""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import logging
@@ -11,12 +15,16 @@ from typing import Any
 
 from slmkit.config import DataConfig
 from slmkit.errors import SlmError
-from slmkit.io import read_jsonl
+
+from .report import Report
 
 log = logging.getLogger("slmkit.data")
 
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-SUPPORTED = "CSV (.csv), TSV (.tsv), JSON (.json), JSONL (.jsonl)"
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".xlsx": "excel", ".xlsm": "excel"}
+SUPPORTED = ("CSV (.csv), TSV (.tsv), JSON (.json), JSONL (.jsonl), Parquet (.parquet), Excel (.xlsx), "
+             "any of these gzipped (.gz)")
+DEFAULT_MAX_LINE = 1_000_000
 # CLINC150 stores rows as bare [text, label] pairs; these names feed column auto-detection.
 PAIR_COLUMNS = ("text", "label")
 
@@ -27,11 +35,28 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
     """The format named in config, else the one implied by the file extension."""
     if fmt != "auto":
         return fmt
-    ext = path.suffix.lower()
+    ext = table_suffix(path)
     if ext not in EXTENSIONS:
         raise SlmError(f"{path}: unsupported file extension {ext or '(none)'!r}; supported: {SUPPORTED}",
                        "rename the file or set data.format to csv, tsv, json or jsonl")
     return EXTENSIONS[ext]
+
+
+def table_suffix(path: Path) -> str:
+    """The extension that names the format ('.jsonl' for data.jsonl.gz)."""
+    suffixes = [x.lower() for x in path.suffixes]
+    return suffixes[-2] if len(suffixes) >= 2 and suffixes[-1] == ".gz" else path.suffix.lower()
+
+
+def _open_bytes(path: Path) -> bytes:
+    """File bytes, gunzipped when the name ends in .gz."""
+    raw = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise SlmError(f"{path}: not a valid gzip file ({e})", "re-create it with gzip, or drop the .gz suffix") from None
+    return raw
 
 
 def _check_file(path: Path) -> bytes:
@@ -42,7 +67,7 @@ def _check_file(path: Path) -> bytes:
     if not path.is_file():
         raise SlmError(f"data file not found: {path}",
                        "check data.path; relative paths are resolved from the config file's folder")
-    raw = path.read_bytes()
+    raw = _open_bytes(path)
     if not raw.strip():
         raise SlmError(f"data file is empty: {path}", "the file has no content; check you exported the right file")
     return raw
@@ -139,29 +164,100 @@ def _read_json(path: Path, text: str, json_field: str | None) -> tuple[Rows, lis
     return [_normalize(obj, loc) for obj, loc in zip(items, locators)], locators
 
 
-def _read_jsonl(path: Path) -> tuple[Rows, list[str]]:
-    items = read_jsonl(path)
-    with open(path, encoding="utf-8") as f:  # same line splitting as read_jsonl, to recover line numbers
-        linenos = [n for n, line in enumerate(f, 1) if line.strip()]
-    locators = [f"{path}#line={n}" for n in linenos]
-    return [_normalize(obj, loc) for obj, loc in zip(items, locators)], locators
+def _read_jsonl(path: Path, report: Report, max_line: int) -> tuple[Rows, list[str]]:
+    """Line by line (gzip too); over-long lines are skipped and counted, malformed ones are an error."""
+    rows, locators = [], []
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            _jsonl_lines(path, f, rows, locators, report, max_line)
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise SlmError(f"{path}: broken gzip file ({e})", "re-create it with gzip, or drop the .gz suffix") from None
+    return rows, locators
 
 
-def read_table(path: str | Path, data: DataConfig | None = None) -> tuple[Rows, list[str]]:
-    """Rows of a CSV/TSV/JSON/JSONL file and a locator for each (`path#row=N`, or `path#line=N` for JSONL)."""
+def _jsonl_lines(path: Path, f, rows: Rows, locators: list[str], report: Report, max_line: int) -> None:
+    """Parse JSONL lines from an open binary file into rows/locators."""
+    for lineno, raw in enumerate(f, 1):
+        if len(raw) > max_line:
+            report.skip(f"{path}#line={lineno}", f"line too long ({len(raw)} bytes; data.limits.max_line_chars "
+                        f"is {max_line})")
+            continue
+        try:
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise SlmError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+                           "re-save the file as UTF-8 (e.g. `iconv -t UTF-8`)") from None
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SlmError(f"{path}:{lineno}: malformed JSON line ({e.msg})",
+                           "fix or remove that line; each line must be one JSON object") from None
+        loc = f"{path}#line={lineno}"
+        rows.append(_normalize(obj, loc))
+        locators.append(loc)
+
+
+def _read_parquet(path: Path) -> tuple[Rows, list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+        rows = [r for batch in pf.iter_batches(batch_size=10_000) for r in batch.to_pylist()]
+    except (pa.ArrowException, OSError) as e:
+        raise SlmError(f"{path}: cannot read Parquet ({str(e)[:200]})", "check the file is a complete Parquet file") from None
+    return rows, [f"{path}#row={i}" for i in range(1, len(rows) + 1)]
+
+
+def _read_excel(path: Path, sheet: str | None) -> tuple[Rows, list[str]]:
+    """First non-empty row is the header; locators carry the sheet's own row numbers."""
+    import zipfile
+
+    from openpyxl import load_workbook
+    from openpyxl.utils.exceptions import InvalidFileException
+
+    try:
+        wb = load_workbook(path, read_only=True, data_only=True)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as e:
+        raise SlmError(f"{path}: cannot open as Excel ({type(e).__name__})", "save it again as .xlsx") from None
+    if sheet is not None and sheet not in wb.sheetnames:
+        raise SlmError(f"{path}: no sheet {sheet!r} (sheets: {', '.join(wb.sheetnames)})", "set the source's sheet")
+    ws = wb[sheet] if sheet else wb[wb.sheetnames[0]]
+    rows, locators, header = [], [], None
+    for n, values in enumerate(ws.iter_rows(values_only=True), 1):
+        if not any(v is not None and str(v).strip() for v in values):
+            continue
+        if header is None:
+            header = [str(v).strip() if v is not None else f"column{i + 1}" for i, v in enumerate(values)]
+            continue
+        rows.append({h: v for h, v in zip(header, values)})
+        locators.append(f"{path}#sheet={ws.title}&row={n}")
+    wb.close()
+    return rows, locators
+
+
+def read_table(path: str | Path, data: DataConfig | None = None, report: Report | None = None,
+               max_line: int = DEFAULT_MAX_LINE, sheet: str | None = None) -> tuple[Rows, list[str]]:
+    """Rows of a table file and a locator for each; over-long JSONL lines go to `report` as skips."""
     data = data or DataConfig()
     path = Path(path)
-    raw = _check_file(path)
-    fmt = detect_format(path, data.format)
-    text = _decode(path, raw)
-    if fmt == "csv":
-        rows, locators = _read_delimited(path, text, ",")
-    elif fmt == "tsv":
-        rows, locators = _read_delimited(path, text, "\t")
-    elif fmt == "json":
-        rows, locators = _read_json(path, text, data.json_field)
+    fmt = detect_format(path, data.format) if path.is_file() and path.stat().st_size else None
+    if fmt in ("jsonl", "parquet", "excel"):
+        if fmt == "jsonl":
+            rows, locators = _read_jsonl(path, report or Report(), max_line)
+        else:
+            rows, locators = _read_parquet(path) if fmt == "parquet" else _read_excel(path, sheet)
     else:
-        rows, locators = _read_jsonl(path)
+        raw = _check_file(path)
+        fmt = detect_format(path, data.format)
+        text = _decode(path, raw)
+        if fmt in ("csv", "tsv"):
+            rows, locators = _read_delimited(path, text, "," if fmt == "csv" else "\t")
+        else:
+            rows, locators = _read_json(path, text, data.json_field)
     if not rows:
         raise SlmError(f"data file has no rows: {path}", "add data rows below the header / inside the list")
     return rows, locators

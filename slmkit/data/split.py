@@ -1,6 +1,7 @@
 """Deterministic hash split: a record's split depends only on the seed and its own id.
 
-So adding or removing other rows never moves a record between train, val and test.
+So adding or removing other rows never moves a record between train, val and test. Records with a
+`meta.group` (e.g. questions on one SQuAD context) are split by the group, so a group stays together.
 """
 
 from __future__ import annotations
@@ -36,6 +37,6 @@ def assign_splits(records: list[dict[str, Any]], cfg: SplitConfig) -> dict[str, 
                        "make val + test well below 1, e.g. 0.1 each")
     groups: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for rec in records:
-        rec["meta"]["split"] = split_of(rec["id"], cfg)
+        rec["meta"]["split"] = split_of(rec["meta"].get("group") or rec["id"], cfg)
         groups[rec["meta"]["split"]].append(rec)
     return groups

@@ -1,26 +1,5 @@
-"""`serve` config section: network, limits and batching of `slm serve`."""
+"""Serve config; the model lives in slmkit.schema.serve (attached to BuildConfig as `serve:`)."""
 
-from __future__ import annotations
+from slmkit.schema.serve import ServeConfig
 
-from typing import Literal
-
-from pydantic import Field
-
-from slmkit.config import _Strict
-
-
-class ServeConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    backend: Literal["torch"] = Field("torch", description="inference backend (ONNX Runtime GenAI: not yet)")
-    served_model_name: str | None = Field(None, description="name in /v1/models; default: the folder or model name")
-    api_key_env: str = Field("SLM_API_KEY", description="env var holding the bearer key; unset or empty = no auth")
-    max_batch_size: int = Field(32, gt=0, description="sequences decoded together in one step")
-    max_queue: int = Field(128, ge=0, description="requests waiting for a batch slot; more get HTTP 429")
-    max_prefill_tokens: int = Field(4096, gt=0, description="prompt tokens admitted into the batch per step")
-    max_prompt_tokens: int = Field(4096, gt=0)
-    max_tokens: int = Field(1024, gt=0, description="cap on a request's max_tokens")
-    default_max_tokens: int = Field(256, gt=0, description="max_tokens when a chat request sets none")
-    max_body_bytes: int = Field(1_000_000, gt=0)
-    request_timeout_s: float = Field(300.0, gt=0)
-    drain_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, in-flight requests get this long to finish")
+__all__ = ["ServeConfig"]

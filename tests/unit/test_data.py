@@ -174,10 +174,13 @@ def test_split_is_deterministic_and_proportions_are_rough():
 
 def test_split_is_stable_when_rows_are_added(tmp_path):
     small = prepare(build_cfg(EXAMPLE, max_rows=300), tmp_path / "small")
-    prepare(build_cfg(EXAMPLE), tmp_path / "full")
+    full = prepare(build_cfg(EXAMPLE), tmp_path / "full")
     before, after = ({r["id"]: r["meta"]["split"] for r in written(tmp_path / d)} for d in ("small", "full"))
-    assert len(before) == sum(small["rows"].values()) == 300 and len(after) == 576
-    assert all(after[i] == s for i, s in before.items())
+    dropped = lambda s: s["dropped"]["near_duplicate"] + s["dropped"]["contaminated"]  # noqa: E731
+    assert len(before) == sum(small["rows"].values()) == 300 - dropped(small)
+    assert len(after) == sum(full["rows"].values()) == 576 - dropped(full) and len(after) > 560
+    assert all(after[i] == s for i, s in before.items() if i in after)
+    assert sum(i in after for i in before) >= len(before) - dropped(full)
 
 
 def test_assign_splits_rejects_no_room_for_train():
@@ -188,17 +191,18 @@ def test_assign_splits_rejects_no_room_for_train():
 def test_prepare_on_example_writes_four_files_and_counts_add_up(tmp_path):
     out = tmp_path / "data"
     summary = prepare(build_cfg(EXAMPLE, system_prompt="Intents: {labels}"), out)
-    assert sorted(p.name for p in out.iterdir()) == ["card.md", "test.jsonl", "train.jsonl", "val.jsonl"]
-    assert set(summary) == {"rows", "dropped", "task", "labels", "source", "source_sha256", "license",
-                            "columns_picked"}
+    assert sorted(p.name for p in out.iterdir()) == ["card.md", "lengths.png", "test.jsonl", "train.jsonl",
+                                                     "val.jsonl"]
+    assert {"rows", "dropped", "task", "labels", "source", "source_sha256", "license",
+            "columns_picked"} <= set(summary)
     counts = {s: len(read_jsonl(out / f"{s}.jsonl")) for s in ("train", "val", "test")}
-    assert counts == summary["rows"] and sum(counts.values()) == 576
-    assert summary["dropped"] == {"duplicate": 0, "empty": 0}
+    assert counts == summary["rows"] and sum(counts.values()) == 576 - summary["dropped"]["near_duplicate"]
+    assert summary["dropped"]["duplicate"] == 0 and summary["dropped"]["empty"] == 0
     assert all(40 < counts[s] < 80 for s in ("val", "test"))
     assert summary["task"] == "classification" and len(summary["labels"]) == 12
     card = (out / "card.md").read_text()
     assert summary["source_sha256"] in card and f"| train | {counts['train']} |" in card
-    assert "| weather | 48 |" in card and "| input | text |" in card
+    assert "| weather | 48 |" in card and "| input | text |" in card and "![token lengths](lengths.png)" in card
 
 
 def test_provenance_fields(tmp_path):
@@ -233,7 +237,9 @@ def raises(cfg: BuildConfig, tmp_path: Path) -> SlmError:
 def test_unset_missing_directory_and_empty(tmp_path):
     assert "data.path is not set" in raises(build_cfg(None), tmp_path).message
     assert f"not found: {tmp_path / 'nope.csv'}" in raises(build_cfg(tmp_path / "nope.csv"), tmp_path).message
-    assert "is a directory" in raises(build_cfg(tmp_path), tmp_path).message
+    (tmp_path / "empty_dir").mkdir()
+    err = raises(build_cfg(tmp_path / "empty_dir"), tmp_path)  # a folder is a source now; an empty one is refused
+    assert "nothing usable" in err.message and "empty folder" in err.message
     empty = write(tmp_path / "empty.csv", b"")
     err = raises(build_cfg(empty), tmp_path)
     assert "empty" in err.message and str(empty) in err.message
@@ -266,8 +272,8 @@ def test_column_errors(tmp_path):
 
 
 def test_unsupported_extension_and_not_utf8(tmp_path):
-    err = raises(build_cfg(write(tmp_path / "data.xlsx", "whatever")), tmp_path)
-    assert "'.xlsx'" in err.message and "CSV" in err.message and "JSONL" in err.message
+    err = raises(build_cfg(write(tmp_path / "data.docx", "whatever")), tmp_path)
+    assert "'.docx'" in err.message and "CSV" in err.message and "JSONL" in err.message
     p = write(tmp_path / "latin.csv", "text,intent\nhi,greeting\ncaf\xe9 please,order\n".encode("latin-1"))
     err = raises(build_cfg(p), tmp_path)
     assert f"{p}:3: not valid UTF-8" in err.message and "UTF-8" in err.hint

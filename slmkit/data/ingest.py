@@ -1,0 +1,230 @@
+"""Turn each configured source into records (tables, chat logs) or document chunks, with provenance.
+
+A source is a file, a folder (documents and tables inside, walked in sorted order), an http(s) URL, a
+saved Hugging Face dataset, or a ChromaDB folder. Without data.sources and data.path, a SageMaker
+training job's SM_CHANNEL_TRAIN folder is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmkit.config import BuildConfig, resolve_path
+from slmkit.errors import SlmError
+from slmkit.io import sha256_file
+
+from .chunk import chunk_document
+from .config import ChunkConfig, SourceConfig, data_section
+from .docs import DOC_EXTENSIONS, Document, fetch_url, read_document
+from .records import to_records
+from .report import Report
+from .shapes import convert
+from .sources import EXTENSIONS, find_license, read_table, table_suffix
+
+log = logging.getLogger("slmkit.data")
+SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "squad": "squad",
+               "preference": "preference"}
+
+
+@dataclass
+class SourceResult:
+    name: str
+    type: str
+    sha256: str | None = None
+    license: str | None = None
+    rows_in: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    shapes: list[str] = field(default_factory=list)
+
+
+def resolve_sources(cfg: BuildConfig) -> list[SourceConfig]:
+    """data.sources, else data.path as one source, else $SM_CHANNEL_TRAIN (inside SageMaker)."""
+    sources = data_section(cfg.data, "sources")
+    if sources:
+        return list(sources)
+    d = cfg.data
+    if d.path:
+        return [SourceConfig(path=d.path, json_field=d.json_field, columns=d.columns, license=d.license,
+                             type=d.format if d.format != "auto" else "auto")]
+    if os.environ.get("SM_CHANNEL_TRAIN"):
+        log.info("data: no data.path; reading the SageMaker channel SM_CHANNEL_TRAIN=%s", os.environ["SM_CHANNEL_TRAIN"])
+        return [SourceConfig(path=os.environ["SM_CHANNEL_TRAIN"], type="folder")]
+    raise SlmError("data.path is not set",
+                   "set data.path in the config (or --set data.path=FILE) to a file, folder or URL, or list data.sources")
+
+
+def is_url(path: str) -> bool:
+    return path.startswith(("http://", "https://"))
+
+
+def source_kind(src: SourceConfig, path: Path) -> str:
+    """The reader for a source: its `type`, else what the path looks like."""
+    if src.type != "auto" and src.type not in SHAPE_TYPES and src.type not in EXTENSIONS.values():
+        return src.type
+    if path.is_dir():
+        if (path / "chroma.sqlite3").is_file():
+            return "chroma"
+        if any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            return "hf_dataset"
+        return "folder"
+    return DOC_EXTENSIONS.get(path.suffix.lower(), "table")
+
+
+def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
+                chunk: ChunkConfig | None = None) -> SourceResult:
+    """Records and chunks of one source; bad parts are skipped into `report`, a bad whole raises SlmError."""
+    chunk = chunk or data_section(cfg.data, "chunk")
+    if is_url(src.path):
+        res = SourceResult(src.path, "url", license=src.license)
+        doc = fetch_url(src.path, data_section(cfg.data, "fetch"), data_section(cfg.data, "limits"), report)
+        if doc is not None:
+            res.sha256 = doc.sha256
+            _add_document(res, doc, src.license, tok, chunk)
+        return res
+    path = resolve_path(cfg, src.path)
+    if not path.exists():
+        raise SlmError(f"data file not found: {path}", "check data.path / data.sources[].path "
+                       "(relative paths are resolved from the config file's folder)")
+    kind = source_kind(src, path)
+    res = SourceResult(str(path), kind)
+    if kind == "folder":
+        _read_folder(res, path, src, cfg, tok, report, chunk)
+    elif kind == "chroma":
+        _read_chroma(res, path, src)
+    elif kind == "hf_dataset":
+        _add_table_rows(res, *_hf_rows(path, src), path, src, cfg)
+    elif kind in DOC_EXTENSIONS.values():
+        doc = read_document(path, kind, data_section(cfg.data, "limits"), report)
+        if doc is not None:
+            _add_document(res, doc, src.license or find_license(path), tok, chunk)
+    else:
+        _add_table(res, path, src, cfg, report)
+    if res.sha256 is None and path.is_file():
+        res.sha256 = sha256_file(path)
+    if res.license is None:
+        res.license = src.license or find_license(path if path.is_file() else path / "_")
+    return res
+
+
+def _data_cfg(src: SourceConfig, cfg: BuildConfig):
+    fmt = src.type if src.type in ("csv", "tsv", "json", "jsonl") else "auto"
+    return cfg.data.model_copy(update={"columns": src.columns, "json_field": src.json_field, "format": fmt})
+
+
+def _add_table(res: SourceResult, path: Path, src: SourceConfig, cfg: BuildConfig, report: Report) -> None:
+    limits = data_section(cfg.data, "limits")
+    rows, locators = read_table(path, _data_cfg(src, cfg), report, limits.max_line_chars, src.sheet)
+    _add_table_rows(res, rows, locators, path, src, cfg)
+
+
+def _add_table_rows(res: SourceResult, rows: list[dict], locators: list[str], path: Path, src: SourceConfig,
+                    cfg: BuildConfig) -> None:
+    shape = SHAPE_TYPES.get(src.type, "auto")
+    if shape == "preference" and rows and "prompt" not in rows[0]:
+        shape = "hh"
+    rows, locators, used = convert(rows, locators, shape, str(path))
+    res.rows_in += len(rows)
+    data_cfg = _data_cfg(src, cfg)
+    if max_rows := cfg.data.max_rows:
+        rows, locators = rows[:max_rows], locators[:max_rows]
+    records, rep = to_records(rows, data_cfg, locators)
+    sha, license_ = sha256_file(path) if path.is_file() else res.sha256, src.license or find_license(path)
+    for rec in records:
+        rec["meta"].update(source_sha256=sha, license=license_)
+        rec["meta"].setdefault("transformations", []).extend([] if used == "table" else [f"shape:{used}"])
+    res.records += records
+    res.reports.append(rep)
+    res.shapes.append(used)
+
+
+def _add_document(res: SourceResult, doc: Document, license_: str | None, tok: Any, chunk: ChunkConfig) -> None:
+    chunks = chunk_document(doc, tok, chunk)
+    for c in chunks:
+        c["meta"]["license"] = license_
+    res.chunks += chunks
+    res.rows_in += 1
+
+
+def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
+                 chunk: ChunkConfig) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts))
+    limits = data_section(cfg.data, "limits")
+    if not files:
+        report.skip(str(folder), "empty folder (no files)")
+    shas = []
+    for f in files:
+        if f.name.lower().startswith(("license", "licence")):
+            continue
+        ext = f.suffix.lower()
+        if ext in DOC_EXTENSIONS:
+            doc = read_document(f, DOC_EXTENSIONS[ext], limits, report)
+            if doc is not None:
+                shas.append(doc.sha256)
+                _add_document(res, doc, src.license or find_license(f) or find_license(folder / "_"), tok, chunk)
+        elif table_suffix(f) in EXTENSIONS:
+            try:
+                _add_table(res, f, src, cfg, report)
+                shas.append(sha256_file(f))
+            except SlmError as e:
+                report.skip(str(f), e.message)
+        else:
+            report.skip(str(f), f"unsupported file type {ext or '(none)'!r}")
+    res.sha256 = hashlib.sha256("".join(shas).encode()).hexdigest() if shas else None
+
+
+def _hf_rows(path: Path, src: SourceConfig) -> tuple[list[dict], list[str]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise SlmError(f"{path}: not a dataset saved with save_to_disk ({str(e)[:160]})",
+                       "save it with Dataset.save_to_disk(PATH), or point at a file") from None
+    split = None
+    if isinstance(ds, datasets.DatasetDict):
+        split = src.split or ("train" if "train" in ds else next(iter(ds)))
+        if split not in ds:
+            raise SlmError(f"{path}: no split {split!r} (splits: {', '.join(ds)})", "set the source's split")
+        ds = ds[split]
+    rows = [r for batch in ds.iter(batch_size=10_000) for r in _unbatch(batch)]
+    tag = f"split={split}&" if split else ""
+    return rows, [f"{path}#{tag}row={i}" for i in range(1, len(rows) + 1)]
+
+
+def _unbatch(batch: dict[str, list]) -> list[dict]:
+    keys = list(batch)
+    return [dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys))]
+
+
+def _read_chroma(res: SourceResult, path: Path, src: SourceConfig) -> None:
+    """Stored chunks of a collection become document chunks again (no re-chunking)."""
+    from .index import read_collection
+
+    for c in read_collection(path, src.collection):
+        c["meta"]["license"] = src.license or c["meta"].get("license")
+        res.chunks.append(c)
+    res.rows_in = len(res.chunks)
+
+
+def source_fingerprint(cfg: BuildConfig) -> str:
+    """sha256 over every source's content (files, folders) or its address (URLs, collections)."""
+    h = hashlib.sha256()
+    for src in resolve_sources(cfg):
+        h.update(src.model_dump_json().encode())
+        if is_url(src.path):
+            continue
+        path = resolve_path(cfg, src.path)
+        if not path.exists():
+            raise SlmError(f"data file not found: {path}", "check data.path (relative paths are from the config file's folder)")
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for f in files:
+            h.update(str(f.relative_to(path) if f != path else f.name).encode())
+            h.update(sha256_file(f).encode())
+    return h.hexdigest()

@@ -1,0 +1,20 @@
+"""Serve stage: an OpenAI- and SageMaker-compatible HTTP server over a continuous-batching engine.
+
+    from slmkit.serve import Engine, SamplingParams, create_app
+    engine = Engine.load("runs/my-run").start()
+    for piece in engine.generate_stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=32)):
+        print(piece, end="")
+"""
+
+from slmkit.serve.config import ServeConfig
+from slmkit.serve.engine import Engine, Event, Result, SamplingParams, load_engine
+
+
+def create_app(engine, api_key=None):
+    """FastAPI app around `engine` (imported lazily: the engine alone needs no web stack)."""
+    from slmkit.serve.app import create_app as _create
+
+    return _create(engine, api_key)
+
+
+__all__ = ["Engine", "Event", "Result", "SamplingParams", "ServeConfig", "create_app", "load_engine"]

@@ -1,0 +1,103 @@
+"""`slm synth CONFIG [--dry-run]`: the teacher writes training data into runs/<name>/synth/rows.jsonl.
+
+Until `BuildConfig` has a `synth` field, the `synth:` section is validated here and the rest of the
+YAML by `load_config`; afterwards `load_config` does both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from slmkit.errors import SlmError
+
+
+def load(config: Path, overrides: dict) -> tuple["SynthConfig", "BuildConfig"]:  # noqa: F821
+    """(synth section, the build config around it): defaults < YAML < env SLM_* < overrides."""
+    from pydantic import ValidationError
+
+    from slmkit.config import BuildConfig, _deep_merge, env_overrides, load_config, read_yaml
+    from slmkit.synth.config import SynthConfig
+
+    if "synth" in BuildConfig.model_fields:
+        cfg = load_config(config, overrides)
+        return cfg.synth, cfg  # type: ignore[attr-defined]
+    merged = _deep_merge(_deep_merge(read_yaml(config), env_overrides()), overrides)
+    section = merged.pop("synth", None)
+    merged["config_dir"] = str(Path(config).resolve().parent)
+    cfg = load_config(None, merged, environ={})
+    if section is None:
+        raise SlmError(f"{config}: no 'synth' section", "add synth: {teacher: {...}, recipes: [...]} (see slmkit/synth/config.py)")
+    try:
+        return SynthConfig.model_validate(section), cfg
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(["synth"] + [str(p) for p in err["loc"]])
+        hint = "remove or rename that key" if err["type"] == "extra_forbidden" else "fix the value"
+        raise SlmError(f"{config}: config field '{where}': {err['msg']}", hint) from None
+
+
+def _fingerprint(synth, config_dir: Path) -> tuple[str, dict]:
+    from slmkit.runs import fingerprint
+    from slmkit.synth.run import input_hashes
+
+    inputs = input_hashes(synth, config_dir)
+    return fingerprint("synth", synth.model_dump(mode="json"), inputs), inputs
+
+
+def register(app: typer.Typer) -> None:
+    """Add `synth` to the `slm` app."""
+    from slmkit.cli import LogFmtOpt, NameOpt, OutOpt, ProgOpt, SetOpt, _overrides, out, setup_logging
+
+    @app.command()
+    def synth(config: Path, dry_run: bool = typer.Option(False, "--dry-run", help="Count the calls, call nothing"),
+              sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt, output_dir: Optional[str] = OutOpt,
+              log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
+        """A teacher model writes training rows (cot, amplify, qa_from_docs, respond, judge), cached and budgeted."""
+        from slmkit.pipeline import run_dir_of
+        from slmkit.runs import stage_manifest
+        from slmkit.synth.run import plan, synthesize
+
+        synth_cfg, cfg = load(config, _overrides(sets, name, output_dir, None, None))
+        run_dir = run_dir_of(cfg)
+        config_dir = Path(cfg.config_dir or ".")
+        if dry_run:
+            setup_logging(log_format)
+            p = plan(synth_cfg, run_dir, config_dir)
+            if log_format == "json":
+                out.print_json(data=p)
+                return
+            for r in p["recipes"]:
+                out.print(f"  {r['recipe']:<14} {r['calls']:>5} calls  {r['cached']:>5} cached  "
+                          f"+{r['more_at_most']} at most  ~{r['rows_expected']} rows", soft_wrap=True)
+            out.print(f"total: {p['calls']} calls, {p['cached']} cached, {p['calls'] - p['cached']} to make, "
+                      f"+ up to {p['more_at_most']} more depending on replies (retries, judge, batches)", soft_wrap=True)
+            out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
+            return
+        setup_logging(log_format, run_dir)
+        fp, inputs = _fingerprint(synth_cfg, config_dir)
+        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), inputs) as summary:
+            summary.update(synthesize(synth_cfg, run_dir, config_dir, show_progress=progress))
+        s = summary["stats"]
+        for label, r in summary["recipes"].items():
+            out.print(f"  {label:<14} {r['rows']:>5} rows  dropped {r['dropped'] or '-'}", soft_wrap=True)
+        out.print(f"calls: {s['calls']} made, {s['cached']} cached, {s['retries']} retries, failed {s['failed'] or '-'}; "
+                  f"tokens {s['prompt_tokens']} in / {s['completion_tokens']} out; cost ${s['cost_usd']:.4f}", soft_wrap=True)
+        if summary["stopped"]:
+            out.print(f"[yellow]stopped early: {summary['stopped']}[/] (rerun to continue; cached calls are free)")
+        out.print(f"[bold]synth[/]: {summary['rows']} rows -> {summary['path']}", soft_wrap=True)
+
+
+def main() -> None:
+    """`python -m slmkit.synth.cli synth CONFIG`: the `slm` app with `synth` registered (until cli.py does it)."""
+    from slmkit import cli as root
+
+    if not any(c.name == "synth" or (c.callback and c.callback.__name__ == "synth") for c in root.app.registered_commands):
+        register(root.app)
+    root.main()
+
+
+if __name__ == "__main__":
+    main()
