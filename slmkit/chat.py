@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from threading import Thread
 
 from slmkit.errors import SlmError
 from slmkit.models import resolve_model
@@ -37,40 +36,28 @@ def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
     return resolve_model(target), None, {}
 
 
-def load_for_chat(target: str, trust_remote_code: bool = False):
-    from slmkit.hardware import detect, setup_threads
-    from slmkit.models import load_model, load_tokenizer
+def load_engine_for_chat(target: str, trust_remote_code: bool = False):
+    """The same continuous-batching engine `slm serve` uses, started for one user."""
+    from slmkit.serve.engine import Engine
 
-    model_path, adapter, info = resolve_target(target)
-    hw = detect()
-    setup_threads()
-    tok = load_tokenizer(adapter or model_path, trust_remote_code or info.get("trust_remote_code", False))
-    model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust_remote_code, adapter=adapter)
-    return model, tok
+    return Engine.load(target, trust_remote_code=trust_remote_code).start()
 
 
-def stream_reply(model, tok, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, out=None) -> str:
-    """Generate a reply, writing tokens to `out` as they come; return the full text."""
-    from transformers import TextIteratorStreamer
+def stream_reply(engine, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, out=None) -> str:
+    """Generate a reply, writing text to `out` as it comes; return the full text."""
+    from slmkit.serve.engine import SamplingParams
 
     out = out or sys.stdout
-    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True).to(model.device)
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    kwargs = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer, pad_token_id=tok.pad_token_id,
-                  do_sample=temperature > 0, **({"temperature": temperature} if temperature > 0 else {}))
-    worker = Thread(target=model.generate, kwargs=kwargs, daemon=True)
-    worker.start()
     parts = []
-    for piece in streamer:
+    for piece in engine.generate_stream(messages, SamplingParams(max_tokens=max_new_tokens, temperature=temperature)):
         parts.append(piece)
         out.write(piece)
         out.flush()
-    worker.join()
     out.write("\n")
     return "".join(parts).strip()
 
 
-def chat_loop(model, tok, system: str | None, max_new_tokens: int, temperature: float) -> None:
+def chat_loop(engine, system: str | None, max_new_tokens: int, temperature: float) -> None:
     """Read user lines until EOF or /exit; keep the conversation as context."""
     history = [{"role": "system", "content": system}] if system else []
     print("Type a message, /reset to clear history, /exit to quit.", file=sys.stderr)
@@ -88,4 +75,4 @@ def chat_loop(model, tok, system: str | None, max_new_tokens: int, temperature: 
             continue
         history.append({"role": "user", "content": line})
         sys.stdout.write("model> ")
-        history.append({"role": "assistant", "content": stream_reply(model, tok, history, max_new_tokens, temperature)})
+        history.append({"role": "assistant", "content": stream_reply(engine, history, max_new_tokens, temperature)})

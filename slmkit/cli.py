@@ -81,8 +81,14 @@ def setup_logging(log_format: str, run_dir: Path | None = None) -> None:
         root.addHandler(fh)
     for noisy in ("transformers", "accelerate", "peft", "datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # weight-loading bars; slmkit shows its own progress for long work
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _stage_cmd(stage: str, config: Path, sets, name, output_dir, base_model, max_steps, force, log_format, progress,
@@ -173,15 +179,18 @@ def chat(target: str = typer.Argument(..., metavar="RUN_OR_MODEL"),
          system: Optional[str] = typer.Option(None, "--system", help="System message"),
          max_new_tokens: int = typer.Option(256, "--max-new-tokens"), temperature: float = typer.Option(0.0, "--temperature")) -> None:
     """Streaming terminal chat with a run folder, export, registered name, or model."""
-    from slmkit.chat import chat_loop, load_for_chat, stream_reply
+    from slmkit.chat import chat_loop, load_engine_for_chat, stream_reply
 
     setup_logging("text")
-    model, tok = load_for_chat(target)
-    if prompt is not None:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        stream_reply(model, tok, messages, max_new_tokens, temperature)
-        return
-    chat_loop(model, tok, system, max_new_tokens, temperature)
+    engine = load_engine_for_chat(target)
+    try:
+        if prompt is not None:
+            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            stream_reply(engine, messages, max_new_tokens, temperature)
+        else:
+            chat_loop(engine, system, max_new_tokens, temperature)
+    finally:
+        engine.stop()
 
 
 @config_app.command("show")
