@@ -241,7 +241,8 @@ def doctor() -> None:
 
 
 # Commands that live beside their stage: each module's register(app) adds its sub-commands.
-EXTENSIONS = ("slmkit.data.cli", "slmkit.synth.cli", "slmkit.train.distill_cli", "slmkit.serve.cli")
+EXTENSIONS = ("slmkit.data.cli", "slmkit.synth.cli", "slmkit.train.distill_cli", "slmkit.eval.cli", "slmkit.export.cli",
+              "slmkit.serve.cli")
 for _module in EXTENSIONS:
     import importlib
 

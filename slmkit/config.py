@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from slmkit.errors import SlmError
 from slmkit.schema.base import ColumnMap, _Strict  # noqa: F401 (re-exported for stage schemas)
@@ -84,11 +84,17 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = Field(None, gt=0)
     compare_base: bool = True
+    task: Literal["auto", "classification", "qa", "generation", "math"] = "auto"
 
 
 class ExportConfig(_Strict):
-    formats: list[Literal["merged"]] = Field(default_factory=lambda: ["merged"])
+    formats: list[Literal["merged", "gguf", "onnx", "pt2"]] = Field(default_factory=lambda: ["merged"])
+    gguf_quant: list[Literal["f16", "q8_0"]] = Field(default_factory=lambda: ["q8_0"])
+    onnx_quant: list[Literal["int4", "int8"]] = Field(default_factory=lambda: ["int4"])
     verify_tolerance: float = Field(1e-3, gt=0, description="max abs logit diff allowed for the merged export")
+    metric_margin: float = Field(2.0, ge=0, description="points of task metric a 16/8-bit export may lose")
+    metric_margin_4bit: float = Field(5.0, ge=0, description="points of task metric a 4-bit export may lose")
+    verify_examples: int = Field(64, ge=0, description="eval rows used to re-check each export (0 skips)")
 
 
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl"]

@@ -85,9 +85,9 @@ def _dispatch(cfg: BuildConfig, run_dir: Path, stage: str, resume: bool, show_pr
 
         task = read_manifest(run_dir, "data")["summary"]["task"]
         return evaluate(cfg, run_dir, task, show_progress=show_progress)
-    from slmkit.export.merge import export_merged
+    from slmkit.export.formats import export_formats
 
-    return export_merged(cfg, run_dir)
+    return export_formats(cfg, run_dir)
 
 
 def build(cfg: BuildConfig, force: bool = False, resume: bool = False, show_progress: bool = True) -> list[StageOutcome]:

@@ -73,7 +73,7 @@ def inspect_target(target: str, base_model: str = "default", sets: list[str] | N
     if path.is_dir() and (path / "data").is_dir():
         summary = _summary_of_run(path)
         if summary is None:
-            raise SlmError(f"{path}: the data stage has no manifest yet", f"run `slm data` for that run first")
+            raise SlmError(f"{path}: the data stage has no manifest yet", "run `slm data` for that run first")
         return summary
     if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
         cfg = load_config(path, cli_overrides(sets or []))

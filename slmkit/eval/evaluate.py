@@ -1,7 +1,7 @@
 """Generate on the test split and score: base model and trained model side by side.
 
 Writes <run>/eval/: predictions.jsonl (one row per example and model), metrics.json, metrics.md
-(the table) and metrics.png (bar chart).
+(the table), metrics.png (bar chart) and report.html (self-contained comparison page).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 
 from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
-from slmkit.eval.metrics import compute_metrics
+from slmkit.eval.metrics import compute_metrics, confusion_matrix
 from slmkit.hardware import detect, setup_threads
 from slmkit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
@@ -77,16 +77,20 @@ def evaluate(cfg: BuildConfig, run_dir: Path, task: str, show_progress: bool = T
     """Score every model of the run on the test split; return {"task", "n", "models": {name: metrics}}."""
     run_dir = Path(run_dir)
     prompts, refs = load_test_split(run_dir / "data" / "test.jsonl", cfg.eval.max_examples)
+    task = _task_for(cfg, task, refs)
     hw = detect(cfg.train.device, "float32")
     setup_threads()
     results: dict[str, dict] = {}
     predictions: list[dict] = []
+    confusion: dict[str, dict] = {}
     for name, (model_path, adapter) in _models_to_compare(cfg, run_dir).items():
         tok = load_tokenizer(adapter or model_path, cfg.model.trust_remote_code)
         model = load_model(model_path, hw.dtype, hw.device, cfg.model.trust_remote_code, adapter=adapter)
         new_tokens = _max_new_tokens(tok, refs, task, cfg.eval.max_new_tokens)
         preds = _generate_with_progress(model, tok, prompts, new_tokens, cfg.eval.batch_size, name, show_progress)
         results[name] = compute_metrics(preds, refs, task)
+        if task == "classification":
+            confusion[name] = confusion_matrix(preds, refs)
         predictions += [{"model": name, "index": i, "prompt": p[-1]["content"], "reference": r, "prediction": y}
                         for i, (p, r, y) in enumerate(zip(prompts, refs, preds))]
         log.info("eval %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
@@ -102,7 +106,23 @@ def evaluate(cfg: BuildConfig, run_dir: Path, task: str, show_progress: bool = T
         metric_bars(results, out / "metrics.png", title=f"{cfg.name}: test split ({len(refs)} examples)")
     except (ImportError, SlmError) as e:  # a chart is a nicety; the numbers are written already
         log.warning("metrics chart skipped: %s", e)
+    from slmkit.eval.report import read_loss_series, write_report
+
+    write_report(out / "report.html", summary, predictions, confusion, read_loss_series({cfg.name: run_dir}),
+                 title=f"{cfg.name}: evaluation")
     return summary
+
+
+def _task_for(cfg: BuildConfig, task: str, refs: list[str]) -> str:
+    """eval.task when set (a proposed EvalConfig field), else the data stage's; GSM8K-style answers score as math."""
+    from slmkit.eval.metrics import infer_task
+
+    configured = cfg.eval.task
+    if configured != "auto":
+        return configured
+    if task in (None, "auto"):
+        return infer_task(refs)
+    return "math" if task == "generation" and infer_task(refs) == "math" else task
 
 
 def _generate_with_progress(model, tok, prompts, new_tokens, batch_size, name, show_progress) -> list[str]:
@@ -116,9 +136,28 @@ def _generate_with_progress(model, tok, prompts, new_tokens, batch_size, name, s
         return generate(model, tok, prompts, new_tokens, batch_size, on_batch=lambda n: prog.advance(task, n))
 
 
+def _generate_backend_with_progress(backend, prompts, new_tokens, batch_size, name, show_progress) -> list[str]:
+    """Like _generate_with_progress, for any eval backend (torch, GGUF, ONNX, pt2)."""
+    if not show_progress:
+        return backend.generate(prompts, new_tokens, batch_size)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]eval {name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn()) as prog:
+        task = prog.add_task(name, total=len(prompts))
+        return backend.generate(prompts, new_tokens, batch_size, on_batch=lambda n: prog.advance(task, n))
+
+
 def metric_keys(summary: dict) -> list[str]:
-    first = next(iter(summary["models"].values()))
-    return [k for k in first if k != "n"]
+    """Metric names in first-seen order over all models (models may differ: perplexity needs a torch model)."""
+    keys: dict[str, None] = {}
+    for m in summary["models"].values():
+        keys.update((k, None) for k in m if k != "n")
+    return list(keys)
+
+
+def _fmt(m: dict, k: str, digits: int) -> str:
+    return f"{m[k]:.{digits}f}" if isinstance(m.get(k), (int, float)) else "-"
 
 
 def metrics_table_md(summary: dict) -> str:
@@ -126,7 +165,7 @@ def metrics_table_md(summary: dict) -> str:
     lines = [f"Task: {summary['task']}, {summary['n']} test examples", "",
              "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for name, m in summary["models"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m, k, 4) for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -140,5 +179,5 @@ def print_table(summary: dict, console=None) -> None:
     for k in keys:
         table.add_column(k, justify="right")
     for name, m in summary["models"].items():
-        table.add_row(name, *(f"{m[k]:.3f}" for k in keys))
+        table.add_row(name, *(_fmt(m, k, 3) for k in keys))
     (console or Console()).print(table)

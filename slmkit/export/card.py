@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from slmkit.eval.evaluate import metrics_table_md
+from slmkit.export.licence import card_section, classify
 from slmkit.models import model_license, resolve_model
 
 
@@ -13,7 +14,20 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def render_card(run_dir: Path, cfg, verify: dict) -> str:
+def _verify_lines(verify: dict) -> list[str]:
+    logits = verify.get("logits", verify)
+    lines = [f"- max |logit difference| against the source model on {logits.get('prompts', 3)} fixed prompts: "
+             f"{logits.get('max_abs_diff')}"]
+    if "top1_agreement" in logits:
+        lines.append(f"- same next token as the source on {logits['top1_agreement']:.0%} of them; "
+                     f"tokenizer ids match: {logits.get('tokenizer_match')}")
+    if m := verify.get("metric"):
+        lines.append(f"- {m['metric']} on {m['n']} eval examples: source {m['source']:.4f}, this export {m['export']:.4f} "
+                     f"(drop {m['drop_points']:.1f} points, allowed {verify.get('margin_points')})")
+    return lines
+
+
+def render_card(run_dir: Path, cfg, verify: dict, export_format: str = "merged", licence: dict | None = None) -> str:
     run_dir = Path(run_dir)
     data = _read(run_dir / "data" / "manifest.json").get("summary", {})
     train = _read(run_dir / "train" / "manifest.json").get("summary", {})
@@ -37,13 +51,13 @@ def render_card(run_dir: Path, cfg, verify: dict) -> str:
         f"- final train loss: {train.get('final_loss')}, val loss: {train.get('val_loss')}, device: {train.get('device')}, "
         f"dtype: {train.get('dtype')}, {train.get('seconds')} s", "",
         "## Evaluation (held-out test split)", metrics_table_md(metrics) if metrics.get("models") else "not evaluated", "",
-        "## Export check", f"- max |logit difference| against the unmerged model on fixed prompts: {verify.get('max_abs_diff')}",
-        "",
+        f"## Export check ({export_format})", *_verify_lines(verify), "",
+        *(card_section(licence) if licence else []),
         "## Intended use and limits",
         f"- Intended for the narrow task in its training data ({data.get('task', 'unknown')}); outside it, expect the "
         "base model's behaviour or worse.",
         "- A 135M-class model makes mistakes: check its outputs where errors matter.",
     ]
-    if data_license == "unknown" or "nc" in data_license.lower().replace("-", " ").split():
+    if classify(data_license) != "ok":
         lines.append(f"- Data licence is {data_license}: check it allows your use before shipping this model.")
     return "\n".join(lines) + "\n"

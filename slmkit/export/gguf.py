@@ -165,6 +165,7 @@ def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = Non
     rope_theta = (config.get("rope_parameters") or {}).get("rope_theta") or config.get("rope_theta", 10000.0)
     tokmeta = tokenizer_metadata(src, config["vocab_size"])
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_name(name or src.name)

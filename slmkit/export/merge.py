@@ -11,6 +11,7 @@ import torch
 from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
 from slmkit.export.card import render_card
+from slmkit.export.licence import check_licences
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.models import load_model, load_tokenizer, resolve_model
 
@@ -55,7 +56,7 @@ def export_merged(cfg: BuildConfig, run_dir: Path) -> dict:
         if diff > cfg.export.verify_tolerance:
             raise SlmError(f"merged export differs from the trained model (max |logit diff| {diff:.3g})",
                            f"this is a bug or a dtype issue; raise export.verify_tolerance (now {cfg.export.verify_tolerance}) only if expected")
-        atomic_write_text(tmp / "README.md", render_card(run_dir, cfg, verify))
+        atomic_write_text(tmp / "README.md", render_card(run_dir, cfg, verify, "merged", check_licences(cfg.model.base_model, run_dir)))
         atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "export": "merged", "verify": verify,
                                                 "run": cfg.name})
     size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())

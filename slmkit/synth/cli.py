@@ -14,29 +14,14 @@ import typer
 from slmkit.errors import SlmError
 
 
-def load(config: Path, overrides: dict) -> tuple["SynthConfig", "BuildConfig"]:  # noqa: F821
+def load(config: Path, overrides: dict):
     """(synth section, the build config around it): defaults < YAML < env SLM_* < overrides."""
-    from pydantic import ValidationError
+    from slmkit.config import load_config
 
-    from slmkit.config import BuildConfig, _deep_merge, env_overrides, load_config, read_yaml
-    from slmkit.synth.config import SynthConfig
-
-    if "synth" in BuildConfig.model_fields:
-        cfg = load_config(config, overrides)
-        return cfg.synth, cfg  # type: ignore[attr-defined]
-    merged = _deep_merge(_deep_merge(read_yaml(config), env_overrides()), overrides)
-    section = merged.pop("synth", None)
-    merged["config_dir"] = str(Path(config).resolve().parent)
-    cfg = load_config(None, merged, environ={})
-    if section is None:
-        raise SlmError(f"{config}: no 'synth' section", "add synth: {teacher: {...}, recipes: [...]} (see slmkit/synth/config.py)")
-    try:
-        return SynthConfig.model_validate(section), cfg
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(["synth"] + [str(p) for p in err["loc"]])
-        hint = "remove or rename that key" if err["type"] == "extra_forbidden" else "fix the value"
-        raise SlmError(f"{config}: config field '{where}': {err['msg']}", hint) from None
+    cfg = load_config(config, overrides)
+    if not cfg.synth.recipes:
+        raise SlmError(f"{config}: the 'synth' section has no recipes", "add synth: {teacher: {...}, recipes: [...]}")
+    return cfg.synth, cfg
 
 
 def _fingerprint(synth, config_dir: Path) -> tuple[str, dict]:

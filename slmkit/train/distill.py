@@ -23,10 +23,10 @@ from slmkit.errors import SlmError
 from slmkit.hardware import detect, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
-from slmkit.train.kd_losses import (KDLoss, assistant_mask, divergence, labelled_logits, log_probs, masked_mean, mix_with_ce,
+from slmkit.train.kd_losses import (assistant_mask, divergence, labelled_logits, log_probs, masked_mean, mix_with_ce,
                                     topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
-from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, save_checkpoint
+from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, save_checkpoint
 
 log = logging.getLogger("slmkit")
 
@@ -229,7 +229,6 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
             show_progress: bool = True) -> dict:
     """Train the student against the teacher on <run_dir>/data; return a summary for the manifest."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     from slmkit.train.prune import load_full_model
 
@@ -268,10 +267,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     lengths = [len(e["input_ids"]) for e in train_ex]
     n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
     total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
-    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    params, optimizer, scheduler = make_optimizer(model, t_cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if teacher is not None:
         teacher = teacher.to(accelerator.device)

@@ -15,26 +15,11 @@ out = Console()
 
 def load_distill_config(config: Path, sets: list[str] | None, name: str | None = None, output_dir: str | None = None):
     """(BuildConfig, DistillConfig) with the usual precedence: defaults < YAML < env SLM_* < --set."""
-    from pydantic import ValidationError
-
-    from slmkit.config import BuildConfig, _deep_merge, cli_overrides, env_overrides, load_config, read_yaml
-    from slmkit.train.distill import DistillConfig
+    from slmkit.config import _deep_merge, cli_overrides, load_config
 
     named = {k: v for k, v in {"name": name, "output_dir": output_dir}.items() if v is not None}
-    over = _deep_merge(named, cli_overrides(sets or []))
-    if "distill" in BuildConfig.model_fields:  # attached to BuildConfig: one validation for everything
-        cfg = load_config(config, over)
-        return cfg, cfg.distill
-    merged = _deep_merge(_deep_merge(read_yaml(config), env_overrides()), over)
-    section = merged.pop("distill", None) or {}
-    merged["config_dir"] = str(Path(config).resolve().parent)
-    cfg = load_config(None, merged, environ={})
-    try:
-        return cfg, DistillConfig.model_validate(section)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in ("distill", *err["loc"]))
-        raise SlmError(f"{config}: config field '{where}': {err['msg']}", "fix the value; see DistillConfig in slmkit/train/distill.py") from None
+    cfg = load_config(config, _deep_merge(named, cli_overrides(sets or [])))
+    return cfg, cfg.distill
 
 
 def _stage(cfg, dcfg, stage_fn, label: str, log_format: str, **kw) -> dict:

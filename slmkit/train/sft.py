@@ -54,6 +54,17 @@ def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
     return out, dropped
 
 
+def make_optimizer(model, t_cfg, total_steps: int):
+    """AdamW over the trainable parameters only (LoRA weights for LoRA) and the configured LR schedule."""
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
+    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    return params, optimizer, scheduler
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """Newest complete checkpoint. Checkpoints appear by atomic rename, so any step-N folder is whole."""
     found = [(int(m.group(1)), p) for p in ckpt_root.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
@@ -130,7 +141,6 @@ def _progress():
 def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
     """Fine-tune cfg.model.base_model on <run_dir>/data; return a summary for the manifest."""
     from accelerate import Accelerator
-    from transformers import get_scheduler
 
     t_cfg, out = cfg.train, Path(run_dir) / "train"
     data_dir = Path(run_dir) / "data"
@@ -163,10 +173,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
     total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
-    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    params, optimizer, scheduler = make_optimizer(model, t_cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     pad_id = tok.pad_token_id
 

@@ -1,0 +1,132 @@
+"""Export benchmark (issue 8): size on disk and greedy decode tokens/s of each export format vs the PyTorch model.
+
+Full (CPU, a few minutes: the embedded SmolLM2-135M-Instruct to GGUF f16/q8_0, ONNX int4/int8, torch.export):
+    python bench/export_bench.py --out runs/bench-export
+Smoke (seconds, tiny random llama, checks the plumbing only):
+    python bench/export_bench.py --smoke
+Decode speed = (N - 1) / (time for N new tokens - time for 1), so prompt prefill is left out. GGUF is read by
+transformers, which dequantises to fp32: its speed is PyTorch's, not llama.cpp's (not installed here), and is
+reported as such. The .pt2 program has no KV cache, so it recomputes the whole prefix per token.
+Writes <out>/results.json and <out>/results.md (paste into docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def decode_rate(backend, n: int) -> float:
+    """Tokens/s of greedy decoding, prefill excluded; eos is suppressed so every run makes n tokens."""
+    import torch
+
+    ids = backend.prompt_ids(PROMPT)
+    if backend.kind in ("torch", "gguf"):
+        enc = torch.tensor([ids])
+        kw = dict(do_sample=False, pad_token_id=backend.tok.pad_token_id)
+        with torch.no_grad():
+            run = lambda k: backend.model.generate(enc, max_new_tokens=k, min_new_tokens=k, **kw)  # noqa: E731
+            run(2)  # warm-up
+            t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
+    elif backend.kind == "onnx":
+        import onnxruntime_genai as og
+
+        def run(k: int) -> None:
+            params = og.GeneratorParams(backend.model)
+            params.set_search_options(max_length=len(ids) + k, min_length=len(ids) + k, do_sample=False)
+            gen = og.Generator(backend.model, params)
+            gen.append_tokens([ids])
+            while not gen.is_done():
+                gen.generate_next_token()
+        run(2)
+        t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
+    else:  # pt2: full recompute per token
+        def run(k: int) -> None:
+            seq = list(ids)
+            for _ in range(k):
+                seq.append(int(backend.next_token_logits(seq).argmax()))
+        t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
+    return (n - 1) / max(tn - t1, 1e-9)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny random llama, a few tokens")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--tokens", type=int, default=64)
+    args = ap.parse_args()
+
+    import torch
+
+    from slmkit.eval.backends import load_backend
+    from slmkit.export.gguf import write_gguf
+    from slmkit.export.onnx import build_onnx
+    from slmkit.export.pt2 import export_pt2
+    from slmkit.export.verify import compare_logits
+    from slmkit.hardware import setup_threads
+
+    setup_threads()
+    work = Path(tempfile.mkdtemp(prefix="slm-export-bench-"))
+    if args.smoke:
+        from tests.unit.test_export_formats import make_bpe_llama
+
+        src, n = make_bpe_llama(work / "src"), min(args.tokens, 8)
+    else:
+        from slmkit.models import resolve_model
+
+        src, n = resolve_model("default"), args.tokens
+    out = args.out or work / "results"
+    builds = {
+        "gguf f16": lambda: write_gguf(src, work / "gguf" / "model-f16.gguf", "f16"),
+        "gguf q8_0": lambda: write_gguf(src, work / "gguf" / "model-q8_0.gguf", "q8_0"),
+        "onnx int4": lambda: build_onnx(src, work / "onnx-int4", "int4"),
+        "onnx int8": lambda: build_onnx(src, work / "onnx-int8", "int8"),
+        "pt2": lambda: export_pt2(src, work / "pt2", 512).parent,
+    }
+    source = load_backend(str(src), name="pytorch fp32")
+    results = [{"format": "pytorch fp32 (safetensors)", "bytes": sum(_size(f) for f in Path(src).glob("*.safetensors")),
+                "export_s": 0.0, "decode_tok_s": decode_rate(source, n), "max_abs_logit_diff": 0.0, "runtime": "PyTorch"}]
+    for name, build in builds.items():
+        t0 = time.perf_counter()
+        path = build()
+        export_s = time.perf_counter() - t0
+        backend = load_backend(str(path), name=name)
+        diff = compare_logits(source, backend)["max_abs_diff"]
+        runtime = {"gguf": "transformers (dequantised fp32)", "onnx": "onnxruntime-genai", "pt2": "torch.export, no KV cache"}[backend.kind]
+        results.append({"format": name, "bytes": _size(path), "export_s": export_s, "decode_tok_s": decode_rate(backend, n),
+                        "max_abs_logit_diff": diff, "runtime": runtime})
+        print(f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {results[-1]['decode_tok_s']:.1f} tok/s, diff {diff:.3g}", flush=True)
+        del backend
+    lines = [f"Model: {'tiny random llama (smoke)' if args.smoke else 'SmolLM2-135M-Instruct'}, {n} new tokens, "
+             f"{torch.get_num_threads()} threads, CPU", "",
+             "| format | size (MB) | export (s) | decode tok/s | max abs logit diff | runtime |", "|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {r['decode_tok_s']:.1f} | "
+              f"{r['max_abs_logit_diff']:.3g} | {r['runtime']} |" for r in results]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

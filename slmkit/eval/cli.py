@@ -1,0 +1,49 @@
+"""`slm eval-models MODEL... --data SPLIT [--fail-under METRIC=VALUE]`: compare any models on one split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+TASKS = ("auto", "classification", "qa", "generation", "math")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval-models` to the slm app."""
+
+    @app.command("eval-models")
+    def eval_models_cmd(models: list[str] = typer.Argument(..., metavar="MODEL...",
+                                                           help="Run folders, export folders, .gguf files, HF folders, 'default'"),
+                        data: str = typer.Option(..., "--data", help="JSONL split (e.g. runs/NAME/data/test.jsonl) or a run folder"),
+                        out_dir: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, report.html..."),
+                        task: str = typer.Option("auto", "--task", help="auto, classification, qa, generation or math"),
+                        fail_under: Optional[list[str]] = typer.Option(None, "--fail-under",
+                                                                       help="METRIC=VALUE or MODEL:METRIC=VALUE; exit 1 below it"),
+                        max_examples: Optional[int] = typer.Option(None, "--max-examples", min=1),
+                        max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
+                        batch_size: int = typer.Option(8, "--batch-size", min=1),
+                        perplexity: bool = typer.Option(True, "--perplexity/--no-perplexity"),
+                        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+        """Score every MODEL on the same split; write metrics.json, predictions.jsonl and a self-contained report.html."""
+        from rich.console import Console
+
+        from slmkit.cli import setup_logging
+        from slmkit.errors import SlmError
+        from slmkit.eval.compare import check_fail_under, eval_models, parse_fail_under
+        from slmkit.eval.evaluate import print_table
+
+        if task not in TASKS:
+            raise SlmError(f"--task {task!r} is not one of {', '.join(TASKS)}", "or leave it at auto to infer it from the data")
+        rules = parse_fail_under(fail_under or [])  # bad syntax fails before any model loads
+        setup_logging("text")
+        summary = eval_models(models, data, out_dir, task, max_examples, max_new_tokens, batch_size, perplexity, progress)
+        out = Console()
+        print_table(summary, out)
+        out.print(f"report: {out_dir / 'report.html'}")
+        failures = check_fail_under(summary, rules)
+        for f in failures:
+            Console(stderr=True).print(f"[bold red]below threshold:[/] {f}")
+        if failures:
+            raise typer.Exit(1)

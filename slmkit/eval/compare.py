@@ -1,0 +1,128 @@
+"""`slm eval-models MODEL... --data SPLIT`: any number of models (runs, HF folders, GGUF, ONNX, pt2) on one split.
+
+Writes into the output folder: predictions.jsonl, metrics.json, metrics.md, report.html.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from slmkit.errors import SlmError
+from slmkit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger("slmkit")
+
+
+def resolve_split(data: str) -> Path:
+    """A JSONL split file, or a run folder (its data/test.jsonl)."""
+    path = Path(data).expanduser()
+    if path.is_dir():
+        path = path / "data" / "test.jsonl"
+    if not path.is_file():
+        raise SlmError(f"no eval split at {path}", "pass a JSONL split (e.g. runs/NAME/data/test.jsonl) or a run folder")
+    return path
+
+
+def parse_fail_under(items: list[str]) -> list[tuple[str | None, str, float]]:
+    """['accuracy=0.8', 'trained:f1=0.5'] -> [(None, 'accuracy', 0.8), ('trained', 'f1', 0.5)]."""
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        model, _, metric = key.rpartition(":")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = None
+        if not sep or not metric or threshold is None:
+            raise SlmError(f"--fail-under {item!r} is not METRIC=VALUE", "e.g. --fail-under accuracy=0.8 or --fail-under MODEL:f1=0.5")
+        out.append((model or None, metric, threshold))
+    return out
+
+
+def check_fail_under(summary: dict, rules: list[tuple[str | None, str, float]]) -> list[str]:
+    """Messages for every (model, metric) below its threshold; an unknown metric or model is a user error."""
+    failures = []
+    for model, metric, threshold in rules:
+        targets = [model] if model else list(summary["models"])
+        for name in targets:
+            if name not in summary["models"]:
+                raise SlmError(f"--fail-under names model {name!r}, which was not evaluated", f"models: {', '.join(summary['models'])}")
+            value = summary["models"][name].get(metric)
+            if value is None:
+                raise SlmError(f"--fail-under metric {metric!r} is not computed for task {summary['task']}",
+                               f"metrics: {', '.join(k for k in summary['models'][name] if k != 'n')}")
+            if value < threshold:
+                failures.append(f"{name}: {metric} {value:.4f} < {threshold}")
+    return failures
+
+
+def _unique_names(specs: list[str]) -> list[str]:
+    names = []
+    for spec in specs:
+        p = Path(spec)
+        base = f"{p.parent.name}/{p.name}" if p.name in ("merged", "final", "pt2") or p.name.startswith(("onnx-", "gguf-")) else p.name or spec
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}#{k}", k + 1
+        names.append(name)
+    return names
+
+
+def _run_of(spec: str) -> Path | None:
+    """The run folder a model spec belongs to, for its loss curve."""
+    p = Path(spec).expanduser().resolve()
+    for candidate in (p, *p.parents):
+        if (candidate / "train" / "log.jsonl").is_file():
+            return candidate
+    return None
+
+
+def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", max_examples: int | None = None,
+                max_new_tokens: int = 32, batch_size: int = 8, perplexity: bool = True, show_progress: bool = True) -> dict:
+    """Score every model on the split; return {"task", "n", "models": {name: metrics}} and write the files."""
+    from slmkit.eval.backends import load_backend
+    from slmkit.eval.evaluate import _generate_backend_with_progress, _max_new_tokens, load_test_split
+    from slmkit.eval.metrics import compute_metrics, confusion_matrix, infer_task
+    from slmkit.eval.report import read_loss_series, write_report
+    from slmkit.io import read_jsonl
+
+    if not specs:
+        raise SlmError("no models to evaluate", "pass one or more models: run folders, export folders, .gguf files, 'default'")
+    split = resolve_split(data)
+    prompts, refs = load_test_split(split, max_examples)
+    rows = read_jsonl(split)[:len(refs)]
+    if task == "auto":  # the data stage sets "label" only on classification rows
+        task = "classification" if all(r.get("label") is not None for r in rows) else infer_task(refs)
+    results, predictions, confusion = {}, [], {}
+    for name, spec in zip(_unique_names(specs), specs):
+        try:
+            backend = load_backend(spec, name=name)
+        except SlmError:
+            raise
+        except Exception as e:  # any reader failure: name the model, keep the cause
+            raise SlmError(f"cannot load model '{spec}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                           "pass a run folder, an HF model folder, a .gguf file, an ONNX or pt2 export folder") from None
+        new_tokens = _max_new_tokens(backend.tok, refs, task, max_new_tokens)
+        preds = _generate_backend_with_progress(backend, prompts, new_tokens, batch_size, name, show_progress)
+        results[name] = compute_metrics(preds, refs, task)
+        if perplexity and backend.has_torch_model:
+            from slmkit.eval.perplexity import answer_perplexity
+
+            results[name]["perplexity"] = answer_perplexity(backend.model, backend.tok, [r["messages"] for r in rows])
+        if task == "classification":
+            confusion[name] = confusion_matrix(preds, refs)
+        predictions += [{"model": name, "index": i, "prompt": p[-1]["content"], "reference": r, "prediction": y}
+                        for i, (p, r, y) in enumerate(zip(prompts, refs, preds))]
+        del backend
+    summary = {"task": task, "n": len(refs), "models": results}
+    out_dir = Path(out_dir)
+    from slmkit.eval.evaluate import metrics_table_md
+
+    atomic_write_jsonl(out_dir / "predictions.jsonl", predictions)
+    atomic_write_json(out_dir / "metrics.json", summary | {"data": str(split), "specs": dict(zip(results, specs))})
+    atomic_write_text(out_dir / "metrics.md", metrics_table_md(summary))
+    runs = {name: run for name, spec in zip(results, specs) if (run := _run_of(spec)) is not None}
+    loss = read_loss_series({run.name: run for run in runs.values()})
+    write_report(out_dir / "report.html", summary, predictions, confusion, loss, title=f"slmkit evaluation: {split}")
+    return summary
