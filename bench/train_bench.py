@@ -46,6 +46,18 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def heldout_loss(model, tok, rows: list[dict], max_len: int) -> float:
+    """Assistant-token loss of a trained model on rows no trainer saw, scored the same way for every trainer."""
+    import contextlib
+
+    from slmkit.train.collate import encode_chat
+    from slmkit.train.sft import evaluate_loss
+
+    exs = [encode_chat(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}], max_len)
+           for r in rows]
+    return evaluate_loss(model, exs, tok.pad_token_id, 8, contextlib.nullcontext)
+
+
 def token_count(tok, rows: list[dict], max_len: int) -> int:
     """Non-padding tokens the trainers see: the chat-rendered rows, truncated to max_len."""
     total = 0
@@ -57,10 +69,10 @@ def token_count(tok, rows: list[dict], max_len: int) -> int:
 
 # ----------------------------------------------------------------------------- workers (one per subprocess)
 
-def run_slmkit(model: str, rows: list[dict], args) -> dict:
+def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args) -> dict:
     from slmkit.config import load_config
     from slmkit.io import atomic_write_jsonl
-    from slmkit.models import load_tokenizer, resolve_model
+    from slmkit.models import load_model, load_tokenizer, resolve_model
     from slmkit.train.sft import train
 
     run = Path(tempfile.mkdtemp(prefix="bench-slm-"))
@@ -70,17 +82,19 @@ def run_slmkit(model: str, rows: list[dict], args) -> dict:
     cfg = load_config(None, {"model": {"base_model": model}, "train": {
         "method": args.method, "max_steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.max_len,
         "lr": args.lr, "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 10**6, "logging_steps": 1,
-        "lora": {"r": 16, "alpha": 32}}}, environ={})
+        "lora": {"r": 16, "alpha": 32}, "micro_batch_size": args.micro}}, environ={})
     t0 = time.perf_counter()
     summary = train(cfg, run, show_progress=False)
     wall = time.perf_counter() - t0
     losses = [json.loads(x)["loss"] for x in (run / "train" / "log.jsonl").read_text().splitlines()]
     tok = load_tokenizer(resolve_model(model))
+    final = run / "train" / "final"
+    trained = load_model(resolve_model(model), adapter=final) if args.method == "lora" else load_model(final)
     return {"tokens": summary["tokens"], "train_seconds": summary["seconds"], "wall_seconds": wall, "losses": losses,
-            "expected_tokens": token_count(tok, rows, args.max_len)}
+            "expected_tokens": token_count(tok, rows, args.max_len), "heldout_loss": heldout_loss(trained, tok, heldout, args.max_len)}
 
 
-def run_trl(model: str, rows: list[dict], args, packing: bool, bf16: bool, grad_ckpt: bool) -> dict:
+def run_trl(model: str, rows: list[dict], heldout: list[dict], args, packing: bool, bf16: bool, grad_ckpt: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -115,21 +129,25 @@ def run_trl(model: str, rows: list[dict], args, packing: bool, bf16: bool, grad_
     wall = time.perf_counter() - t0
     seen = int(trainer.state.num_input_tokens_seen)  # non-padding tokens, counted by the Trainer itself
     return {"tokens": seen, "train_seconds": wall, "wall_seconds": wall, "losses": losses,
-            "expected_tokens": token_count(tok, rows, args.max_len)}
+            "expected_tokens": token_count(tok, rows, args.max_len),
+            "heldout_loss": heldout_loss(trainer.model.float(), tok, heldout, args.max_len)}
 
 
 CONFIGS = {
-    "slmkit": lambda m, r, a: run_slmkit(m, r, a),
-    "trl_default": lambda m, r, a: run_trl(m, r, a, packing=False, bf16=False, grad_ckpt=True),
-    "trl_packing": lambda m, r, a: run_trl(m, r, a, packing=True, bf16=False, grad_ckpt=True),
-    "trl_no_ckpt": lambda m, r, a: run_trl(m, r, a, packing=False, bf16=False, grad_ckpt=False),
-    "trl_bf16": lambda m, r, a: run_trl(m, r, a, packing=False, bf16=True, grad_ckpt=True),
+    "slmkit": lambda m, r, h, a: run_slmkit(m, r, h, a),
+    "trl_default": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=False, grad_ckpt=True),
+    "trl_packing": lambda m, r, h, a: run_trl(m, r, h, a, packing=True, bf16=False, grad_ckpt=True),
+    "trl_no_ckpt": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=False, grad_ckpt=False),
+    "trl_bf16": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=True, grad_ckpt=True),
 }
+HELDOUT = 32
 
 
 def worker(args) -> None:
-    rows = load_rows(args.steps * args.batch_size)
-    res = CONFIGS[args.worker](args.model, rows, args)
+    rows = load_rows(args.steps * args.batch_size + HELDOUT)
+    rows, heldout = rows[:-HELDOUT], rows[-HELDOUT:]
+    args.micro = args.micro if args.micro == "auto" else int(args.micro)
+    res = CONFIGS[args.worker](args.model, rows, heldout, args)
     res.update(name=args.worker, method=args.method, peak_rss_gb=round(peak_rss_gb(), 3), data=rows[0]["source"])
     print("RESULT " + json.dumps(res))
 
@@ -143,6 +161,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--micro", default="auto", help="slmkit train.micro_batch_size ('auto' or rows)")
     p.add_argument("--methods", default="lora,full")
     p.add_argument("--configs", default=None, help="comma list of " + ",".join(CONFIGS))
     p.add_argument("--smoke", action="store_true", help="1 step on a tiny random model")
@@ -171,7 +190,7 @@ def main() -> None:
                       "(a 2048^2 bf16 matmul runs ~500x slower than fp32 here)")
                 continue
             cmd = [sys.executable, __file__, "--worker", name, "--method", method, "--model", args.model, "--steps",
-                   str(args.steps), "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--lr", str(args.lr)]
+                   str(args.steps), "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--lr", str(args.lr), "--micro", str(args.micro)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if line is None:
@@ -179,17 +198,16 @@ def main() -> None:
                 continue
             r = json.loads(line[7:])
             r["tokens_per_s"] = r["tokens"] / r["train_seconds"]
-            r["final_loss"] = sum(r["losses"][-4:]) / max(len(r["losses"][-4:]), 1)
             results.append(r)
             print(f"{method:<5} {name:<12} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  "
-                  f"loss(last 4) {r['final_loss']:.4f}  ({r['train_seconds']:.1f} s)", flush=True)
+                  f"held-out loss {r['heldout_loss']:.4f}  ({r['train_seconds']:.1f} s)", flush=True)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n| method | trainer | tokens/s | peak RSS GB | loss (last 4 steps) | speed vs fastest TRL | RSS vs that TRL |")
+    print("\n| method | trainer | tokens/s | peak RSS GB | held-out loss | speed vs fastest TRL | RSS vs that TRL |")
     print("|---|---|---|---|---|---|---|")
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
@@ -198,7 +216,7 @@ def print_table(results: list[dict]) -> None:
         for r in rows:
             ratio = f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x" if best else "-"
             rss = f"{r['peak_rss_gb'] / best['peak_rss_gb']:.2f}x" if best else "-"
-            print(f"| {method} | {r['name']} | {r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['final_loss']:.4f} | {ratio} | {rss} |")
+            print(f"| {method} | {r['name']} | {r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['heldout_loss']:.4f} | {ratio} | {rss} |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from slmkit.errors import SlmError
 from slmkit.schema.base import ColumnMap, _Strict  # noqa: F401 (re-exported for stage schemas)
@@ -64,6 +64,7 @@ class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(8, gt=0)
+    micro_batch_size: Literal["auto"] | PositiveInt = Field("auto", description="rows per forward pass; 'auto': 2 on CPU, the batch on GPU")
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

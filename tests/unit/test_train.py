@@ -131,3 +131,27 @@ def test_checkpoints_are_pruned_to_keep(tmp_path, tiny_model_dir, tiny_csv):
     cfg, run = _prepared_run(tmp_path, tiny_model_dir, tiny_csv, max_steps=9, save_steps=2, keep_checkpoints=2)
     train(cfg, run, show_progress=False)
     assert sorted(p.name for p in (run / "train" / "checkpoints").iterdir()) == ["step-6", "step-8"]
+
+
+def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
+    """Splitting a batch into micro-batches (token-weighted) changes memory, not the gradient."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.train.sft import batch_backward
+
+    tok = make_tiny_tokenizer()
+    replies = ["play_music", "alarm weather", "translate hello into french", "book_flight", "weather"]
+    exs = [encode_chat(tok, MSGS[:2] + [{"role": "assistant", "content": r}], 64) for r in replies]
+    grads, losses = [], []
+    for micro in (5, 2, 1):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        loss, tokens = batch_backward(model, exs, tok.pad_token_id, micro, Accelerator(cpu=True))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+        losses.append(loss)
+        assert tokens == sum(len(e["input_ids"]) for e in exs)  # pad tokens are not counted
+    whole = assistant_ce_loss(AutoModelForCausalLM.from_pretrained(tiny_model_dir), **collate(exs, tok.pad_token_id))[0]
+    assert losses[0] == pytest.approx(float(whole), rel=1e-6)
+    for g, loss in zip(grads[1:], losses[1:]):
+        assert loss == pytest.approx(losses[0], rel=1e-5)
+        assert torch.allclose(g, grads[0], atol=1e-6, rtol=1e-4)
