@@ -144,7 +144,7 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
     replies = ["play_music", "alarm weather", "translate hello into french", "book_flight", "weather"]
     exs = [encode_chat(tok, MSGS[:2] + [{"role": "assistant", "content": r}], 64) for r in replies]
     grads, losses = [], []
-    for micro in (5, 2, 1):
+    for micro in (5, 2, 1, None):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         loss, tokens = batch_backward(model, exs, tok.pad_token_id, micro, Accelerator(cpu=True))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
@@ -155,3 +155,15 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
     for g, loss in zip(grads[1:], losses[1:]):
         assert loss == pytest.approx(losses[0], rel=1e-5)
         assert torch.allclose(g, grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_auto_micro_batches_follow_the_token_budget():
+    from slmkit.train.sft import MICRO_TOKENS, micro_chunks
+
+    exs = [{"input_ids": [0] * n, "labels": [0] * n} for n in (300, 100, 100, 100, 100, 250, 40, 40)]
+    chunks = micro_chunks(exs, None)
+    assert sorted(len(e["input_ids"]) for c in chunks for e in c) == sorted(len(e["input_ids"]) for e in exs)
+    for c in chunks:  # padded size within budget, unless a single row is already larger
+        assert len(c) == 1 or len(c) * max(len(e["input_ids"]) for e in c) <= MICRO_TOKENS
+    assert len(chunks) == 3  # [40, 40, 100, 100, 100] (5 x 100 padded) [100, 250] (2 x 250) [300]
+    assert [len(c) for c in micro_chunks(exs, 3)] == [3, 3, 2]
