@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -244,8 +245,6 @@ def doctor() -> None:
 EXTENSIONS = ("slmkit.data.cli", "slmkit.synth.cli", "slmkit.train.distill_cli", "slmkit.eval.cli", "slmkit.export.cli",
               "slmkit.serve.cli")
 for _module in EXTENSIONS:
-    import importlib
-
     importlib.import_module(_module).register(app)
 
 

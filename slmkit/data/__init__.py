@@ -18,7 +18,6 @@ from slmkit.io import atomic_write_jsonl
 
 from .card import write_card
 from .clean import clean, decontaminate
-from .config import data_section
 from .ingest import read_source, resolve_sources, source_fingerprint
 from .records import to_records
 from .report import Report
@@ -87,7 +86,7 @@ def _source_rows(results: list) -> list[dict[str, Any]]:
 
 def run(cfg: BuildConfig, show_progress: bool = False) -> tuple[dict[str, list], list[dict], dict[str, Any], Report]:
     """Read + clean + split in memory: (groups, chunks, summary without output files, report)."""
-    clean_cfg = data_section(cfg.data, "clean")
+    clean_cfg = cfg.data.clean
     tok_name = tokenizer_name(cfg)
     tok = get_tokenizer(tok_name)
     report = Report()

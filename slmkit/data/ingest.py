@@ -19,7 +19,7 @@ from slmkit.errors import SlmError
 from slmkit.io import sha256_file
 
 from .chunk import chunk_document
-from .config import ChunkConfig, SourceConfig, data_section
+from .config import ChunkConfig, SourceConfig
 from .docs import DOC_EXTENSIONS, Document, fetch_url, read_document
 from .records import to_records
 from .report import Report
@@ -46,7 +46,7 @@ class SourceResult:
 
 def resolve_sources(cfg: BuildConfig) -> list[SourceConfig]:
     """data.sources, else data.path as one source, else $SM_CHANNEL_TRAIN (inside SageMaker)."""
-    sources = data_section(cfg.data, "sources")
+    sources = cfg.data.sources
     if sources:
         return list(sources)
     d = cfg.data
@@ -80,10 +80,10 @@ def source_kind(src: SourceConfig, path: Path) -> str:
 def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
                 chunk: ChunkConfig | None = None) -> SourceResult:
     """Records and chunks of one source; bad parts are skipped into `report`, a bad whole raises SlmError."""
-    chunk = chunk or data_section(cfg.data, "chunk")
+    chunk = chunk or cfg.data.chunk
     if is_url(src.path):
         res = SourceResult(src.path, "url", license=src.license)
-        doc = fetch_url(src.path, data_section(cfg.data, "fetch"), data_section(cfg.data, "limits"), report)
+        doc = fetch_url(src.path, cfg.data.fetch, cfg.data.limits, report)
         if doc is not None:
             res.sha256 = doc.sha256
             _add_document(res, doc, src.license, tok, chunk)
@@ -101,7 +101,7 @@ def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
     elif kind == "hf_dataset":
         _add_table_rows(res, *_hf_rows(path, src), path, src, cfg)
     elif kind in DOC_EXTENSIONS.values():
-        doc = read_document(path, kind, data_section(cfg.data, "limits"), report)
+        doc = read_document(path, kind, cfg.data.limits, report)
         if doc is not None:
             _add_document(res, doc, src.license or find_license(path), tok, chunk)
     else:
@@ -119,7 +119,7 @@ def _data_cfg(src: SourceConfig, cfg: BuildConfig):
 
 
 def _add_table(res: SourceResult, path: Path, src: SourceConfig, cfg: BuildConfig, report: Report) -> None:
-    limits = data_section(cfg.data, "limits")
+    limits = cfg.data.limits
     rows, locators = read_table(path, _data_cfg(src, cfg), report, limits.max_line_chars, src.sheet)
     _add_table_rows(res, rows, locators, path, src, cfg)
 
@@ -155,7 +155,7 @@ def _add_document(res: SourceResult, doc: Document, license_: str | None, tok: A
 def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
                  chunk: ChunkConfig) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts))
-    limits = data_section(cfg.data, "limits")
+    limits = cfg.data.limits
     if not files:
         report.skip(str(folder), "empty folder (no files)")
     shas = []

@@ -36,9 +36,7 @@ def get_tokenizer(name: str) -> Any:
 
 def tokenizer_name(cfg: Any) -> str:
     """data.clean.tokenizer, else model.base_model."""
-    from .config import data_section
-
-    return data_section(cfg.data, "clean").tokenizer or cfg.model.base_model
+    return cfg.data.clean.tokenizer or cfg.model.base_model
 
 
 def count_tokens(tok: Any, texts: list[str]) -> list[int]:

@@ -6,8 +6,18 @@
         print(piece, end="")
 """
 
-from slmkit.serve.config import ServeConfig
-from slmkit.serve.engine import Engine, Event, Result, SamplingParams, load_engine
+from slmkit.schema.serve import ServeConfig
+
+_ENGINE_NAMES = ("Engine", "Event", "Result", "SamplingParams", "load_engine")
+
+
+def __getattr__(name: str):
+    """Import the engine (torch, transformers) only when used, so `slm --help` and `slm serve --help` stay fast."""
+    if name in _ENGINE_NAMES:
+        from slmkit.serve import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'slmkit.serve' has no attribute {name!r}")
 
 
 def create_app(engine, api_key=None):

@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 
 from slmkit.errors import SlmError
-from slmkit.serve.config import ServeConfig
+from slmkit.schema.serve import ServeConfig
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 log = logging.getLogger("slmkit")

@@ -26,7 +26,7 @@ from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
 from slmkit.train.kd_losses import (assistant_mask, divergence, labelled_logits, log_probs, masked_mean, mix_with_ce,
                                     topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
-from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, save_checkpoint
+from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, optimizer_step, save_checkpoint
 
 log = logging.getLogger("slmkit")
 
@@ -317,10 +317,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
                 win["loss"].append(float(loss.detach()))
                 win["kd"].append(kd)
                 state["tokens"] += int(batch["attention_mask"].sum())
-            accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, params, optimizer, scheduler)
             state["step"] = step + 1
             if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
                 entry = {"step": state["step"], "loss": sum(win["loss"]) / len(win["loss"]),

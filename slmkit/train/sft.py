@@ -65,6 +65,14 @@ def make_optimizer(model, t_cfg, total_steps: int):
     return params, optimizer, scheduler
 
 
+def optimizer_step(accelerator, params, optimizer, scheduler, max_grad_norm: float = 1.0) -> None:
+    """Clip, step, advance the schedule, clear gradients: the end of every training step."""
+    accelerator.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """Newest complete checkpoint. Checkpoints appear by atomic rename, so any step-N folder is whole."""
     found = [(int(m.group(1)), p) for p in ckpt_root.glob("step-*") if (m := re.fullmatch(r"step-(\d+)", p.name))]
@@ -250,10 +258,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
                                              scale=1.0 / t_cfg.grad_accum)
                 window.append(loss)
                 state["tokens"] += n_tok
-            accelerator.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, params, optimizer, scheduler)
             state["step"] = step + 1
             if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
                 entry = {"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
