@@ -35,7 +35,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def decode_rate(backend, n: int) -> float:
+def _rate(r: float | None) -> str:
+    return "n/a" if r is None else f"{r:.1f}"
+
+
+def decode_rate(backend, n: int) -> float | None:
     """Tokens/s of greedy decoding, prefill excluded; eos is suppressed so every run makes n tokens."""
     import torch
 
@@ -65,7 +69,8 @@ def decode_rate(backend, n: int) -> float:
             for _ in range(k):
                 seq.append(int(backend.next_token_logits(seq).argmax()))
         t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
-    return (n - 1) / max(tn - t1, 1e-9)
+    # None when timer noise swamps the difference (tiny models in --smoke): no rate beats a made-up one
+    return (n - 1) / (tn - t1) if tn > t1 else None
 
 
 def main() -> None:
@@ -114,12 +119,12 @@ def main() -> None:
         runtime = {"gguf": "transformers (dequantised fp32)", "onnx": "onnxruntime-genai", "pt2": "torch.export, no KV cache"}[backend.kind]
         results.append({"format": name, "bytes": _size(path), "export_s": export_s, "decode_tok_s": decode_rate(backend, n),
                         "max_abs_logit_diff": diff, "runtime": runtime})
-        print(f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {results[-1]['decode_tok_s']:.1f} tok/s, diff {diff:.3g}", flush=True)
+        print(f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {_rate(results[-1]['decode_tok_s'])} tok/s, diff {diff:.3g}", flush=True)
         del backend
     lines = [f"Model: {'tiny random llama (smoke)' if args.smoke else 'SmolLM2-135M-Instruct'}, {n} new tokens, "
              f"{torch.get_num_threads()} threads, CPU", "",
              "| format | size (MB) | export (s) | decode tok/s | max abs logit diff | runtime |", "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {r['decode_tok_s']:.1f} | "
+    lines += [f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {_rate(r['decode_tok_s'])} | "
               f"{r['max_abs_logit_diff']:.3g} | {r['runtime']} |" for r in results]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")

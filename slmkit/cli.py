@@ -113,7 +113,7 @@ def build(config: Path, force: bool = ForceOpt, dry_run: bool = typer.Option(Fal
           sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt, output_dir: Optional[str] = OutOpt,
           base_model: Optional[str] = ModelOpt, max_steps: Optional[int] = StepsOpt, log_format: str = LogFmtOpt,
           progress: bool = ProgOpt) -> None:
-    """Run data -> train -> eval -> export for CONFIG in runs/<name>/."""
+    """Run the config's stages ([synth ->] data -> train [-> distill] -> eval -> export) in runs/<name>/."""
     from slmkit.pipeline import build as run_build, plan, run_dir_of
 
     cfg = _load(config, sets, name, output_dir, base_model, max_steps)
@@ -125,9 +125,15 @@ def build(config: Path, force: bool = ForceOpt, dry_run: bool = typer.Option(Fal
             return
         for s in p["stages"]:
             out.print(f"  {s['stage']:<7} {s['action']}")
-        out.print(f"rows: {p['rows']} ({p['task']}), ~{p['train_rows_est']} train rows, ~{p['tokens_per_row']} tokens/row")
-        out.print(f"train: {p['train_steps']} steps, ~{p['train_tokens']} tokens, ~{p['train_tokens_per_s_est']} tok/s "
-                  f"on this machine -> ~{p['train_minutes_est']} min")
+        if "synth" in p:
+            out.print(f"synth: {p['synth']['calls']} teacher calls, {p['synth']['cached']} cached, "
+                      f"+ up to {p['synth']['more_at_most']} more depending on replies")
+        if "rows" in p:
+            out.print(f"rows: {p['rows']} ({p['task']}), ~{p['train_rows_est']} train rows, ~{p['tokens_per_row']} tokens/row")
+            out.print(f"train: {p['train_steps']} steps, ~{p['train_tokens']} tokens, ~{p['train_tokens_per_s_est']} tok/s "
+                      f"on this machine -> ~{p['train_minutes_est']} min")
+        else:
+            out.print("rows: known after the synth stage has run")
         out.print(f"run dir: {p['run_dir']}")
         return
     run_dir = run_dir_of(cfg)
@@ -140,7 +146,9 @@ def build(config: Path, force: bool = ForceOpt, dry_run: bool = typer.Option(Fal
         from slmkit.eval.evaluate import print_table
 
         print_table(ev, out)
-    final = run_dir / "export" / "merged" if (run_dir / "export" / "merged").is_dir() else run_dir / "train" / "final"
+    from slmkit.pipeline import final_model_dir
+
+    final = run_dir / "export" / "merged" if (run_dir / "export" / "merged").is_dir() else final_model_dir(cfg, run_dir)
     out.print(f"model: {final}\nchat with it: slm chat {run_dir}")
 
 

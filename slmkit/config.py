@@ -80,12 +80,20 @@ class TrainConfig(_Strict):
     report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
 
 
+class EvalRagConfig(_Strict):
+    collection: str | None = Field(None, description="ChromaDB collection from `slm index`; setting it turns RAG mode on")
+    persist_dir: str | None = Field(None, description="its ChromaDB folder, relative to the config file; default <run>/index")
+    top_k: int = Field(3, gt=0, description="retrieved chunks put before each prompt")
+    compare_without: bool = Field(True, description="also score each model without retrieval: '<name>' beside '<name>+rag'")
+
+
 class EvalConfig(_Strict):
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = Field(None, gt=0)
     compare_base: bool = True
     task: Literal["auto", "classification", "qa", "generation", "math"] = "auto"
+    rag: EvalRagConfig = Field(default_factory=EvalRagConfig, description="retrieval-augmented eval (off until collection is set)")
 
 
 class ExportConfig(_Strict):
@@ -145,11 +153,16 @@ class DistillConfig(_Strict):
     train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)
 
 
+Stage = Literal["synth", "data", "train", "distill", "eval", "export"]
+STAGE_ORDER: tuple[str, ...] = ("synth", "data", "train", "distill", "eval", "export")
+
+
 class BuildConfig(_Strict):
     name: str = "run"
     output_dir: str = "runs"
-    stages: list[Literal["data", "train", "eval", "export"]] = Field(
-        default_factory=lambda: ["data", "train", "eval", "export"])
+    stages: list[Stage] = Field(
+        default_factory=lambda: ["data", "train", "eval", "export"],
+        description="stages `slm build` runs, always in the order synth, data, train, distill, eval, export")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -159,6 +172,12 @@ class BuildConfig(_Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     config_dir: str | None = Field(None, description="set by the loader: folder of the YAML, for relative paths")
+
+    @field_validator("stages")
+    @classmethod
+    def _canonical_order(cls, v: list[str]) -> list[str]:
+        # Order is fixed by data flow (synth rows feed data; eval and export read the distilled student).
+        return [s for s in STAGE_ORDER if s in v]
 
     @field_validator("name")
     @classmethod

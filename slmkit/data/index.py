@@ -6,6 +6,7 @@ data source later (`type: chroma`). Chunk ids are content hashes, so re-indexing
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -141,3 +142,14 @@ def query(persist_dir: str | Path, collection: str, text: str, k: int = 3) -> li
     res = col.query(query_embeddings=emb, n_results=k, include=["documents", "metadatas", "distances"])
     return [{"id": i, "text": d, "meta": m, "distance": dist}
             for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]
+
+
+def collection_digest(persist_dir: str | Path, collection: str) -> str:
+    """sha256 over a collection's stored ids and texts ('missing' when absent): a fingerprint input that stays
+    stable when Chroma rewrites its own files on open, and changes when the collection is re-indexed."""
+    if not (Path(persist_dir) / "chroma.sqlite3").is_file():
+        return "missing"
+    h = hashlib.sha256()
+    for c in sorted(read_collection(persist_dir, collection), key=lambda c: c["id"]):
+        h.update(f"{c['id']}\0{c['text']}\0".encode("utf-8"))
+    return h.hexdigest()

@@ -1,4 +1,4 @@
-"""`slm eval-models MODEL... --data SPLIT [--fail-under METRIC=VALUE]`: compare any models on one split."""
+"""`slm eval-models MODEL... --data SPLIT [--fail-under METRIC=VALUE] [--rag-collection NAME]`: compare models on a split."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ from typing import Optional
 import typer
 
 TASKS = ("auto", "classification", "qa", "generation", "math")
+
+
+def rag_settings(collection: str | None, persist_dir: Path | None, top_k: int, rag_only: bool, data: str):
+    """The --rag-* flags -> RagSettings, or None without --rag-collection."""
+    from slmkit.errors import SlmError
+    from slmkit.eval.rag import RagSettings
+
+    if collection is None:
+        if persist_dir is not None or rag_only:
+            raise SlmError("--rag-dir and --rag-only need --rag-collection", "name the collection built by `slm index`")
+        return None
+    if persist_dir is None:
+        run = Path(data).expanduser()
+        if not run.is_dir():
+            raise SlmError("--rag-collection needs --rag-dir when --data is a file",
+                           "pass the folder given to `slm index --persist-dir`")
+        persist_dir = run / "index"  # where `slm index --run RUN` stores its collection
+    return RagSettings(collection, persist_dir.expanduser(), top_k, compare_without=not rag_only)
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +43,14 @@ def register(app: typer.Typer) -> None:
                         max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1),
                         batch_size: int = typer.Option(8, "--batch-size", min=1),
                         perplexity: bool = typer.Option(True, "--perplexity/--no-perplexity"),
-                        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+                        progress: bool = typer.Option(True, "--progress/--no-progress"),
+                        rag_collection: Optional[str] = typer.Option(
+                            None, "--rag-collection", help="ChromaDB collection (`slm index`): also score each model "
+                                                           "with its top-k chunks before the prompt, as MODEL+rag"),
+                        rag_dir: Optional[Path] = typer.Option(
+                            None, "--rag-dir", help="its ChromaDB folder (default: RUN/index when --data is a run folder)"),
+                        rag_k: int = typer.Option(3, "--rag-k", min=1, help="chunks retrieved per prompt"),
+                        rag_only: bool = typer.Option(False, "--rag-only", help="score only the +rag rows")) -> None:
         """Score every MODEL on the same split; write metrics.json, predictions.jsonl and a self-contained report.html."""
         from rich.console import Console
 
@@ -37,8 +62,10 @@ def register(app: typer.Typer) -> None:
         if task not in TASKS:
             raise SlmError(f"--task {task!r} is not one of {', '.join(TASKS)}", "or leave it at auto to infer it from the data")
         rules = parse_fail_under(fail_under or [])  # bad syntax fails before any model loads
+        rag = rag_settings(rag_collection, rag_dir, rag_k, rag_only, data)
         setup_logging("text")
-        summary = eval_models(models, data, out_dir, task, max_examples, max_new_tokens, batch_size, perplexity, progress)
+        summary = eval_models(models, data, out_dir, task, max_examples, max_new_tokens, batch_size, perplexity, progress,
+                              rag=rag)
         out = Console()
         print_table(summary, out)
         out.print(f"report: {out_dir / 'report.html'}")

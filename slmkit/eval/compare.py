@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from slmkit.errors import SlmError
+from slmkit.eval.rag import RagSettings, prediction_rows, variants
 from slmkit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger("slmkit")
@@ -79,8 +80,12 @@ def _run_of(spec: str) -> Path | None:
 
 
 def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", max_examples: int | None = None,
-                max_new_tokens: int = 32, batch_size: int = 8, perplexity: bool = True, show_progress: bool = True) -> dict:
-    """Score every model on the split; return {"task", "n", "models": {name: metrics}} and write the files."""
+                max_new_tokens: int = 32, batch_size: int = 8, perplexity: bool = True, show_progress: bool = True,
+                rag: RagSettings | None = None) -> dict:
+    """Score every model on the split; return {"task", "n", "models": {name: metrics}} and write the files.
+
+    With `rag`, each model is also (or only) scored with retrieved context and shows up as "<name>+rag".
+    """
     from slmkit.eval.backends import load_backend
     from slmkit.eval.evaluate import _generate_backend_with_progress, _max_new_tokens, load_test_split
     from slmkit.eval.metrics import compute_metrics, confusion_matrix, infer_task
@@ -94,7 +99,9 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
     rows = read_jsonl(split)[:len(refs)]
     if task == "auto":  # the data stage sets "label" only on classification rows
         task = "classification" if all(r.get("label") is not None for r in rows) else infer_task(refs)
-    results, predictions, confusion = {}, [], {}
+    # Retrieval (and its missing-collection error) happens before any model is loaded.
+    prompt_sets = variants(prompts, [r["messages"] for r in rows], rag)
+    results, predictions, confusion, spec_of = {}, [], {}, {}
     for name, spec in zip(_unique_names(specs), specs):
         try:
             backend = load_backend(spec, name=name)
@@ -104,25 +111,27 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
             raise SlmError(f"cannot load model '{spec}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                            "pass a run folder, an HF model folder, a .gguf file, an ONNX or pt2 export folder") from None
         new_tokens = _max_new_tokens(backend.tok, refs, task, max_new_tokens)
-        preds = _generate_backend_with_progress(backend, prompts, new_tokens, batch_size, name, show_progress)
-        results[name] = compute_metrics(preds, refs, task)
-        if perplexity and backend.has_torch_model:
-            from slmkit.eval.perplexity import answer_perplexity
+        for variant in prompt_sets:
+            vname = name + variant.suffix
+            preds = _generate_backend_with_progress(backend, variant.prompts, new_tokens, batch_size, vname, show_progress)
+            results[vname] = compute_metrics(preds, refs, task)
+            if perplexity and backend.has_torch_model:
+                from slmkit.eval.perplexity import answer_perplexity
 
-            results[name]["perplexity"] = answer_perplexity(backend.model, backend.tok, [r["messages"] for r in rows])
-        if task == "classification":
-            confusion[name] = confusion_matrix(preds, refs)
-        predictions += [{"model": name, "index": i, "prompt": p[-1]["content"], "reference": r, "prediction": y}
-                        for i, (p, r, y) in enumerate(zip(prompts, refs, preds))]
+                results[vname]["perplexity"] = answer_perplexity(backend.model, backend.tok, variant.conversations)
+            if task == "classification":
+                confusion[vname] = confusion_matrix(preds, refs)
+            predictions += prediction_rows(vname, variant, prompts, refs, preds)
+            spec_of[vname] = spec
         del backend
-    summary = {"task": task, "n": len(refs), "models": results}
+    summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
     out_dir = Path(out_dir)
     from slmkit.eval.evaluate import metrics_table_md
 
     atomic_write_jsonl(out_dir / "predictions.jsonl", predictions)
-    atomic_write_json(out_dir / "metrics.json", summary | {"data": str(split), "specs": dict(zip(results, specs))})
+    atomic_write_json(out_dir / "metrics.json", summary | {"data": str(split), "specs": spec_of})
     atomic_write_text(out_dir / "metrics.md", metrics_table_md(summary))
-    runs = {name: run for name, spec in zip(results, specs) if (run := _run_of(spec)) is not None}
+    runs = {spec: run for spec in specs if (run := _run_of(spec)) is not None}
     loss = read_loss_series({run.name: run for run in runs.values()})
     write_report(out_dir / "report.html", summary, predictions, confusion, loss, title=f"slmkit evaluation: {split}")
     return summary

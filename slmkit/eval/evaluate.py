@@ -14,6 +14,7 @@ import torch
 from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
 from slmkit.eval.metrics import compute_metrics, confusion_matrix
+from slmkit.eval.rag import prediction_rows, settings_from_config, variants
 from slmkit.hardware import detect, setup_threads
 from slmkit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
@@ -63,6 +64,9 @@ def _models_to_compare(cfg: BuildConfig, run_dir: Path) -> dict[str, tuple[Path 
         models["trained"] = (base, final)
     elif (final / "config.json").is_file():
         models["trained"] = (final, None)
+    student = run_dir / "distill" / "final"
+    if "distill" in cfg.stages and (student / "config.json").is_file():
+        models["student"] = (student, None)  # the distilled student beside its teacher
     return models
 
 
@@ -78,6 +82,9 @@ def evaluate(cfg: BuildConfig, run_dir: Path, task: str, show_progress: bool = T
     run_dir = Path(run_dir)
     prompts, refs = load_test_split(run_dir / "data" / "test.jsonl", cfg.eval.max_examples)
     task = _task_for(cfg, task, refs)
+    rag = settings_from_config(cfg, run_dir)
+    # Retrieval (and its missing-collection error) happens before any model is loaded.
+    prompt_sets = variants(prompts, prompts, rag)  # this stage reports no perplexity: conversations go unused
     hw = detect(cfg.train.device, "float32")
     setup_threads()
     results: dict[str, dict] = {}
@@ -87,16 +94,18 @@ def evaluate(cfg: BuildConfig, run_dir: Path, task: str, show_progress: bool = T
         tok = load_tokenizer(adapter or model_path, cfg.model.trust_remote_code)
         model = load_model(model_path, hw.dtype, hw.device, cfg.model.trust_remote_code, adapter=adapter)
         new_tokens = _max_new_tokens(tok, refs, task, cfg.eval.max_new_tokens)
-        preds = _generate_with_progress(model, tok, prompts, new_tokens, cfg.eval.batch_size, name, show_progress)
-        results[name] = compute_metrics(preds, refs, task)
-        if task == "classification":
-            confusion[name] = confusion_matrix(preds, refs)
-        predictions += [{"model": name, "index": i, "prompt": p[-1]["content"], "reference": r, "prediction": y}
-                        for i, (p, r, y) in enumerate(zip(prompts, refs, preds))]
-        log.info("eval %s: %s", name, {k: round(v, 4) for k, v in results[name].items()})
+        for variant in prompt_sets:
+            vname = name + variant.suffix
+            preds = _generate_with_progress(model, tok, variant.prompts, new_tokens, cfg.eval.batch_size, vname,
+                                            show_progress)
+            results[vname] = compute_metrics(preds, refs, task)
+            if task == "classification":
+                confusion[vname] = confusion_matrix(preds, refs)
+            predictions += prediction_rows(vname, variant, prompts, refs, preds)
+            log.info("eval %s: %s", vname, {k: round(v, 4) for k, v in results[vname].items()})
         del model
     out = run_dir / "eval"
-    summary = {"task": task, "n": len(refs), "models": results}
+    summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
     atomic_write_jsonl(out / "predictions.jsonl", predictions)
     atomic_write_json(out / "metrics.json", summary)
     atomic_write_text(out / "metrics.md", metrics_table_md(summary))

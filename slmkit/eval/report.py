@@ -60,6 +60,15 @@ def _summary_table(summary: dict) -> str:
     return f"<table id='summary'><thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _rag_note(rag: dict | None) -> str:
+    """Says what '+rag' rows mean, so a reader of the page alone can tell how retrieval was set up."""
+    if not rag:
+        return ""
+    return (f"<p id='rag'>Rows ending in <b>+rag</b>: each prompt had the top {int(rag['top_k'])} chunks of ChromaDB "
+            f"collection <code>{html.escape(rag['collection'])}</code> ({html.escape(rag['persist_dir'])}) put before "
+            "its user message.</p>")
+
+
 def _confusion_table(name: str, cm: dict) -> str:
     labels, columns, matrix = cm["labels"], cm["columns"], cm["matrix"]
     keep = sorted(range(len(labels)), key=lambda i: -sum(matrix[i]))[:MAX_CM_LABELS]
@@ -110,7 +119,7 @@ def render_report(summary: dict, predictions: list[dict], confusion: dict[str, d
 
     task, models = summary["task"], list(summary["models"])
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Task: <b>{html.escape(task)}</b>, {summary['n']} examples, "
-             f"{len(models)} models.</p>", "<h2>Summary</h2>", _summary_table(summary)]
+             f"{len(models)} models.</p>", _rag_note(summary.get("rag")), "<h2>Summary</h2>", _summary_table(summary)]
     chart_title = f"{task}: {summary['n']} examples"
     try:
         png = _png_b64(lambda p: metric_bars(summary["models"], p, title=chart_title))

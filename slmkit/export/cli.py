@@ -17,9 +17,14 @@ def _run_config(run: Path):
 
     if not (run / "config.yaml").is_file():
         raise SlmError(f"{run} is not a run folder (no config.yaml)", "pass runs/<name>, the folder `slm build` made")
-    if not (run / "train" / "final").is_dir():
-        raise SlmError(f"run {run} has no trained model (train/final)", "run `slm train CONFIG` first")
-    return load_config(run / "config.yaml", environ={})
+    from slmkit.pipeline import final_model_dir
+
+    cfg = load_config(run / "config.yaml", environ={})
+    final = final_model_dir(cfg, run)
+    if not final.is_dir():
+        raise SlmError(f"run {run} has no finished model ({final.relative_to(run)})",
+                       f"run `slm {final.parent.name} CONFIG` first")
+    return cfg
 
 
 def register(app: typer.Typer) -> None:

@@ -33,9 +33,11 @@ def prompt_logits(model, tok) -> torch.Tensor:
 
 def export_merged(cfg: BuildConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
-    final = run_dir / "train" / "final"
+    from slmkit.pipeline import final_model_dir
+
+    final = final_model_dir(cfg, run_dir)
     if not final.is_dir():
-        raise SlmError(f"no trained model at {final}", "run the train stage first (`slm train CONFIG`)")
+        raise SlmError(f"no trained model at {final}", f"run the {final.parent.name} stage first (`slm {final.parent.name} CONFIG`)")
     tok = load_tokenizer(final, cfg.model.trust_remote_code)
     if (final / "adapter_config.json").is_file():
         model = load_model(resolve_model(cfg.model.base_model), "float32", "cpu", cfg.model.trust_remote_code, adapter=final)

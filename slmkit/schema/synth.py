@@ -84,15 +84,28 @@ class AmplifyRecipe(_Recipe):
     judge: JudgeCheck | None = None
 
 
+class CollectionRef(_Strict):
+    path: str = Field(..., description="ChromaDB folder made by `slm index` (relative to the config file)")
+    name: str = Field(..., description="collection name")
+
+
 class QaFromDocsRecipe(_Recipe):
     type: Literal["qa_from_docs"]
-    docs: list[str] = Field(..., description="files or folders (.md .markdown .txt .rst)")
+    docs: list[str] = Field(default_factory=list, description="files or folders (.md .markdown .txt .rst)")
+    collection: CollectionRef | None = Field(None, description="or/and: the stored chunks of a ChromaDB collection "
+                                                               "(used as they are, not re-chunked)")
     chunk_chars: int = Field(1500, gt=100)
     chunk_overlap: int = Field(150, ge=0)
     max_chunks: int | None = Field(None, gt=0)
     questions_per_chunk: int = Field(2, gt=0)
     judge: JudgeCheck | None = Field(default_factory=lambda: JudgeCheck(
         rubric="The answer is fully supported by the document excerpt.", min_score=4))
+
+    @model_validator(mode="after")
+    def _some_documents(self) -> "QaFromDocsRecipe":
+        if not self.docs and self.collection is None:
+            raise ValueError("give docs (files or folders) or collection {path, name}")
+        return self
 
 
 class RespondRecipe(_Recipe):
@@ -119,6 +132,8 @@ class SynthConfig(_Strict):
     cache: str = Field("user", description="'user' (slmkit cache dir/synth), 'run' (<run>/synth/cache.sqlite) "
                                            "or a path to an SQLite file")
     recipes: list[Recipe] = Field(default_factory=list)
+    license: str | None = Field(None, description="licence recorded on teacher-written rows in `slm build` (the teacher's "
+                                                  "terms decide it; unset = 'unknown', which the export licence check flags)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "SynthConfig":

@@ -1,7 +1,6 @@
 """`slm synth CONFIG [--dry-run]`: the teacher writes training data into runs/<name>/synth/rows.jsonl.
 
-Until `BuildConfig` has a `synth` field, the `synth:` section is validated here and the rest of the
-YAML by `load_config`; afterwards `load_config` does both.
+The same stage runs inside `slm build` when `stages` lists `synth` (see slmkit/pipeline.py).
 """
 
 from __future__ import annotations
@@ -24,14 +23,6 @@ def load(config: Path, overrides: dict):
     return cfg.synth, cfg
 
 
-def _fingerprint(synth, config_dir: Path) -> tuple[str, dict]:
-    from slmkit.runs import fingerprint
-    from slmkit.synth.run import input_hashes
-
-    inputs = input_hashes(synth, config_dir)
-    return fingerprint("synth", synth.model_dump(mode="json"), inputs), inputs
-
-
 def register(app: typer.Typer) -> None:
     """Add `synth` to the `slm` app."""
     from slmkit.cli import LogFmtOpt, NameOpt, OutOpt, ProgOpt, SetOpt, _overrides, out, setup_logging
@@ -43,7 +34,7 @@ def register(app: typer.Typer) -> None:
         """A teacher model writes training rows (cot, amplify, qa_from_docs, respond, judge), cached and budgeted."""
         from slmkit.pipeline import run_dir_of
         from slmkit.runs import stage_manifest
-        from slmkit.synth.run import plan, synthesize
+        from slmkit.synth.run import input_hashes, plan, synth_fingerprint, synthesize
 
         synth_cfg, cfg = load(config, _overrides(sets, name, output_dir, None, None))
         run_dir = run_dir_of(cfg)
@@ -62,8 +53,8 @@ def register(app: typer.Typer) -> None:
             out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
             return
         setup_logging(log_format, run_dir)
-        fp, inputs = _fingerprint(synth_cfg, config_dir)
-        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), inputs) as summary:
+        fp = synth_fingerprint(synth_cfg, config_dir)
+        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), input_hashes(synth_cfg, config_dir)) as summary:
             summary.update(synthesize(synth_cfg, run_dir, config_dir, show_progress=progress))
         s = summary["stats"]
         for label, r in summary["recipes"].items():
@@ -73,16 +64,3 @@ def register(app: typer.Typer) -> None:
         if summary["stopped"]:
             out.print(f"[yellow]stopped early: {summary['stopped']}[/] (rerun to continue; cached calls are free)")
         out.print(f"[bold]synth[/]: {summary['rows']} rows -> {summary['path']}", soft_wrap=True)
-
-
-def main() -> None:
-    """`python -m slmkit.synth.cli synth CONFIG`: the `slm` app with `synth` registered (until cli.py does it)."""
-    from slmkit import cli as root
-
-    if not any(c.name == "synth" or (c.callback and c.callback.__name__ == "synth") for c in root.app.registered_commands):
-        register(root.app)
-    root.main()
-
-
-if __name__ == "__main__":
-    main()

@@ -144,3 +144,15 @@ def chunks(config_dir: Path, specs: list[str], size: int, overlap: int, limit: i
             digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
             out.append(Chunk(f"{f.name}#chunk={i}:{digest}", str(f), text))
     return out[:limit] if limit else out
+
+
+def collection_chunks(config_dir: Path, path: str, name: str, what: str) -> list[Chunk]:
+    """Stored chunks of a ChromaDB collection (from `slm index`), keeping their ids for provenance."""
+    from slmkit.data.index import read_collection
+
+    folder = resolve(config_dir, path)
+    if not folder.is_dir():
+        raise SlmError(f"{what}: ChromaDB folder {folder} does not exist", f"build it with `slm index DOCS --collection {name}`")
+    return [Chunk(f"{name}#{c['id']}", c["meta"].get("source") or str(folder), c["text"])
+            for c in read_collection(folder, name) if c["text"] and c["text"].strip()]
+

@@ -211,8 +211,11 @@ def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
 # ----------------------------------------------------------------------------- qa_from_docs
 
 def _qa_setup(r: QaFromDocsRecipe, ctx: Ctx) -> tuple[list[inputs.Chunk], list[Request]]:
-    chunks = inputs.chunks(ctx.config_dir, r.docs, r.chunk_chars, r.chunk_overlap, r.max_chunks,
-                           f"synth.recipes.{r.label}.docs")
+    what = f"synth.recipes.{r.label}"
+    chunks = inputs.chunks(ctx.config_dir, r.docs, r.chunk_chars, r.chunk_overlap, None, f"{what}.docs") if r.docs else []
+    if r.collection:
+        chunks += inputs.collection_chunks(ctx.config_dir, r.collection.path, r.collection.name, f"{what}.collection")
+    chunks = chunks[:r.max_chunks] if r.max_chunks else chunks
     return chunks, [Request(prompts.qa_messages(c.text, c.id, r.questions_per_chunk), schema="json") for c in chunks]
 
 

@@ -38,9 +38,23 @@ def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
         for attr in ("seeds", "prompts", "rows"):
             if getattr(r, attr, None):
                 paths.append(inputs.resolve(config_dir, getattr(r, attr)))
-        if r.type == "qa_from_docs":
+        if r.type == "qa_from_docs" and r.docs:
             paths += inputs.doc_files(config_dir, r.docs, f"synth.recipes.{r.label}.docs")
-    return {str(p): sha256_file(p) for p in paths if p.is_file()}
+    hashes = {str(p): sha256_file(p) for p in paths if p.is_file()}
+    for r in cfg.recipes:
+        if r.type == "qa_from_docs" and r.collection:  # hash what is stored, not Chroma's files (they change on open)
+            from slmkit.data.index import collection_digest
+
+            folder = inputs.resolve(config_dir, r.collection.path)
+            hashes[f"chroma:{folder}#{r.collection.name}"] = collection_digest(folder, r.collection.name)
+    return hashes
+
+
+def synth_fingerprint(cfg: SynthConfig, config_dir: Path) -> str:
+    """The stage fingerprint: the synth section plus the hash of every input file."""
+    from slmkit.runs import fingerprint
+
+    return fingerprint("synth", cfg.model_dump(mode="json"), input_hashes(cfg, config_dir))
 
 
 def _require_recipes(cfg: SynthConfig) -> None:

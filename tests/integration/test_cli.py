@@ -181,3 +181,19 @@ def test_doctor_reports_device_and_versions():
     assert res.returncode == 0
     for key in ("device", "dtype", "cores", "torch", "transformers", "peft"):
         assert key in res.stdout
+
+
+def test_build_with_distill_stage_on_the_real_model(tmp_path, small_csv):
+    """`slm build` with `distill` in the stages: teacher LoRA -> pruned student -> offline-cache KD -> eval -> export."""
+    res = slm("build", str(EXAMPLE / "distill.yaml"), *few_steps(tmp_path, small_csv, "it-distill", steps=2),
+              "--set", "distill.train.max_steps=2", "--set", "distill.train.batch_size=4",
+              "--set", "distill.student.prune.calibration_rows=8")
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "it-distill"
+    summary = read_json(run / "distill" / "manifest.json")["summary"]
+    assert summary["mode"] == "offline" and summary["steps"] == 2 and summary["cache_bytes_per_token"] > 0
+    assert read_json(run / "distill" / "student_init" / "slmkit.json")["pruned"]
+    # SmolLM2-135M has 30 layers; ratio 0.5 keeps 15, and the export is that student, not the 30-layer teacher
+    assert read_json(run / "export" / "merged" / "config.json")["num_hidden_layers"] == 15
+    assert {"trained", "student"} <= set(read_json(run / "eval" / "metrics.json")["models"])
+    assert "student" in res.stdout

@@ -171,7 +171,7 @@ def test_resume_after_sigkill_repeats_no_completed_call(tmp_path):
         conf.write_text(yaml.safe_dump({"name": "killed", "output_dir": str(tmp_path / "runs"), "synth": {
             "teacher": teacher(srv.url, concurrency=1), "cache": "run", "recipes": [{"type": "respond", "prompts": "p.txt"}]}}))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, "-m", "slmkit.synth.cli", "synth", str(conf), "--no-progress"],
+        proc = subprocess.Popen([sys.executable, "-m", "slmkit.cli", "synth", str(conf), "--no-progress"],
                                 cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         assert state.held.wait(60), proc.communicate(timeout=5)[0].decode()
         proc.send_signal(signal.SIGKILL)
@@ -180,7 +180,7 @@ def test_resume_after_sigkill_repeats_no_completed_call(tmp_path):
         completed = set(state.order[:4])      # answered (and cached) before the kill
         in_flight = state.order[4]
         assert not (tmp_path / "runs" / "killed" / "synth" / "rows.jsonl").exists()
-        done = subprocess.run([sys.executable, "-m", "slmkit.synth.cli", "synth", str(conf), "--no-progress"],
+        done = subprocess.run([sys.executable, "-m", "slmkit.cli", "synth", str(conf), "--no-progress"],
                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
     second = state.order[5:]

@@ -76,3 +76,62 @@ def test_failed_stage_is_not_done_and_downstream_refuses(tmp_path, tiny_model_di
     assert read_manifest(run, "data")["status"] == "done"
     assert read_manifest(run, "train")["status"] == "failed"
     assert not (run / "train" / "final").exists() and not (run / "eval").exists()
+
+
+def test_build_with_distill_stage_ships_the_student(tmp_path, tiny_model_dir, tiny_csv):
+    """data -> train (teacher) -> distill (pruned student) -> eval (teacher and student) -> export (student)."""
+    from transformers import AutoConfig
+
+    from slmkit.pipeline import build, final_model_dir, run_dir_of
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
+    cfg = cfg.model_copy(update={"stages": ["export", "distill", "data", "train", "eval"]})  # any order: run canonically
+    cfg = type(cfg).model_validate(cfg.model_dump() | {"distill": {
+        "student": {"prune": {"ratio": 0.5, "calibration_rows": 8}},
+        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "save_steps": 100, "logging_steps": 1}}})
+    outcomes = build(cfg, show_progress=False)
+    assert [o.stage for o in outcomes] == ["data", "train", "distill", "eval", "export"]
+    run = run_dir_of(cfg)
+    assert final_model_dir(cfg, run) == run / "distill" / "final"
+    assert read_manifest(run, "distill")["summary"]["steps"] == 3
+    metrics = read_json(run / "eval" / "metrics.json")
+    assert {"trained", "student"} <= set(metrics["models"])
+    teacher_layers = AutoConfig.from_pretrained(tiny_model_dir).num_hidden_layers
+    exported = AutoConfig.from_pretrained(run / "export" / "merged")
+    assert exported.num_hidden_layers == teacher_layers // 2  # the export is the student, not the teacher
+    assert get_model("tiny")["path"] == str((run / "export" / "merged").resolve())
+    # A changed distill setting reruns distill, eval and export, not the teacher's training.
+    cfg.distill.train.lr = 5e-3
+    again = build(cfg, show_progress=False)
+    assert [(o.stage, o.status) for o in again] == [("data", "skipped"), ("train", "skipped"), ("distill", "ran"),
+                                                    ("eval", "ran"), ("export", "ran")]
+
+
+def test_build_with_synth_stage_feeds_teacher_rows_through_cleaning(tmp_path, tiny_model_dir):
+    """synth (local teacher) -> data: the teacher's rows are cleaned and split like real rows, meta.synthetic kept."""
+    from slmkit.config import load_config
+    from slmkit.io import read_jsonl
+    from slmkit.pipeline import build, plan, run_dir_of
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"question number {i} about the weather\n" for i in range(12)) +
+                       "my email is jane.doe@example.com\n")
+    cfg = load_config(None, {"name": "syn", "output_dir": str(tmp_path / "runs"), "config_dir": str(tmp_path),
+                             "stages": ["synth", "data"], "model": {"base_model": str(tiny_model_dir)},
+                             "data": {"task": "generation", "split": {"val": 0.1, "test": 0.1}},
+                             "synth": {"cache": "run", "license": "apache-2.0",
+                                       "teacher": {"backend": "local", "model": str(tiny_model_dir), "max_tokens": 6,
+                                                   "temperature": 0.0, "api_key_env": None},
+                                       "recipes": [{"type": "respond", "prompts": "prompts.txt"}]}}, environ={})
+    p = plan(cfg)
+    assert p["synth"]["calls"] == 13 and p["synth"]["cached"] == 0 and "rows" not in p
+    outcomes = build(cfg, show_progress=False)
+    assert [(o.stage, o.status) for o in outcomes] == [("synth", "ran"), ("data", "ran")]
+    run = run_dir_of(cfg)
+    rows = [r for s in ("train", "val", "test") for r in read_jsonl(run / "data" / f"{s}.jsonl")]
+    assert 0 < len(rows) <= 13
+    assert all(r["meta"]["synthetic"]["recipe"] == "respond" and r["meta"]["license"] == "apache-2.0" for r in rows)
+    users = " ".join(m["content"] for r in rows for m in r["messages"] if m["role"] == "user")
+    assert "jane.doe@example.com" not in users and "my email is [EMAIL]" in users  # redacted, not dropped
+    assert plan(cfg)["synth"]["cached"] == 13
+    assert [o.status for o in build(cfg, show_progress=False)] == ["skipped", "skipped"]

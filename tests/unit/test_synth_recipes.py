@@ -193,3 +193,33 @@ def test_config_refuses_unknown_recipe_and_duplicate_names():
         SynthConfig.model_validate({"recipes": [{"type": "respond", "prompts": "a"}, {"type": "respond", "prompts": "b"}]})
     with pytest.raises(ValidationError, match="extra"):
         SynthConfig.model_validate({"teacher": {"temprature": 0.2}})
+
+
+def test_qa_from_docs_reads_a_chromadb_collection(tmp_path):
+    """Chunks stored by `slm index` feed qa_from_docs as they are; the chunk id lands in provenance."""
+    from slmkit.data.config import ChunkConfig
+    from slmkit.data.index import build_index, read_collection
+    from slmkit.synth.run import input_hashes
+
+    docs = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "docs" / "rst"
+    build_index([str(docs / "pep-0020.rst")], "zen", tmp_path / "index", ChunkConfig(max_tokens=96, overlap=8),
+                show_progress=False)
+    stored = {c["id"]: c["text"] for c in read_collection(tmp_path / "index", "zen")}
+
+    def teacher(msgs, sampling):
+        if msgs[0]["content"].startswith("You grade"):
+            return json.dumps({"score": 5})
+        return json.dumps({"pairs": [{"question": "Quote the excerpt", "answer": tag(msgs[1]["content"], "document")[:60]}]})
+
+    recipe = {"type": "qa_from_docs", "collection": {"path": "index", "name": "zen"}, "questions_per_chunk": 1}
+    s, rows, fake = run(tmp_path, [recipe], teacher)
+    assert s["rows"] == len(stored) == len(rows) > 0
+    for row in rows:
+        chunk_id = row["meta"]["synthetic"]["chunk_id"]
+        assert chunk_id.startswith("zen#") and stored[chunk_id.split("#", 1)[1]].startswith(row["messages"][1]["content"][:40])
+    cfg = SynthConfig.model_validate({"teacher": {"api_key_env": None}, "recipes": [recipe]})
+    assert input_hashes(cfg, tmp_path) == input_hashes(cfg, tmp_path)  # stable although Chroma touches its files
+    with pytest.raises(SlmError, match="ChromaDB folder .* does not exist"):
+        run(tmp_path, [{**recipe, "collection": {"path": "nowhere", "name": "zen"}}], teacher)
+    with pytest.raises(ValidationError, match="give docs"):
+        SynthConfig.model_validate({"recipes": [{"type": "qa_from_docs"}]})
