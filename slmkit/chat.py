@@ -1,4 +1,4 @@
-"""`slm chat`: streaming terminal chat with a run, an export, a registered model or any model name."""
+"""`slm chat`: streaming terminal chat with a run, an export (merged or ONNX), a registered model or any model name."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from slmkit.models import resolve_model
 def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
     """RUN_OR_MODEL -> (model folder or hub id, adapter folder or None, slmkit info).
 
-    Tried in order: a run folder (its merged export, else train/final), an adapter or model folder,
+    Tried in order: a run folder (its merged export, else distill/final, else train/final), an adapter or model folder,
     a name in the registry, runs/<name>, then a model name ('default', a hub id).
     """
     p = Path(target).expanduser()
     if p.is_dir():
-        for sub in ("export/merged", "train/final"):
+        for sub in ("export/merged", "distill/final", "train/final"):
             if (p / sub).is_dir():
                 return resolve_target(str(p / sub))
         info = json.loads((p / "slmkit.json").read_text()) if (p / "slmkit.json").is_file() else {}
@@ -36,11 +36,12 @@ def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
     return resolve_model(target), None, {}
 
 
-def load_engine_for_chat(target: str, trust_remote_code: bool = False):
-    """The same continuous-batching engine `slm serve` uses, started for one user."""
+def load_engine_for_chat(target: str, trust_remote_code: bool = False, backend: str = "auto"):
+    """The same engine `slm serve` uses, started for one user; an ONNX export folder runs on onnxruntime-genai."""
+    from slmkit.schema.serve import ServeConfig
     from slmkit.serve.engine import Engine
 
-    return Engine.load(target, trust_remote_code=trust_remote_code).start()
+    return Engine.load(target, ServeConfig(backend=backend), trust_remote_code=trust_remote_code).start()
 
 
 def stream_reply(engine, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, out=None) -> str:

@@ -264,8 +264,8 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         ok = engine._running and engine._accepting
-        body = {"status": "ok" if ok else "unavailable", "model": engine.name, "batching": engine.batching,
-                "max_batch_size": engine.max_batch, "queue_depth": len(engine._waiting),
+        body = {"status": "ok" if ok else "unavailable", "model": engine.name, "backend": engine.runner.kind,
+                "batching": engine.batching, "max_batch_size": engine.max_batch, "queue_depth": len(engine._waiting),
                 "active_sequences": len(engine._active)}
         return JSONResponse(body, status_code=200 if ok else 503)
 

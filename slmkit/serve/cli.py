@@ -52,8 +52,8 @@ def run_server(target: str, cfg: ServeConfig) -> None:
     engine = load_engine(target, cfg)
     key = os.environ.get(cfg.api_key_env) or None
     app = create_app(engine, api_key=key)
-    log.info("serving '%s' on http://%s:%d (batching: %s, max batch %d, auth: %s)", engine.name, cfg.host, cfg.port,
-             engine.batching, engine.max_batch, f"${cfg.api_key_env}" if key else "off")
+    log.info("serving '%s' on http://%s:%d (backend: %s, batching: %s, max batch %d, auth: %s)", engine.name, cfg.host,
+             cfg.port, engine.runner.kind, engine.batching, engine.max_batch, f"${cfg.api_key_env}" if key else "off")
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                            timeout_graceful_shutdown=cfg.drain_timeout_s, timeout_keep_alive=5))
     server.run()
@@ -64,11 +64,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def serve(target: Optional[str] = typer.Argument(None, metavar="RUN_OR_MODEL",
-                                                     help="run folder, model folder, registered name or model name; "
-                                                          "omitted inside a SageMaker container: /opt/ml/model"),
+                                                     help="run folder, model or ONNX export folder, registered name "
+                                                          "or model name; omitted inside a SageMaker container: "
+                                                          "/opt/ml/model"),
               host: Optional[str] = typer.Option(None, "--host", help="interface to bind (default 127.0.0.1)"),
               port: Optional[int] = typer.Option(None, "--port", help="port (default 8000; SageMaker: 8080)"),
-              backend: Optional[str] = typer.Option(None, "--backend", help="inference backend: torch"),
+              backend: Optional[str] = typer.Option(None, "--backend",
+                                                    help="auto (default: onnx for an ONNX export folder, else "
+                                                         "torch), torch, or onnx (a run's export/onnx-*)"),
               api_key_env: Optional[str] = typer.Option(None, "--api-key-env",
                                                         help="env var with the bearer key (default SLM_API_KEY)"),
               served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="id in /v1/models"),

@@ -5,6 +5,10 @@ prefill budget allow (their prompts are prefilled together and join the running 
 sequence by one token. Finished, cancelled and timed-out sequences leave the batch at once, so a slot frees up
 without waiting for the rest of the batch. Consumers get `Event`s through a callback: a queue for threads
 (`generate_stream`), `loop.call_soon_threadsafe` for asyncio (the HTTP app).
+
+The model work is behind a `Runner` (prefill new rows, decode one token for every row, drop rows): `TorchRunner`
+here (one batched forward pass per step), `OnnxRunner` in slmkit.serve.onnx (onnxruntime-genai, one generator
+per sequence). The scheduler, limits, stops and events are the same for both.
 """
 
 from __future__ import annotations
@@ -19,16 +23,20 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
-from slmkit.errors import SlmError
 from slmkit.serve.batch import RunningBatch, supports_batching
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.metrics import Metrics
 from slmkit.serve.text import TextTracker
 
 log = logging.getLogger("slmkit")
+
+
+# Below this, sampling picks the argmax anyway (float32 softmax is one-hot), and logits / temperature overflow to inf.
+MIN_SAMPLING_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -39,6 +47,10 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < MIN_SAMPLING_TEMPERATURE
 
 
 @dataclass
@@ -91,8 +103,8 @@ class Request:
         self.generated = 0
         self.cancelled = False
         self.finished = False
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        self.generator = torch.Generator().manual_seed(seed) if params.temperature > 0 else None
+        self.seed = params.seed if params.seed is not None else random.getrandbits(63)
+        self.generator = None if params.greedy else torch.Generator().manual_seed(self.seed)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -103,38 +115,88 @@ def sample(logits: torch.Tensor, requests: list[Request]) -> list[int]:
     tokens = logits.argmax(-1).tolist()
     for i, r in enumerate(requests):
         p = r.params
-        if p.temperature <= 0:
+        if p.greedy:
             continue
         probs = torch.softmax(logits[i] / p.temperature, dim=-1)
         if p.top_p < 1.0:
             sorted_p, order = probs.sort(descending=True)
             # keep the smallest prefix whose mass reaches top_p (nucleus sampling, Holtzman et al. 2020)
             drop = sorted_p.cumsum(-1) - sorted_p >= p.top_p
+            drop[0] = False  # the most likely token stays however small top_p is (it may round to 0 in float32)
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_p.masked_fill(drop, 0.0))
         tokens[i] = int(torch.multinomial(probs, 1, generator=r.generator))
     return tokens
 
 
-class Engine:
-    """Model + tokenizer + scheduler thread. Create with `Engine.load(target, cfg)`; `start()` before use."""
+class Runner(Protocol):
+    """The model side of the engine. Rows are in the order of the engine's active requests."""
 
-    def __init__(self, model, tokenizer, name: str, cfg: ServeConfig | None = None):
-        self.model, self.tok, self.name = model, tokenizer, name
+    model: Any
+    kind: str  # backend name: torch | onnx
+    batching: bool  # one forward pass serves all rows (else rows are stepped one after another)
+    max_sequences: int  # rows it can hold at once
+    eos_ids: set[int]
+    context: int | None  # positions the model can attend to, None if unknown
+
+    def prefill(self, requests: list[Request]) -> list[int]:
+        """Add `requests` as new rows after the current ones; return each one's first token."""
+
+    def decode(self, requests: list[Request]) -> list[int]:
+        """Feed every row its last token (`r.next_token`); return the next token of each row."""
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order."""
+
+    def reset(self) -> None:
+        """Drop every row (after a failed step)."""
+
+
+class TorchRunner:
+    """A transformers model behind one shared KV cache (`RunningBatch`), sampled row by row with `sample`."""
+
+    kind = "torch"
+
+    def __init__(self, model, max_batch: int):
+        self.model = model
+        self.batching = supports_batching(model)
+        self.max_sequences = max_batch if self.batching else 1
+        if not self.batching:
+            log.warning("%s: cache layers are not plain full attention; serving one request at a time",
+                        type(model).__name__)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos_ids = {i for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if i is not None}
+        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self._batch = RunningBatch(model)
+
+    def prefill(self, requests: list[Request]) -> list[int]:
+        return sample(self._batch.prefill([r.prompt_ids for r in requests]), requests)
+
+    def decode(self, requests: list[Request]) -> list[int]:
+        return sample(self._batch.step([r.next_token for r in requests]), requests)
+
+    def keep(self, rows: list[int]) -> None:
+        self._batch.keep(rows)
+
+    def reset(self) -> None:
+        self._batch = RunningBatch(self.model)
+
+
+class Engine:
+    """Runner + tokenizer + scheduler thread. Create with `Engine.load(target, cfg)`; `start()` before use."""
+
+    def __init__(self, runner: Runner, tokenizer, name: str, cfg: ServeConfig | None = None):
+        self.runner, self.tok, self.name = runner, tokenizer, name
+        self.model = runner.model
         self.cfg = cfg or ServeConfig()
         self.metrics = Metrics()
         self.created = int(time.time())
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
-        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
-        self.batching = supports_batching(model)
-        self.max_batch = self.cfg.max_batch_size if self.batching else 1
-        if not self.batching:
-            log.warning("%s: cache layers are not plain full attention; serving one request at a time", name)
+        self.eos_ids = runner.eos_ids | ({tokenizer.eos_token_id} - {None})
+        self.context = runner.context
+        self.batching = runner.batching
+        self.max_batch = min(self.cfg.max_batch_size, runner.max_sequences)
         self._waiting: deque[Request] = deque()
         self._active: list[Request] = []
         self._admitting: list[Request] = []  # popped from the queue, being prefilled
-        self._batch = RunningBatch(model)
         self._cond = threading.Condition()
         self._accepting = True
         self._running = False
@@ -156,21 +218,18 @@ class Engine:
 
     @classmethod
     def load(cls, target: str, cfg: ServeConfig | None = None, trust_remote_code: bool = False) -> Engine:
-        """Load a run folder (its merged export, else train/final), a model folder, a registry name or model name."""
-        from slmkit.chat import resolve_target
-        from slmkit.hardware import detect, setup_threads
-        from slmkit.models import load_model, load_tokenizer
+        """Load a run folder, model folder, ONNX export folder, registry name or model name.
 
+        The backend is cfg.backend; 'auto' picks onnx for an ONNX export folder (genai_config.json), else torch.
+        """
         cfg = cfg or ServeConfig()
-        model_path, adapter, info = resolve_target(target)
-        hw = detect()
-        setup_threads()
-        trust = trust_remote_code or info.get("trust_remote_code", False)
-        tok = load_tokenizer(adapter or model_path, trust)
-        model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust, adapter=adapter)
-        if adapter is not None:  # one merged matrix per layer decodes faster than base + LoRA branch
-            model = model.merge_and_unload()
-        return cls(model, tok, cfg.served_model_name or served_name(target), cfg)
+        if pick_backend(target, cfg.backend) == "onnx":
+            from slmkit.serve.onnx import load_onnx
+
+            runner, tok = load_onnx(target, cfg)
+        else:
+            runner, tok = _load_torch(target, cfg, trust_remote_code)
+        return cls(runner, tok, cfg.served_model_name or served_name(target), cfg)
 
     # ---- requests -------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict]) -> list[int]:
@@ -287,7 +346,8 @@ class Engine:
                 log.exception("generation step failed")
                 for r in {id(r): r for r in [*self._active, *admit]}.values():
                     self._emit_error(r, "internal")
-                self._active, self._admitting, self._batch = [], [], RunningBatch(self.model)
+                self._active, self._admitting = [], []
+                self.runner.reset()
         with self._cond:
             for r in [*self._waiting, *self._active]:
                 self._emit_error(r, "shutdown")
@@ -313,20 +373,19 @@ class Engine:
         return admit
 
     def _prefill(self, admit: list[Request]) -> None:
-        logits = self._batch.prefill([r.prompt_ids for r in admit])
+        tokens = self.runner.prefill(admit)
         with self._cond:
             self._active.extend(admit)
             self._admitting = []
         self.metrics.inc("prompt_tokens_total", sum(len(r.prompt_ids) for r in admit))
         now = time.monotonic()
-        for r, tok in zip(admit, sample(logits, admit)):
+        for r, tok in zip(admit, tokens):
             r.first_token_at = now
             self.metrics.observe("time_to_first_token_seconds", now - r.created)
             self._advance(r, tok)
 
     def _decode(self) -> None:
-        logits = self._batch.step([r.next_token for r in self._active])
-        for r, tok in zip(self._active, sample(logits, self._active)):
+        for r, tok in zip(self._active, self.runner.decode(self._active)):
             self._advance(r, tok)
 
     def _advance(self, r: Request, tok: int) -> None:
@@ -372,8 +431,32 @@ class Engine:
                 self._emit_error(r, "timeout")
         keep = [i for i, r in enumerate(self._active) if not r.finished]
         if len(keep) != len(self._active):
-            self._batch.keep(keep)
+            self.runner.keep(keep)
             self._active = [self._active[i] for i in keep]
+
+
+def _load_torch(target: str, cfg: ServeConfig, trust_remote_code: bool) -> tuple[TorchRunner, Any]:
+    from slmkit.chat import resolve_target
+    from slmkit.hardware import detect, setup_threads
+    from slmkit.models import load_model, load_tokenizer
+
+    model_path, adapter, info = resolve_target(target)
+    hw = detect()
+    setup_threads()
+    trust = trust_remote_code or info.get("trust_remote_code", False)
+    tok = load_tokenizer(adapter or model_path, trust)
+    model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust, adapter=adapter)
+    if adapter is not None:  # one merged matrix per layer decodes faster than base + LoRA branch
+        model = model.merge_and_unload()
+    return TorchRunner(model, cfg.max_batch_size), tok
+
+
+def pick_backend(target: str, backend: str) -> str:
+    """'auto' -> 'onnx' for an ONNX export folder (it has onnxruntime-genai's genai_config.json), else 'torch'."""
+    if backend != "auto":
+        return backend
+    p = Path(target).expanduser()
+    return "onnx" if (p / "genai_config.json").is_file() else "torch"
 
 
 def served_name(target: str) -> str:
@@ -381,13 +464,11 @@ def served_name(target: str) -> str:
     p = Path(target).expanduser()
     if p.is_dir():
         p = p.resolve()
-        return p.parent.parent.name if p.name in ("merged", "final") and p.parent.name in ("export", "train") else p.name
+        in_run = p.parent.name == "export" or (p.name == "final" and p.parent.name in ("train", "distill"))
+        return p.parent.parent.name if in_run else p.name
     return target
 
 
 def load_engine(target: str, cfg: ServeConfig | None = None) -> Engine:
-    """`Engine.load` with the config's backend checked."""
-    cfg = cfg or ServeConfig()
-    if cfg.backend != "torch":
-        raise SlmError(f"serve backend '{cfg.backend}' is not available", "use --backend torch")
+    """`Engine.load` with the config's backend (kept for callers of the older name)."""
     return Engine.load(target, cfg)

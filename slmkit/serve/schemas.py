@@ -12,9 +12,31 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# Seeds are 64-bit in OpenAI's API and in torch.Generator; a larger integer would fail deep in sampling.
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1
+
+
+def _encodable(value: Any) -> Any:
+    """Refuse strings that cannot be UTF-8 encoded: JSON lets lone surrogate escapes ("\\ud800") through, and the
+    tokenizer or the JSON error reply would then fail with a 500."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it contains a lone surrogate escape)") from None
+    elif isinstance(value, list):
+        for item in value:
+            _encodable(item)
+    return value
+
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        return _encodable(value)  # nested objects are checked by their own model
 
 
 class ContentPart(_Lenient):
@@ -50,7 +72,7 @@ class _SamplingFields(_Lenient):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = Field(1, ge=1, le=1, description="only n=1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -151,7 +173,7 @@ class InvocationParameters(_Lenient):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list, max_length=4)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     do_sample: bool | None = None
 
 

@@ -1,8 +1,8 @@
 """A real uvicorn server (`python -m slmkit.serve.cli`) on 127.0.0.1, driven by the official `openai` client.
 
 Most tests use a tiny random llama (fast); one uses the real default model. Covered: chat, completions,
-streaming, /invocations, auth on/off, 429 on a full queue, a client leaving mid-stream, SIGTERM drain, and 64
-concurrent streams.
+streaming, /invocations, auth on/off, 429 on a full queue, a client leaving mid-stream, SIGTERM drain, 64
+concurrent streams, and the onnx backend (onnxruntime-genai) on an int4 export of a run.
 """
 
 from __future__ import annotations
@@ -195,6 +195,33 @@ def test_sigterm_drains_in_flight_streams(long_tiny):
         assert proc.wait(timeout=40) in (0, -signal.SIGTERM)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/ping", timeout=2)
+
+
+def test_onnx_backend_serves_a_runs_export(tmp_path_factory, tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    from tests.unit.test_serve_onnx import tiny_onnx_export
+
+    run = tmp_path / "onnx-run"
+    shutil.copytree(tiny_onnx_export(tmp_path_factory), run / "export" / "onnx-int4")
+    with server(str(run), "--backend", "onnx", "--max-batch-size", "4") as (base, _):
+        assert httpx.get(f"{base}/health").json()["backend"] == "onnx"
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+        assert [m.id for m in client.models.list().data] == ["onnx-run"]
+        chat = client.chat.completions.create(model="onnx-run", messages=MSGS, max_tokens=9, temperature=0,
+                                              extra_body=LONG)
+        assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 9
+        stream = client.chat.completions.create(model="onnx-run", messages=MSGS, max_tokens=9, temperature=0,
+                                                stream=True, extra_body=LONG)
+        assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content
+
+        async def many():  # more streams than slots: they queue, interleave, and all finish
+            async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=60) as aclient:
+                replies = await asyncio.gather(*(aclient.chat.completions.create(
+                    model="onnx-run", messages=[{"role": "user", "content": f"set an alarm for {i}"}], max_tokens=6,
+                    extra_body=LONG) for i in range(10)))
+            return [(r.choices[0].finish_reason, r.usage.completion_tokens) for r in replies]
+
+        assert asyncio.run(many()) == [("length", 6)] * 10
 
 
 def test_real_default_model(tmp_path):
