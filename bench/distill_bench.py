@@ -90,7 +90,7 @@ def measure_step(kind: str, out: Path, smoke: bool, steps: int) -> dict:
     else:
         d = json.loads((out / "distill_config.json").read_text())
         d["train"].update(max_steps=steps, save_steps=10**6)
-        d.update(mode="offline", cache_dir=str(out / "offline" / "distill" / "cache"))
+        d.update(mode="offline", cache_dir=str(out / f"offline{d.pop('variant', '')}" / "distill" / "cache"))
         s = distill(cfg, _variant_dir(out, out / "teacher", "step_offline"), DistillConfig.model_validate(d), show_progress=False)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds_per_step": round(s["seconds"] / max(s["steps"], 1), 3), "peak_rss_mb": round(rss_mb, 1)}
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--student-steps", type=int, default=None, help="optimizer steps for every student (default 2 epochs)")
     ap.add_argument("--loss", default="forward_kl")
     ap.add_argument("--alpha", type=float, default=0.5)
+    ap.add_argument("--kd-positions", default="assistant", choices=["assistant", "all"])
+    ap.add_argument("--variant", default="", help="suffix for the distilled students' folders, to compare settings")
     ap.add_argument("--max-examples", type=int, default=None, help="cap the test split")
     ap.add_argument("--measure-step", choices=["sft", "offline"], help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -148,18 +150,19 @@ def run(args, out: Path) -> None:
                                          "train": cfg.train.model_copy(update=base_train)})
         train(sft_cfg, sft_dir, show_progress=not args.smoke)
     dcfg = {"teacher": str(teacher), "student": {"model": str(student_init)}, "loss": args.loss, "alpha": args.alpha,
-            "top_k": 64 if not args.smoke else 16, "train": base_train}
-    atomic_write_json(out / "distill_config.json", dcfg)
+            "kd_positions": args.kd_positions, "top_k": 64 if not args.smoke else 16, "train": base_train}
+    atomic_write_json(out / "distill_config.json", {**dcfg, "variant": args.variant})  # read back by --measure-step
     for mode in ("online", "offline"):
-        d = _variant_dir(out, teacher_run, mode)
+        d = _variant_dir(out, teacher_run, mode + args.variant)
         if not (d / "distill" / "final" / "config.json").is_file():
             distill(cfg, d, DistillConfig.model_validate({**dcfg, "mode": mode}), show_progress=not args.smoke)
     test = teacher_run / "data" / "test.jsonl"
     decode = 8 if args.smoke else 64
-    models = {"teacher": teacher, "student_sft": sft_dir / "train" / "final", "student_online": out / "online" / "distill" / "final",
-              "student_offline": out / "offline" / "distill" / "final"}
+    models = {"teacher": teacher, "student_sft": sft_dir / "train" / "final",
+              "student_online": out / f"online{args.variant}" / "distill" / "final",
+              "student_offline": out / f"offline{args.variant}" / "distill" / "final"}
     results = {name: accuracy_and_speed(path, test, args.max_examples, decode) for name, path in models.items()}
-    cache_manifest = json.loads((out / "offline" / "distill" / "cache" / "manifest.json").read_text())
+    cache_manifest = json.loads((out / f"offline{args.variant}" / "distill" / "cache" / "manifest.json").read_text())
     steps_cost = {}
     for kind in ("sft", "offline"):  # fresh processes, so peak RSS is each step's own
         cmd = [sys.executable, __file__, "--out", str(out), "--measure-step", kind] + (["--smoke"] if args.smoke else [])

@@ -143,6 +143,9 @@ class DistillConfig(_Strict):
     skew: float = Field(0.1, ge=0, lt=1, description="skew_kl: teacher share of the skewed student (DistiLLM: 0.1)")
     temperature: float = Field(1.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the label cross-entropy; 1 - alpha goes to KD")
+    kd_positions: Literal["assistant", "all"] = Field(
+        "assistant", description="tokens the KD loss covers: the assistant reply, or every token (prompt too; "
+                                 "Minitron-style, helps a pruned student recover)")
     top_k: int = Field(64, gt=0, description="offline cache: teacher log-probs kept per token")
     lmbda: float = Field(0.5, ge=0, le=1, description="on_policy: share of batches built from student generations")
     max_new_tokens: int = Field(32, gt=0, description="on_policy / sequence-level: tokens generated per prompt")

@@ -16,8 +16,16 @@ def _cell(value: Any) -> str:
     return "—" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _label_table(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
-    per_split = {s: Counter(r["label"] for r in groups[s]) for s in SPLITS}
+Labels = dict[str, Counter] | dict[str, list[dict[str, Any]]]
+
+
+def label_counts(groups: Labels) -> dict[str, Counter]:
+    """Per split label counts: given as Counters, or counted from lists of records."""
+    return {s: v if isinstance(v, Counter) else Counter(r["label"] for r in v) for s, v in groups.items()}
+
+
+def _label_table(groups: Labels) -> list[str]:
+    per_split = label_counts(groups)
     labels = sorted(set().union(*per_split.values()))
     lines = ["| label | total | " + " | ".join(SPLITS) + " |", "|---|---:|" + "---:|" * len(SPLITS)]
     for label in labels:
@@ -26,8 +34,8 @@ def _label_table(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def render_card(summary: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown text of the card from prepare()'s summary and the records grouped by split."""
+def render_card(summary: dict[str, Any], groups: Labels) -> str:
+    """Markdown text of the card from prepare()'s summary and the label counts (or records) of each split."""
     rows, dropped = summary["rows"], summary["dropped"]
     lines = [
         "# Dataset card", "",
@@ -88,6 +96,6 @@ def _cleaning_sections(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_card(path: str | Path, summary: dict[str, Any], groups: dict[str, list[dict[str, Any]]]) -> Path:
+def write_card(path: str | Path, summary: dict[str, Any], groups: Labels) -> Path:
     """Write card.md atomically."""
     return atomic_write_text(path, render_card(summary, groups))

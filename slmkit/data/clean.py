@@ -1,25 +1,31 @@
 """Cleaning steps over canonical records, each counted in the Report.
 
 A record is a chat record (`messages`, maybe `rejected`) or a document chunk (`text`). Steps that
-change a record append their name to `meta.transformations`.
+change a record append their name to `meta.transformations`. `Cleaner` runs the steps over batches
+(the data stage streams); the list functions (normalize, pii_step, exact_dedup, ...) run one step over
+a whole list.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 import unicodedata
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from .config import CleanConfig, DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
+from .dedup import ExactDedup, HeldNgrams, NearDedup, id_key
 from .pii import redact
 from .records import record_id
 from .report import Report
 from .tokens import count_tokens
 
 Record = dict[str, Any]
-_WORD = re.compile(r"\w+")
+BATCH = 2000
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANKS = re.compile(r"\n{3,}")
@@ -73,18 +79,18 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> str:
     return text.strip()
 
 
-def normalize(records: list[Record], cfg: NormalizeConfig, report: Report) -> list[Record]:
+def normalize_batch(records: list[Record], cfg: NormalizeConfig) -> int:
+    """Normalise every text in place; returns how many records changed."""
     changed = 0
     for rec in records:
         if _map_texts(rec, lambda t: normalize_text(t, cfg)):
             changed += 1
             _mark(rec, "normalize")
-    report.step("normalize", len(records), len(records), changed)
-    return records
+    return changed
 
 
-def pii_step(records: list[Record], cfg: PiiConfig, report: Report) -> list[Record]:
-    """Redact (or drop, or only count) PII; per-type counts go to report.pii, types to meta.pii_redacted."""
+def pii_batch(records: list[Record], cfg: PiiConfig, counts: Counter) -> tuple[list[Record], int]:
+    """Redact (or drop, or only count) PII; per-type counts go to `counts`, types to meta.pii_redacted."""
     kept, changed = [], 0
     for rec in records:
         found: list[str] = []
@@ -95,7 +101,7 @@ def pii_step(records: list[Record], cfg: PiiConfig, report: Report) -> list[Reco
             return new if cfg.action == "redact" else text
 
         _map_texts(rec, _one)
-        report.pii.update(found)
+        counts.update(found)
         if found:
             changed += 1
             rec["meta"]["pii_redacted"] = sorted(set(rec["meta"].get("pii_redacted") or []) | set(found))
@@ -104,65 +110,21 @@ def pii_step(records: list[Record], cfg: PiiConfig, report: Report) -> list[Reco
             if cfg.action == "drop":
                 continue
         kept.append(rec)
-    report.step(f"pii_{cfg.action}", len(records), len(kept), changed)
-    return kept
+    return kept, changed
 
 
-def exact_dedup(records: list[Record], report: Report) -> list[Record]:
-    """Drop records whose (cleaned) content was already seen; the first one is kept."""
-    seen: set[str] = set()
-    kept = []
+def exact_batch(records: list[Record], seen: ExactDedup) -> list[Record]:
+    """Refresh ids and drop records whose (cleaned) content was seen before; the first one is kept."""
     for rec in records:
         refresh_id(rec)
-        if rec["id"] not in seen:
-            seen.add(rec["id"])
-            kept.append(rec)
-    report.step("exact_dedup", len(records), len(kept))
-    return kept
-
-
-def shingles(text: str, n: int) -> set[bytes]:
-    """Lower-cased word n-grams; a text shorter than n words is one shingle."""
-    words = _WORD.findall(text.lower())
-    if len(words) <= n:
-        return {" ".join(words).encode()}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
-
-
-def near_dedup(records: list[Record], cfg: DedupConfig, report: Report) -> list[Record]:
-    """MinHash LSH (datasketch): drop a record whose estimated Jaccard with a kept one is >= threshold.
-
-    LSH candidates are checked against the MinHash estimate, so banding false positives are not dropped.
-    """
-    import numpy as np
-    from datasketch import MinHash, MinHashLSH
-
-    # datasketch needs >= 2 bands, i.e. a threshold below 1; candidates are re-checked at cfg.threshold anyway.
-    lsh = MinHashLSH(threshold=min(cfg.threshold, 0.95), num_perm=cfg.num_perm)
-    signatures: dict[str, np.ndarray] = {}  # hash values fit in 32 bits in datasketch
-    kept = []
-    batch = 2000
-    for start in range(0, len(records), batch):
-        chunk = records[start:start + batch]
-        sets = [list(shingles("\n".join(texts_of(r)), cfg.ngram)) for r in chunk]
-        for rec, mh in zip(chunk, MinHash.bulk(sets, num_perm=cfg.num_perm, seed=cfg.seed)):
-            sig = mh.hashvalues.astype(np.uint32)
-            dupe = next((k for k in lsh.query(mh) if np.mean(signatures[k] == sig) >= cfg.threshold), None)
-            if dupe is not None:
-                rec["meta"]["near_duplicate_of"] = dupe
-                continue
-            lsh.insert(rec["id"], mh)
-            signatures[rec["id"]] = sig
-            kept.append(rec)
-    report.step("near_dedup", len(records), len(kept))
-    return kept
+    return [r for r, new in zip(records, seen.keep([id_key(r["id"]) for r in records])) if new]
 
 
 def full_text(rec: Record) -> str:
     return rec["text"] if "text" in rec else "\n".join(m["content"] for m in rec["messages"])
 
 
-def length_filter(records: list[Record], cfg: LengthConfig, tok: Any, report: Report) -> list[Record]:
+def length_batch(records: list[Record], cfg: LengthConfig, tok: Any) -> list[Record]:
     """Store meta.tokens (tokens of all contents, without chat-template markup) and drop out-of-range rows."""
     counts = count_tokens(tok, [full_text(r) for r in records]) if records else []
     kept = []
@@ -170,15 +132,59 @@ def length_filter(records: list[Record], cfg: LengthConfig, tok: Any, report: Re
         rec["meta"]["tokens"] = n
         if n >= cfg.min_tokens and (cfg.max_tokens is None or n <= cfg.max_tokens):
             kept.append(rec)
-    report.step("length_filter", len(records), len(kept))
     return kept
 
 
-def _ngrams(text: str, n: int) -> set[int]:
-    words = tuple(_WORD.findall(text.lower()))
-    if len(words) < n:
-        return {hash(("short",) + words)} if words else set()
-    return {hash(words[i:i + n]) for i in range(len(words) - n + 1)}
+def near_text(rec: Record) -> str:
+    return "\n".join(texts_of(rec))
+
+
+def new_near_dedup(cfg: DedupConfig, spill_dir: str | Path | None = None) -> NearDedup:
+    return NearDedup(cfg.threshold, cfg.num_perm, cfg.ngram, cfg.seed, spill_dir)
+
+
+def batches(items: list, size: int = BATCH) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ----------------------------------------------------------------------------- one list at a time
+
+def normalize(records: list[Record], cfg: NormalizeConfig, report: Report) -> list[Record]:
+    report.step("normalize", len(records), len(records), normalize_batch(records, cfg))
+    return records
+
+
+def pii_step(records: list[Record], cfg: PiiConfig, report: Report) -> list[Record]:
+    """Redact (or drop, or only count) PII; per-type counts go to report.pii, types to meta.pii_redacted."""
+    kept, changed = pii_batch(records, cfg, report.pii)
+    report.step(f"pii_{cfg.action}", len(records), len(kept), changed)
+    return kept
+
+
+def exact_dedup(records: list[Record], report: Report) -> list[Record]:
+    """Drop records whose (cleaned) content was already seen; the first one is kept."""
+    kept = exact_batch(records, ExactDedup())
+    report.step("exact_dedup", len(records), len(kept))
+    return kept
+
+
+def near_dedup(records: list[Record], cfg: DedupConfig, report: Report) -> list[Record]:
+    """MinHash LSH: drop a record whose estimated Jaccard with a kept one is >= threshold (see dedup.NearDedup)."""
+    near = new_near_dedup(cfg)
+    try:
+        kept = [r for b in batches(records) for r in near.filter(b, [near_text(x) for x in b])]
+    finally:
+        near.close()
+    report.step("near_dedup", len(records), len(kept))
+    return kept
+
+
+def length_filter(records: list[Record], cfg: LengthConfig, tok: Any, report: Report) -> list[Record]:
+    """Store meta.tokens and drop out-of-range rows."""
+    kept = length_batch(records, cfg, tok)
+    report.step("length_filter", len(records), len(kept))
+    return kept
 
 
 def decontaminate(groups: dict[str, list[Record]], cfg: DecontamConfig, report: Report) -> dict[str, list[Record]]:
@@ -186,29 +192,95 @@ def decontaminate(groups: dict[str, list[Record]], cfg: DecontamConfig, report: 
     train = groups["train"]
     if not cfg.enabled:
         return groups
-    held = set().union(*(_ngrams("\n".join(texts_of(r)), cfg.ngram) for s in ("val", "test") for r in groups[s]))
-    kept = [r for r in train if held.isdisjoint(_ngrams("\n".join(texts_of(r)), cfg.ngram))]
+    held = HeldNgrams(cfg.ngram)
+    for rec in (r for s in ("val", "test") for r in groups[s]):
+        held.add(near_text(rec))
+    kept = [r for r, ok in zip(train, held.clean([near_text(r) for r in train])) if ok]
     report.step("decontaminate", len(train), len(kept))
     return {**groups, "train": kept}
 
 
 def clean(records: list[Record], cfg: CleanConfig, tok: Any, report: Report, base_dir: str | None = None) -> list[Record]:
     """normalize -> user steps -> PII -> exact dedup -> near dedup -> length filter (each optional)."""
-    from .registry import apply_steps
+    cleaner = Cleaner(cfg, tok, report, base_dir)
+    try:
+        out = [r for b in batches(records) for r in cleaner(b)]
+    finally:
+        cleaner.close()
+    cleaner.finish()
+    return out
 
-    if cfg.normalize.enabled:
-        records = normalize(records, cfg.normalize, report)
-    if cfg.steps:
-        records = apply_steps(records, cfg.steps, cfg.imports, report, base_dir)
-    if cfg.pii.enabled:
-        records = pii_step(records, cfg.pii, report)
-    if cfg.dedup.exact:
-        records = exact_dedup(records, report)
-    else:
-        for rec in records:
-            refresh_id(rec)
-    if cfg.dedup.near and records:
-        records = near_dedup(records, cfg.dedup, report)
-    if tok is not None:
-        records = length_filter(records, cfg.length, tok, report)
+
+# ----------------------------------------------------------------------------- streaming
+
+class Cleaner:
+    """The cleaning steps over batches of records, in order; only compact state crosses batches.
+
+    Per-row steps (normalise, user steps, PII, length) keep nothing; exact and near dedup keep their
+    indexes (see dedup.py). Step counts add up over batches and go to report.steps in finish().
+    """
+
+    def __init__(self, cfg: CleanConfig, tok: Any, report: Report, base_dir: str | None = None,
+                 spill_dir: str | Path | None = None):
+        self.cfg, self.tok, self.report, self.base_dir, self.spill_dir = cfg, tok, report, base_dir, spill_dir
+        self.counts: list[tuple[str, list[int]]] = []
+        self._stages: list[Callable] | None = None
+        self._near: NearDedup | None = None
+
+    def _start(self) -> None:
+        """Resolve user steps (imported once) and build the stage list on the first records seen."""
+        from .registry import get_step, import_steps, run_step
+
+        cfg, stages = self.cfg, []
+        if cfg.normalize.enabled:
+            stages.append(("normalize", lambda b: (b, normalize_batch(b, cfg.normalize))))
+        if cfg.steps:
+            import_steps(cfg.imports, self.base_dir)
+            for step in cfg.steps:
+                fn = get_step(step.name)
+                stages.append((f"step:{step.name}", lambda b, fn=fn, step=step: (run_step(fn, step, b), 0)))
+        if cfg.pii.enabled:
+            stages.append((f"pii_{cfg.pii.action}", lambda b: pii_batch(b, cfg.pii, self.report.pii)))
+        exact = ExactDedup() if cfg.dedup.exact else None
+        stages.append(("exact_dedup" if exact else "", lambda b: (exact_batch(b, exact) if exact else _refresh(b), 0)))
+        if cfg.dedup.near:
+            self._near = new_near_dedup(cfg.dedup, self.spill_dir)
+            stages.append(("near_dedup", lambda b: (self._near.filter(b, [near_text(r) for r in b]), 0)))
+        if self.tok is not None:
+            stages.append(("length_filter", lambda b: (length_batch(b, cfg.length, self.tok), 0)))
+        self.counts = [(name, [0, 0, 0]) for name, _ in stages]
+        self._stages = [fn for _, fn in stages]
+
+    def __call__(self, records: list[Record]) -> list[Record]:
+        if not records:
+            return records
+        if self._stages is None:
+            if self.counts:
+                raise RuntimeError("Cleaner used after close()")
+            self._start()
+        for (name, slot), fn in zip(self.counts, self._stages):
+            n_in, start = len(records), time.perf_counter()
+            records, changed = fn(records)
+            self.report.seconds[name or "refresh_ids"] += time.perf_counter() - start
+            slot[0] += n_in
+            slot[1] += len(records)
+            slot[2] += changed
+        return records
+
+    def close(self) -> None:
+        """Free the dedup indexes and the signature file (the counts stay for finish())."""
+        if self._near is not None:
+            self._near.close()
+        self._near = self._stages = None
+
+    def finish(self) -> None:
+        """Write the step counts to the report (nothing when no record came through)."""
+        for name, (n_in, n_out, changed) in self.counts:
+            if name and (name != "near_dedup" or n_in):
+                self.report.step(name, n_in, n_out, changed)
+
+
+def _refresh(records: list[Record]) -> list[Record]:
+    for rec in records:
+        refresh_id(rec)
     return records

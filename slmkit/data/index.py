@@ -77,8 +77,8 @@ def build_index(paths: list[str], collection: str, persist_dir: str | Path, chun
             report.skip(p, e.message)
             continue
         chunks += res.chunks
-        if res.records:
-            report.notes.append(f"{p}: {len(res.records)} table rows ignored (index takes documents)")
+        if rows := sum(t.rows_in for t in res.tables):  # tables are only scanned, never turned into records here
+            report.notes.append(f"{p}: {rows} table rows ignored (index takes documents)")
     if clean:
         chunks = pii_step(normalize(chunks, NormalizeConfig(), report), PiiConfig(), report)
     chunks = list({c["id"]: c for c in chunks}.values())

@@ -1,5 +1,8 @@
 """Turn each configured source into records (tables, chat logs) or document chunks, with provenance.
 
+Documents are read and chunked here (in memory); tables are opened (scanned, columns picked) and their
+records stream later, batch by batch, from each SourceResult's `tables`.
+
 A source is a file, a folder (documents and tables inside, walked in sorted order), an http(s) URL, a
 saved Hugging Face dataset, or a ChromaDB folder. Without data.sources and data.path, a SageMaker
 training job's SM_CHANNEL_TRAIN folder is used.
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +25,9 @@ from slmkit.io import sha256_file
 from .chunk import chunk_document
 from .config import ChunkConfig, SourceConfig
 from .docs import DOC_EXTENSIONS, Document, fetch_url, read_document
-from .records import to_records
 from .report import Report
-from .shapes import convert
-from .sources import EXTENSIONS, find_license, read_table, table_suffix
+from .sources import EXTENSIONS, find_license, iter_table, table_suffix
+from .tables import RowsFn, TableStream
 
 log = logging.getLogger("slmkit.data")
 SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "squad": "squad",
@@ -33,15 +36,33 @@ SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "
 
 @dataclass
 class SourceResult:
+    """One source: its document chunks (in memory) and its tables, whose records stream (see tables.py)."""
+
     name: str
     type: str
     sha256: str | None = None
     license: str | None = None
     rows_in: int = 0
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: int = 0  # records its tables produced (counted as they stream)
     chunks: list[dict[str, Any]] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     shapes: list[str] = field(default_factory=list)
+    tables: list[TableStream] = field(default_factory=list)
+    folder_parts: list[str | TableStream] | None = None  # a folder's sha256 covers the files that were used
+
+    def table_done(self, table: TableStream) -> None:
+        """Count a table whose records all went downstream."""
+        self.records += table.records
+        self.reports.append(table.report)
+        self.shapes.append(table.shape)
+
+    def finish(self) -> None:
+        """A folder's sha256, over the documents and tables that were not skipped, in file order."""
+        if self.folder_parts is None:
+            return
+        shas = [p if isinstance(p, str) else p.meta["source_sha256"] for p in self.folder_parts
+                if isinstance(p, str) or not p.failed]
+        self.sha256 = hashlib.sha256("".join(shas).encode()).hexdigest() if shas else None
 
 
 def resolve_sources(cfg: BuildConfig) -> list[SourceConfig]:
@@ -99,7 +120,7 @@ def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
     elif kind == "chroma":
         _read_chroma(res, path, src)
     elif kind == "hf_dataset":
-        _add_table_rows(res, *_hf_rows(path, src), path, src, cfg)
+        _add_table(res, path, src, cfg, report, rows=lambda _rep: _hf_rows(path, src))
     elif kind in DOC_EXTENSIONS.values():
         doc = read_document(path, kind, cfg.data.limits, report)
         if doc is not None:
@@ -107,7 +128,7 @@ def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
     else:
         _add_table(res, path, src, cfg, report)
     if res.sha256 is None and path.is_file():
-        res.sha256 = sha256_file(path)
+        res.sha256 = res.tables[0].meta["source_sha256"] if res.tables else sha256_file(path)
     if res.license is None:
         res.license = src.license or find_license(path if path.is_file() else path / "_")
     return res
@@ -118,30 +139,23 @@ def _data_cfg(src: SourceConfig, cfg: BuildConfig):
     return cfg.data.model_copy(update={"columns": src.columns, "json_field": src.json_field, "format": fmt})
 
 
-def _add_table(res: SourceResult, path: Path, src: SourceConfig, cfg: BuildConfig, report: Report) -> None:
-    limits = cfg.data.limits
-    rows, locators = read_table(path, _data_cfg(src, cfg), report, limits.max_line_chars, src.sheet)
-    _add_table_rows(res, rows, locators, path, src, cfg)
-
-
-def _add_table_rows(res: SourceResult, rows: list[dict], locators: list[str], path: Path, src: SourceConfig,
-                    cfg: BuildConfig) -> None:
-    shape = SHAPE_TYPES.get(src.type, "auto")
-    if shape == "preference" and rows and "prompt" not in rows[0]:
-        shape = "hh"
-    rows, locators, used = convert(rows, locators, shape, str(path))
-    res.rows_in += len(rows)
+def _add_table(res: SourceResult, path: Path, src: SourceConfig, cfg: BuildConfig, report: Report,
+               rows: RowsFn | None = None, skip_as: str | None = None) -> TableStream:
+    """Open one table of the source (scan pass, column pick); its records stream later from table.batches()."""
     data_cfg = _data_cfg(src, cfg)
-    if max_rows := cfg.data.max_rows:
-        rows, locators = rows[:max_rows], locators[:max_rows]
-    records, rep = to_records(rows, data_cfg, locators)
-    sha, license_ = sha256_file(path) if path.is_file() else res.sha256, src.license or find_license(path)
-    for rec in records:
-        rec["meta"].update(source_sha256=sha, license=license_)
-        rec["meta"].setdefault("transformations", []).extend([] if used == "table" else [f"shape:{used}"])
-    res.records += records
-    res.reports.append(rep)
-    res.shapes.append(used)
+    if rows is None:
+        limit, sheet = cfg.data.limits.max_line_chars, src.sheet
+        rows = lambda rep: iter_table(path, data_cfg, rep, limit, sheet)  # noqa: E731
+    meta = {"source_sha256": sha256_file(path) if path.is_file() else res.sha256,
+            "license": src.license or find_license(path)}
+    table = TableStream(str(path), rows, SHAPE_TYPES.get(src.type, "auto"), data_cfg, cfg.data.max_rows or None, meta,
+                        user_steps=bool(cfg.data.clean.steps), skip_as=skip_as)
+    table.scan(report)
+    res.rows_in += table.rows_in
+    table.prepare()
+    table.skip_index = len(report.skipped)
+    res.tables.append(table)
+    return table
 
 
 def _add_document(res: SourceResult, doc: Document, license_: str | None, tok: Any, chunk: ChunkConfig) -> None:
@@ -158,7 +172,7 @@ def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildC
     limits = cfg.data.limits
     if not files:
         report.skip(str(folder), "empty folder (no files)")
-    shas = []
+    res.folder_parts = []
     for f in files:
         if f.name.lower().startswith(("license", "licence")):
             continue
@@ -166,20 +180,19 @@ def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildC
         if ext in DOC_EXTENSIONS:
             doc = read_document(f, DOC_EXTENSIONS[ext], limits, report)
             if doc is not None:
-                shas.append(doc.sha256)
+                res.folder_parts.append(doc.sha256)
                 _add_document(res, doc, src.license or find_license(f) or find_license(folder / "_"), tok, chunk)
         elif table_suffix(f) in EXTENSIONS:
             try:
-                _add_table(res, f, src, cfg, report)
-                shas.append(sha256_file(f))
+                res.folder_parts.append(_add_table(res, f, src, cfg, report, skip_as=str(f)))
             except SlmError as e:
                 report.skip(str(f), e.message)
         else:
             report.skip(str(f), f"unsupported file type {ext or '(none)'!r}")
-    res.sha256 = hashlib.sha256("".join(shas).encode()).hexdigest() if shas else None
 
 
-def _hf_rows(path: Path, src: SourceConfig) -> tuple[list[dict], list[str]]:
+def _hf_rows(path: Path, src: SourceConfig) -> Iterator[tuple[dict[str, Any], str]]:
+    """Rows of a dataset saved with save_to_disk, 10,000 at a time (Arrow, memory-mapped)."""
     import datasets
 
     try:
@@ -193,9 +206,12 @@ def _hf_rows(path: Path, src: SourceConfig) -> tuple[list[dict], list[str]]:
         if split not in ds:
             raise SlmError(f"{path}: no split {split!r} (splits: {', '.join(ds)})", "set the source's split")
         ds = ds[split]
-    rows = [r for batch in ds.iter(batch_size=10_000) for r in _unbatch(batch)]
     tag = f"split={split}&" if split else ""
-    return rows, [f"{path}#{tag}row={i}" for i in range(1, len(rows) + 1)]
+    n = 0
+    for batch in ds.iter(batch_size=10_000):
+        for row in _unbatch(batch):
+            n += 1
+            yield row, f"{path}#{tag}row={n}"
 
 
 def _unbatch(batch: dict[str, list]) -> list[dict]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ class _Draft:
     output: str
     rejected: str | None = None  # preference pairs: the dispreferred final answer
     group: str | None = None  # rows that must share a split (e.g. questions on one SQuAD context)
+    synthetic: dict | None = None  # teacher-written rows (synth stage): teacher, recipe, cache key
 
 
 def available_columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -46,7 +48,11 @@ def _find(available: list[str], candidates: tuple[str, ...]) -> str | None:
 
 def pick_columns(rows: list[dict[str, Any]], data: DataConfig, source: str = "data") -> tuple[dict, list[str]]:
     """Columns for each role ({input, output, system, messages}) and which of them were auto-detected."""
-    avail = available_columns(rows)
+    return pick_from(available_columns(rows), data, source)
+
+
+def pick_from(avail: list[str], data: DataConfig, source: str = "data") -> tuple[dict, list[str]]:
+    """pick_columns given the columns seen (in first-seen order)."""
     listing = ", ".join(avail) or "(none)"
     cols = data.columns
     for field in ("input", "output", "system", "messages"):
@@ -110,8 +116,10 @@ def _draft(row: dict[str, Any], picked: dict, locator: str) -> _Draft | None:
         if not has_user or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
             return None
         rejected = row.get("rejected")
+        meta = row.get("meta")
+        synthetic = meta.get("synthetic") if isinstance(meta, dict) and isinstance(meta.get("synthetic"), dict) else None
         return _Draft(locator, system or None, msgs, msgs[-1]["content"].strip(),
-                      rejected if isinstance(rejected, str) and rejected.strip() else None)
+                      rejected if isinstance(rejected, str) and rejected.strip() else None, synthetic=synthetic)
     user, output = _text(row.get(picked["input"])), _text(row.get(picked["output"]))
     if not user or not output:
         return None
@@ -135,7 +143,7 @@ def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
     messages = ([{"role": "system", "content": system}] if system else []) + draft.turns
     rec = {"id": record_id(messages), "messages": messages, "label": None, "_output": draft.output,
            "meta": {"source": draft.locator, "source_sha256": None, "license": None, "split": None,
-                    "synthetic": None, "pii_redacted": []}}
+                    "synthetic": draft.synthetic, "pii_redacted": []}}
     if draft.rejected is not None:
         rec["rejected"] = draft.rejected
     if draft.group is not None:
@@ -154,12 +162,103 @@ def dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
     return kept, len(records) - len(kept)
 
 
+@dataclass
+class TaskDetector:
+    """detect_task over a stream of outputs; label counts are dropped once more than MAX_LABELS are distinct."""
+
+    keep_all: bool = False  # explicit classification: count every label, however many
+    rows: int = 0
+    short: bool = True
+    counts: Counter | None = None
+
+    def __post_init__(self) -> None:
+        self.counts = Counter()
+
+    def add(self, output: str) -> None:
+        self.rows += 1
+        if self.short and len(output.split()) > MAX_LABEL_WORDS:
+            self.short = False
+        if self.counts is not None:
+            self.counts[output] += 1
+            if not self.keep_all and (len(self.counts) > MAX_LABELS or not self.short):
+                self.counts = None
+
+    def task(self) -> str:
+        few = self.counts is not None and len(self.counts) <= MAX_LABELS and len(self.counts) <= self.rows / 2
+        return "classification" if self.rows and self.short and few else "generation"
+
+
 def detect_task(outputs: list[str]) -> str:
     """'classification' when outputs are short and few distinct (≤50 and ≤ half the rows), else 'generation'."""
-    distinct = set(outputs)
-    short = all(len(o.split()) <= MAX_LABEL_WORDS for o in outputs)
-    few = len(distinct) <= MAX_LABELS and len(distinct) <= len(outputs) / 2
-    return "classification" if outputs and short and few else "generation"
+    det = TaskDetector()
+    for out in outputs:
+        det.add(out)
+    return det.task()
+
+
+def drafts_of(pairs: Iterable[tuple[dict[str, Any], str]], picked: dict) -> tuple[list[_Draft], int]:
+    """The usable drafts of (row, locator) pairs and how many rows were empty."""
+    drafts, empty = [], 0
+    for row, loc in pairs:
+        d = _draft(row, picked, loc)
+        if d is None:
+            empty += 1
+        else:
+            drafts.append(d)
+    return drafts, empty
+
+
+def no_usable_rows(source: str, n_rows: int, picked: dict) -> SlmError:
+    return SlmError(f"{source}: no usable rows; all {n_rows} rows have an empty input or output "
+                    f"(columns used: {', '.join(f'{k}={v}' for k, v in picked.items() if v)})",
+                    "check data.columns points at the right columns")
+
+
+class RecordMaker:
+    """Drafts -> records batch by batch, with dedup (data.dedup) and task detection carried across batches.
+
+    `label_task` is the source's task when already known (explicit data.task, or a first pass): records of a
+    classification source get their answer as label, as to_records() gives them.
+    """
+
+    def __init__(self, data: DataConfig, system_prompt: str | None, label_task: str | None = None):
+        from .dedup import ExactDedup, id_key
+
+        self._key = id_key
+        self.prompt = system_prompt
+        self.seen = ExactDedup() if data.dedup else None
+        self.detector = TaskDetector(keep_all=data.task == "classification")
+        self.task_cfg = data.task
+        self.label_task = data.task if data.task != "auto" else label_task
+        self.duplicates = 0
+
+    def add(self, drafts: list[_Draft]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Records of these drafts (duplicates of earlier ones dropped) and their outputs."""
+        records = [_build(d, self.prompt) for d in drafts]
+        if self.seen is not None:
+            keep = self.seen.keep([self._key(r["id"]) for r in records])
+            self.duplicates += len(records) - sum(keep)
+            records = [r for r, k in zip(records, keep) if k]
+        outputs = [r.pop("_output") for r in records]
+        for rec, out in zip(records, outputs):
+            self.detector.add(out)
+            if self.label_task == "classification":
+                rec["label"] = out
+        return records, outputs
+
+    def task(self) -> str:
+        return self.task_cfg if self.task_cfg != "auto" else self.detector.task()
+
+    def report(self, picked: dict, auto: list[str], rows_in: int, empty: int) -> dict[str, Any]:
+        task = self.task()
+        counts = dict(sorted(self.detector.counts.items())) if task == "classification" and self.detector.counts else {}
+        return {"columns_picked": picked, "auto_detected": auto, "task": task, "labels": list(counts),
+                "label_counts": counts, "dropped": {"duplicate": self.duplicates, "empty": empty}, "rows_in": rows_in}
+
+
+def log_auto(picked: dict, auto: list[str]) -> None:
+    for role in auto:
+        log.info("data: %s column auto-detected as %r", role, picked[role])
 
 
 def to_records(rows: list[dict[str, Any]], data: DataConfig,
@@ -168,26 +267,13 @@ def to_records(rows: list[dict[str, Any]], data: DataConfig,
     locators = locators or [f"row={i}" for i in range(1, len(rows) + 1)]
     source = locators[0].split("#")[0] if locators and "#" in locators[0] else "data"
     picked, auto = pick_columns(rows, data, source)
-    for role in auto:
-        log.info("data: %s column auto-detected as %r", role, picked[role])
-    drafts = [d for row, loc in zip(rows, locators) if (d := _draft(row, picked, loc)) is not None]
-    empty = len(rows) - len(drafts)
+    log_auto(picked, auto)
+    drafts, empty = drafts_of(zip(rows, locators), picked)
     if not drafts:
-        raise SlmError(f"{source}: no usable rows; all {len(rows)} rows have an empty input or output "
-                       f"(columns used: {', '.join(f'{k}={v}' for k, v in picked.items() if v)})",
-                       "check data.columns points at the right columns")
-    system_prompt = expand_labels(data.system_prompt, [d.output for d in drafts])
-    records = [_build(d, system_prompt) for d in drafts]
-    duplicates = 0
-    if data.dedup:
-        records, duplicates = dedup(records)
-    outputs = [r.pop("_output") for r in records]
-    task = data.task if data.task != "auto" else detect_task(outputs)
-    counts: dict[str, int] = {}
-    if task == "classification":
+        raise no_usable_rows(source, len(rows), picked)
+    maker = RecordMaker(data, expand_labels(data.system_prompt, [d.output for d in drafts]))
+    records, outputs = maker.add(drafts)
+    if maker.task() == "classification":
         for rec, out in zip(records, outputs):
             rec["label"] = out
-        counts = dict(sorted(Counter(outputs).items()))
-    report = {"columns_picked": picked, "auto_detected": auto, "task": task, "labels": list(counts),
-              "label_counts": counts, "dropped": {"duplicate": duplicates, "empty": empty}, "rows_in": len(rows)}
-    return records, report
+    return records, maker.report(picked, auto, len(rows), empty)

@@ -75,22 +75,27 @@ def import_steps(imports: list[str], base_dir: str | None = None) -> None:
                                "use an importable module name or a path to a .py file") from None
 
 
+def run_step(fn: Step, step: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One configured step over a batch of records; a record it returns None for is dropped."""
+    kept = []
+    for rec in records:
+        try:
+            out = fn(rec, **step.params)
+        except TypeError as e:
+            raise SlmError(f"data step {step.name!r} failed on {rec['meta'].get('source')}: {e}",
+                           "check data.clean.steps[].params against the function's arguments") from None
+        if out is not None:
+            out["meta"].setdefault("transformations", []).append(step.name)
+            kept.append(out)
+    return kept
+
+
 def apply_steps(records: list[dict[str, Any]], steps: list[Any], imports: list[str], report: Report,
                 base_dir: str | None = None) -> list[dict[str, Any]]:
     """Run each configured step over every record, in order; a step returning None drops the record."""
     import_steps(imports, base_dir)
     for step in steps:
-        fn = get_step(step.name)
-        kept = []
-        for rec in records:
-            try:
-                out = fn(rec, **step.params)
-            except TypeError as e:
-                raise SlmError(f"data step {step.name!r} failed on {rec['meta'].get('source')}: {e}",
-                               "check data.clean.steps[].params against the function's arguments") from None
-            if out is not None:
-                out["meta"].setdefault("transformations", []).append(step.name)
-                kept.append(out)
+        kept = run_step(get_step(step.name), step, records)
         report.step(f"step:{step.name}", len(records), len(kept))
         records = kept
     return records

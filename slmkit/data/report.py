@@ -16,11 +16,17 @@ class Report:
     steps: dict[str, dict[str, int]] = field(default_factory=dict)
     pii: Counter = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    seconds: Counter = field(default_factory=Counter)  # time per cleaning step (benchmarks; not in the summary)
 
     def skip(self, where: str, reason: str) -> None:
         """An input (file, row, URL) left out; logged and listed in the card."""
         log.warning("skipped %s: %s", where, reason)
         self.skipped.append({"where": str(where), "reason": reason})
+
+    def skip_at(self, index: int, where: str, reason: str) -> None:
+        """A skip found late (while streaming) listed where it would have been found reading the input."""
+        log.warning("skipped %s: %s", where, reason)
+        self.skipped.insert(index, {"where": str(where), "reason": reason})
 
     def step(self, name: str, rows_in: int, rows_out: int, changed: int = 0) -> None:
         self.steps[name] = {"in": rows_in, "out": rows_out, "dropped": rows_in - rows_out, "changed": changed}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from slmkit.errors import SlmError
@@ -19,6 +20,9 @@ Rows = list[dict[str, Any]]
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
                   "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+Pairs = Iterable[tuple[dict[str, Any], str]]
 
 
 def detect_shape(rows: Rows) -> str:
@@ -37,45 +41,40 @@ def detect_shape(rows: Rows) -> str:
     return "table"
 
 
-def sharegpt(rows: Rows, locators: list[str]) -> tuple[Rows, list[str]]:
-    out = []
-    for row, loc in zip(rows, locators):
-        turns = row.get("conversations") or []
+def sharegpt(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
+    for row, loc in pairs:
         msgs = []
-        for t in turns:
+        for t in row.get("conversations") or []:
             role = SHAREGPT_ROLES.get(str(t.get("from", "")).lower()) if isinstance(t, dict) else None
             if role is None:
                 raise SlmError(f"{loc}: ShareGPT turn with unknown 'from' {t.get('from') if isinstance(t, dict) else t!r}",
                                f"use one of {', '.join(SHAREGPT_ROLES)}")
             msgs.append({"role": role, "content": str(t.get("value") or "")})
-        out.append({"messages": msgs})
-    return out, locators
+        yield {"messages": msgs}, loc
 
 
-def alpaca(rows: Rows, locators: list[str]) -> tuple[Rows, list[str]]:
-    out = []
-    for row in rows:
+def alpaca(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
+    for row, loc in pairs:
         instruction, extra = str(row.get("instruction") or "").strip(), str(row.get("input") or "").strip()
-        out.append({"input": f"{instruction}\n\n{extra}" if extra else instruction, "output": row.get("output")})
-    return out, locators
+        yield {"input": f"{instruction}\n\n{extra}" if extra else instruction, "output": row.get("output")}, loc
 
 
-def squad(rows: Rows, locators: list[str]) -> tuple[Rows, list[str]]:
+def squad(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
     """One row per question: user = context + question, assistant = the first answer.
 
     Questions on one context share a `_group`, so the split keeps them together (no context leaks into eval).
     """
-    out, locs = [], []
-    for article, loc in zip(rows, locators):
+    n = 0
+    for article, loc in pairs:
         for p_no, para in enumerate(article.get("paragraphs") or [], 1):
             context = para.get("context", "")
             for qa in para.get("qas") or []:
                 answers = [a.get("text", "") for a in qa.get("answers") or []]
-                out.append({"input": f"{context}\n\nQuestion: {qa.get('question', '')}",
-                            "output": answers[0] if answers else "", "title": article.get("title"),
-                            "_group": hashlib.sha1(context.encode("utf-8")).hexdigest()})
-                locs.append(f"{loc}&paragraph={p_no}&qa={qa.get('id', len(locs) + 1)}")
-    return out, locs
+                n += 1
+                yield ({"input": f"{context}\n\nQuestion: {qa.get('question', '')}",
+                        "output": answers[0] if answers else "", "title": article.get("title"),
+                        "_group": hashlib.sha1(context.encode("utf-8")).hexdigest()},
+                       f"{loc}&paragraph={p_no}&qa={qa.get('id', n)}")
 
 
 def _as_turns(value: Any, role: str) -> list[dict[str, str]]:
@@ -84,14 +83,12 @@ def _as_turns(value: Any, role: str) -> list[dict[str, str]]:
     return [{"role": role, "content": str(value or "")}]
 
 
-def preference(rows: Rows, locators: list[str]) -> tuple[Rows, list[str]]:
+def preference(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
     """prompt/chosen/rejected with strings or message lists."""
-    out = []
-    for row in rows:
+    for row, loc in pairs:
         prompt = _as_turns(row.get("prompt"), "user")
         chosen, rejected = _as_turns(row.get("chosen"), "assistant"), _as_turns(row.get("rejected"), "assistant")
-        out.append({"messages": prompt + chosen[-1:], "rejected": rejected[-1]["content"]})
-    return out, locators
+        yield {"messages": prompt + chosen[-1:], "rejected": rejected[-1]["content"]}, loc
 
 
 def hh_turns(transcript: str) -> list[dict[str, str]]:
@@ -101,28 +98,40 @@ def hh_turns(transcript: str) -> list[dict[str, str]]:
             for who, text in zip(parts[1::2], parts[2::2])]
 
 
-def hh(rows: Rows, locators: list[str]) -> tuple[Rows, list[str]]:
+def hh(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
     """HH-RLHF: the shared prefix is the prompt; the final assistant turns are chosen and rejected."""
-    out = []
-    for row in rows:
+    for row, loc in pairs:
         chosen, rejected = hh_turns(str(row.get("chosen") or "")), hh_turns(str(row.get("rejected") or ""))
         if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-            out.append({"messages": [], "rejected": None})  # counted as empty by to_records
+            yield {"messages": [], "rejected": None}, loc  # counted as empty by to_records
             continue
-        out.append({"messages": chosen, "rejected": rejected[-1]["content"]})
-    return out, locators
+        yield {"messages": chosen, "rejected": rejected[-1]["content"]}, loc
 
 
 CONVERTERS = {"sharegpt": sharegpt, "alpaca": alpaca, "squad": squad, "preference": preference, "hh": hh}
 
 
+def resolve_shape(first: dict[str, Any] | None, shape: str = "auto", where: str = "data") -> str:
+    """The shape to convert with: `shape`, or the one the first row looks like (preference without a prompt: hh)."""
+    if shape == "auto":
+        shape = detect_shape([first] if first is not None else [])
+        if shape != "table":
+            log.info("%s: rows look like %s data", where, shape)
+    elif shape == "preference" and first is not None and "prompt" not in first:
+        shape = "hh"
+    return shape
+
+
+def convert_pairs(pairs: Pairs, shape: str) -> Iterable[tuple[dict[str, Any], str]]:
+    """(row, locator) pairs in the canonical table shape, converted lazily; `shape` as resolve_shape gives it."""
+    return pairs if shape in ("table", "openai") else CONVERTERS[shape](pairs)
+
+
 def convert(rows: Rows, locators: list[str], shape: str = "auto", where: str = "data") -> tuple[Rows, list[str], str]:
     """Rows in the canonical table shape and the shape that was used (auto-detected unless given)."""
     if shape == "auto":
-        shape = detect_shape(rows)
-        if shape != "table":
-            log.info("%s: rows look like %s data", where, shape)
+        shape = resolve_shape(rows[0] if rows else None, shape, where)
     if shape in ("table", "openai"):
         return rows, locators, shape
-    out, locs = CONVERTERS[shape](rows, locators)
-    return out, locs, shape
+    pairs = list(CONVERTERS[shape](zip(rows, locators)))
+    return [r for r, _ in pairs], [loc for _, loc in pairs], shape

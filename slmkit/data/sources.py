@@ -1,5 +1,8 @@
 """Table readers (CSV, TSV, JSON, JSONL, Parquet, Excel; .gz allowed): rows as dicts, each with a locator.
 
+`iter_table` yields rows as the file is read (CSV/TSV/JSONL line by line, Parquet by row group, Excel in
+read-only mode); only a JSON document is parsed whole. `read_table` is the same as two lists.
+
 Locators: `path#row=N`, `path#line=N` for JSONL, `path#sheet=S&row=N` for Excel (N is the sheet's row).
 """
 
@@ -10,6 +13,9 @@ import gzip
 import io
 import json
 import logging
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +65,19 @@ def _open_bytes(path: Path) -> bytes:
     return raw
 
 
-def _check_file(path: Path) -> bytes:
-    """The file's bytes, after checking it exists, is a file and is not empty."""
+def _check_path(path: Path) -> None:
+    """Refuse a folder or a missing file."""
     if path.is_dir():
         raise SlmError(f"data.path {path} is a directory, not a file",
                        "point data.path at one CSV/TSV/JSON/JSONL file inside it")
     if not path.is_file():
         raise SlmError(f"data file not found: {path}",
                        "check data.path; relative paths are resolved from the config file's folder")
+
+
+def _check_file(path: Path) -> bytes:
+    """The file's bytes, after checking it exists, is a file and is not empty."""
+    _check_path(path)
     raw = _open_bytes(path)
     if not raw.strip():
         raise SlmError(f"data file is empty: {path}", "the file has no content; check you exported the right file")
@@ -93,25 +104,52 @@ def _normalize(obj: Any, locator: str) -> dict[str, Any]:
                    "each row must be a JSON object like {\"text\": ..., \"label\": ...}")
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[Rows, list[str]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _iter_delimited(path: Path, delimiter: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Rows of a CSV/TSV file, decoded and parsed as they are read (gzip too)."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = [h.strip() for h in next(reader, [])]
+            n = 0
+            for record in reader:
+                if not any(cell.strip() for cell in record):
+                    continue  # blank line
+                n += 1
+                if len(record) > len(header):
+                    raise SlmError(f"{path}: row {n} (line {reader.line_num}) has {len(record)} fields "
+                                   f"but the header has {len(header)}",
+                                   "quote fields that contain the delimiter, e.g. \"hello, world\"")
+                yield dict(zip(header, record)), f"{path}#row={n}"
+        except csv.Error as e:
+            raise SlmError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})",
+                           "check quoting on that line") from None
+        except UnicodeDecodeError:
+            _decode(path, _open_bytes(path))  # raises the error with its line and offset
+            raise
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            _open_bytes(path)  # raises "not a valid gzip file"
+            raise
+
+
+@contextmanager
+def _open_text(path: Path):
+    """UTF-8 text (BOM dropped), universal newlines kept for the csv module; gunzipped for .gz."""
+    raw = gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
+    with raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
+        yield f
+
+
+def _has_content(path: Path) -> bool:
+    """Whether the file (gunzipped for .gz) has anything but whitespace, read a block at a time."""
     try:
-        header = [h.strip() for h in next(reader, [])]
-        rows, locators = [], []
-        for record in reader:
-            if not any(cell.strip() for cell in record):
-                continue  # blank line
-            n = len(rows) + 1
-            if len(record) > len(header):
-                raise SlmError(f"{path}: row {n} (line {reader.line_num}) has {len(record)} fields "
-                               f"but the header has {len(header)}",
-                               "quote fields that contain the delimiter, e.g. \"hello, world\"")
-            rows.append(dict(zip(header, record)))
-            locators.append(f"{path}#row={n}")
-    except csv.Error as e:
-        raise SlmError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})",
-                       "check quoting on that line") from None
-    return rows, locators
+        with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")) as f:
+            while block := f.read(1 << 16):
+                if block.strip():
+                    return True
+    except (OSError, EOFError, zlib.error):
+        _open_bytes(path)  # raises "not a valid gzip file"
+        raise
+    return False
 
 
 def _pick_json_list(path: Path, data: Any, json_field: str | None) -> list:
@@ -153,31 +191,32 @@ def _lookup_field(path: Path, data: dict, field: str) -> list:
     return node
 
 
-def _read_json(path: Path, text: str, json_field: str | None) -> tuple[Rows, list[str]]:
+def _iter_json(path: Path, json_field: str | None) -> Iterator[tuple[dict[str, Any], str]]:
+    """Rows of a JSON document (parsed whole: a single JSON value cannot be read in pieces)."""
+    text = _decode(path, _check_file(path))
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise SlmError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})",
                        "fix the JSON syntax there; a file with one object per line should be named .jsonl") from None
-    items = _pick_json_list(path, data, json_field)
-    locators = [f"{path}#row={i}" for i in range(1, len(items) + 1)]
-    return [_normalize(obj, loc) for obj, loc in zip(items, locators)], locators
+    del text
+    for i, obj in enumerate(_pick_json_list(path, data, json_field), 1):
+        loc = f"{path}#row={i}"
+        yield _normalize(obj, loc), loc
 
 
-def _read_jsonl(path: Path, report: Report, max_line: int) -> tuple[Rows, list[str]]:
+def _iter_jsonl(path: Path, report: Report, max_line: int) -> Iterator[tuple[dict[str, Any], str]]:
     """Line by line (gzip too); over-long lines are skipped and counted, malformed ones are an error."""
-    rows, locators = [], []
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            _jsonl_lines(path, f, rows, locators, report, max_line)
+            yield from _jsonl_lines(path, f, report, max_line)
     except (EOFError, gzip.BadGzipFile) as e:
         raise SlmError(f"{path}: broken gzip file ({e})", "re-create it with gzip, or drop the .gz suffix") from None
-    return rows, locators
 
 
-def _jsonl_lines(path: Path, f, rows: Rows, locators: list[str], report: Report, max_line: int) -> None:
-    """Parse JSONL lines from an open binary file into rows/locators."""
+def _jsonl_lines(path: Path, f, report: Report, max_line: int) -> Iterator[tuple[dict[str, Any], str]]:
+    """Parse JSONL lines from an open binary file."""
     for lineno, raw in enumerate(f, 1):
         if len(raw) > max_line:
             report.skip(f"{path}#line={lineno}", f"line too long ({len(raw)} bytes; data.limits.max_line_chars "
@@ -196,23 +235,26 @@ def _jsonl_lines(path: Path, f, rows: Rows, locators: list[str], report: Report,
             raise SlmError(f"{path}:{lineno}: malformed JSON line ({e.msg})",
                            "fix or remove that line; each line must be one JSON object") from None
         loc = f"{path}#line={lineno}"
-        rows.append(_normalize(obj, loc))
-        locators.append(loc)
+        yield _normalize(obj, loc), loc
 
 
-def _read_parquet(path: Path) -> tuple[Rows, list[str]]:
+def _iter_parquet(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """Row groups of 10,000 rows at a time."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = 0
     try:
         pf = pq.ParquetFile(path)
-        rows = [r for batch in pf.iter_batches(batch_size=10_000) for r in batch.to_pylist()]
+        for batch in pf.iter_batches(batch_size=10_000):
+            for row in batch.to_pylist():
+                n += 1
+                yield row, f"{path}#row={n}"
     except (pa.ArrowException, OSError) as e:
         raise SlmError(f"{path}: cannot read Parquet ({str(e)[:200]})", "check the file is a complete Parquet file") from None
-    return rows, [f"{path}#row={i}" for i in range(1, len(rows) + 1)]
 
 
-def _read_excel(path: Path, sheet: str | None) -> tuple[Rows, list[str]]:
+def _iter_excel(path: Path, sheet: str | None) -> Iterator[tuple[dict[str, Any], str]]:
     """First non-empty row is the header; locators carry the sheet's own row numbers."""
     import zipfile
 
@@ -223,44 +265,56 @@ def _read_excel(path: Path, sheet: str | None) -> tuple[Rows, list[str]]:
         wb = load_workbook(path, read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as e:
         raise SlmError(f"{path}: cannot open as Excel ({type(e).__name__})", "save it again as .xlsx") from None
-    if sheet is not None and sheet not in wb.sheetnames:
-        raise SlmError(f"{path}: no sheet {sheet!r} (sheets: {', '.join(wb.sheetnames)})", "set the source's sheet")
-    ws = wb[sheet] if sheet else wb[wb.sheetnames[0]]
-    rows, locators, header = [], [], None
-    for n, values in enumerate(ws.iter_rows(values_only=True), 1):
-        if not any(v is not None and str(v).strip() for v in values):
-            continue
-        if header is None:
-            header = [str(v).strip() if v is not None else f"column{i + 1}" for i, v in enumerate(values)]
-            continue
-        rows.append({h: v for h, v in zip(header, values)})
-        locators.append(f"{path}#sheet={ws.title}&row={n}")
-    wb.close()
-    return rows, locators
+    try:
+        if sheet is not None and sheet not in wb.sheetnames:
+            raise SlmError(f"{path}: no sheet {sheet!r} (sheets: {', '.join(wb.sheetnames)})", "set the source's sheet")
+        ws = wb[sheet] if sheet else wb[wb.sheetnames[0]]
+        header = None
+        for n, values in enumerate(ws.iter_rows(values_only=True), 1):
+            if not any(v is not None and str(v).strip() for v in values):
+                continue
+            if header is None:
+                header = [str(v).strip() if v is not None else f"column{i + 1}" for i, v in enumerate(values)]
+                continue
+            yield {h: v for h, v in zip(header, values)}, f"{path}#sheet={ws.title}&row={n}"
+    finally:
+        wb.close()
+
+
+def iter_table(path: str | Path, data: DataConfig | None = None, report: Report | None = None,
+               max_line: int = DEFAULT_MAX_LINE, sheet: str | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+    """(row, locator) pairs of a table file, read as they are needed; JSON documents are parsed whole.
+
+    Over-long JSONL lines go to `report` as skips; a file without rows raises SlmError once read to the end.
+    """
+    data = data or DataConfig()
+    path = Path(path)
+    fmt = detect_format(path, data.format) if path.is_file() and path.stat().st_size else None
+    if fmt == "jsonl":
+        rows = _iter_jsonl(path, report or Report(), max_line)
+    elif fmt in ("parquet", "excel"):
+        rows = _iter_parquet(path) if fmt == "parquet" else _iter_excel(path, sheet)
+    else:
+        _check_path(path)
+        if not _has_content(path):
+            raise SlmError(f"data file is empty: {path}", "the file has no content; check you exported the right file")
+        fmt = detect_format(path, data.format)
+        if fmt in ("csv", "tsv"):
+            rows = _iter_delimited(path, "," if fmt == "csv" else "\t")
+        else:
+            rows = _iter_json(path, data.json_field)
+    n = 0
+    for n, pair in enumerate(rows, 1):  # noqa: B007 - n counts the rows
+        yield pair
+    if not n:
+        raise SlmError(f"data file has no rows: {path}", "add data rows below the header / inside the list")
 
 
 def read_table(path: str | Path, data: DataConfig | None = None, report: Report | None = None,
                max_line: int = DEFAULT_MAX_LINE, sheet: str | None = None) -> tuple[Rows, list[str]]:
     """Rows of a table file and a locator for each; over-long JSONL lines go to `report` as skips."""
-    data = data or DataConfig()
-    path = Path(path)
-    fmt = detect_format(path, data.format) if path.is_file() and path.stat().st_size else None
-    if fmt in ("jsonl", "parquet", "excel"):
-        if fmt == "jsonl":
-            rows, locators = _read_jsonl(path, report or Report(), max_line)
-        else:
-            rows, locators = _read_parquet(path) if fmt == "parquet" else _read_excel(path, sheet)
-    else:
-        raw = _check_file(path)
-        fmt = detect_format(path, data.format)
-        text = _decode(path, raw)
-        if fmt in ("csv", "tsv"):
-            rows, locators = _read_delimited(path, text, "," if fmt == "csv" else "\t")
-        else:
-            rows, locators = _read_json(path, text, data.json_field)
-    if not rows:
-        raise SlmError(f"data file has no rows: {path}", "add data rows below the header / inside the list")
-    return rows, locators
+    pairs = list(iter_table(path, data, report, max_line, sheet))
+    return [row for row, _ in pairs], [loc for _, loc in pairs]
 
 
 def find_license(path: Path, configured: str | None = None) -> str | None:

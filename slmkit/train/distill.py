@@ -23,7 +23,7 @@ from slmkit.errors import SlmError
 from slmkit.hardware import detect, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
-from slmkit.train.kd_losses import (assistant_mask, divergence, labelled_logits, log_probs, masked_mean, mix_with_ce,
+from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean, mix_with_ce,
                                     topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
 from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, optimizer_step, save_checkpoint
@@ -85,7 +85,7 @@ def on_policy_batch(student, rows: list[dict], pad_id: int, eos_id: int, max_new
 
 def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True) -> tuple[torch.Tensor, float]:
     """(loss to backprop, KD value) for one batch. `teacher` (online) or `cached` = (ids, logprobs, missing)."""
-    keep = assistant_mask(batch["labels"])
+    keep = kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions)
     s_logits = labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)
     T = dcfg.temperature
     if cached is not None:
@@ -97,7 +97,10 @@ def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=No
         s_logp = log_probs(s_logits, T)
     kd = masked_mean(divergence(dcfg.loss, s_logp, t_logp, dcfg.beta, dcfg.skew))
     del t_logp  # free the teacher's [N, V] before backward
-    ce = F.cross_entropy(s_logits.float(), batch["labels"][:, 1:][keep]) if use_ce and dcfg.alpha > 0 else None
+    ce = None
+    if use_ce and dcfg.alpha > 0:  # CE on the assistant positions among the KD positions (all of them by default)
+        lab = assistant_mask(batch["labels"])
+        ce = F.cross_entropy(s_logits[lab[keep]].float(), batch["labels"][:, 1:][lab])
     return mix_with_ce(kd, ce, dcfg.alpha if ce is not None else 0.0, T), float(kd.detach())
 
 
@@ -205,7 +208,8 @@ def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | N
 
     folder = cache_folder(dcfg, run_dir, cfg)
     t_conf = AutoConfig.from_pretrained(str(weights_folder(s["teacher"]) or s["teacher"]))
-    key = cache_key(teacher_fingerprint(s["teacher"]), s["train"], dcfg.top_k, dcfg.temperature, t_conf.vocab_size)
+    key = cache_key(teacher_fingerprint(s["teacher"]), s["train"], dcfg.top_k, dcfg.temperature, t_conf.vocab_size,
+                    dcfg.kd_positions)
     manifest = folder / "manifest.json"
     if not overwrite and manifest.is_file() and (m := json.loads(manifest.read_text())).get("complete") and m["key"] == key:
         return {k: m[k] for k in ("rows", "tokens", "bytes", "bytes_per_token")} | {"shards": len(m["shards"]),
@@ -303,7 +307,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
                 cached = None
                 if cache is not None:
                     cached = cache.lookup(rows)
-                    if cached[0].shape[0] != int(assistant_mask(batch["labels"]).sum()):
+                    if cached[0].shape[0] != int(kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions).sum()):
                         raise SlmError(f"teacher cache {cache.folder} does not match the encoded training rows",
                                        "rebuild it: `slm distill-cache CONFIG --overwrite`")
                 with accelerator.autocast():

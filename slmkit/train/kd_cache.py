@@ -22,11 +22,11 @@ import torch
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
 from slmkit.train.collate import collate
-from slmkit.train.kd_losses import assistant_mask, labelled_logits, log_probs
+from slmkit.train.kd_losses import kd_mask, labelled_logits, log_probs
 
 log = logging.getLogger("slmkit")
 VERSION = 1
-KEY_FIELDS = ("teacher", "data", "k", "temperature", "vocab_size")
+KEY_FIELDS = ("teacher", "data", "k", "temperature", "vocab_size", "positions")
 
 
 def teacher_fingerprint(name: str | Path) -> str:
@@ -54,8 +54,10 @@ def data_hash(examples: list[dict]) -> str:
     return sha256_json([[e["input_ids"], e["labels"]] for e in examples])
 
 
-def cache_key(teacher_fp: str, examples: list[dict], k: int, temperature: float, vocab_size: int) -> dict:
-    return {"teacher": teacher_fp, "data": data_hash(examples), "k": k, "temperature": temperature, "vocab_size": vocab_size}
+def cache_key(teacher_fp: str, examples: list[dict], k: int, temperature: float, vocab_size: int,
+              positions: str = "assistant") -> dict:
+    return {"teacher": teacher_fp, "data": data_hash(examples), "k": k, "temperature": temperature, "vocab_size": vocab_size,
+            "positions": positions}
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -66,21 +68,23 @@ def _read_manifest(folder: Path) -> dict | None:
 def check_key(folder: Path, manifest: dict, key: dict) -> None:
     """SlmError naming the first key field that differs (another teacher, other data, another k...)."""
     what = {"teacher": "another teacher", "data": "other training data (or tokenizer / max_seq_len)", "k": "another top_k",
-            "temperature": "another temperature", "vocab_size": "a teacher with another vocabulary"}
+            "temperature": "another temperature", "vocab_size": "a teacher with another vocabulary",
+            "positions": "other KD positions (distill.kd_positions)"}
     for f in KEY_FIELDS:
-        if manifest["key"].get(f) != key[f]:
+        if manifest["key"].get(f, "assistant" if f == "positions" else None) != key[f]:  # caches before kd_positions
             got, want = str(manifest["key"].get(f))[:12], str(key[f])[:12]
             raise SlmError(f"teacher cache {folder} was built for {what[f]} ({f} {got}, this run needs {want})",
                            "delete that folder, point distill.cache_dir elsewhere, or run `slm distill-cache --overwrite`")
 
 
 @torch.no_grad()
-def _score_rows(teacher, rows: list[dict], pad_id: int, k: int, temperature: float, batch_size: int) -> dict[str, torch.Tensor]:
+def _score_rows(teacher, rows: list[dict], pad_id: int, k: int, temperature: float, batch_size: int,
+                positions: str = "assistant") -> dict[str, torch.Tensor]:
     ids, vals, miss, offsets = [], [], [], [0]
     for i in range(0, len(rows), batch_size):
         part = rows[i:i + batch_size]
         batch = collate(part, pad_id)
-        keep = assistant_mask(batch["labels"])
+        keep = kd_mask(batch["labels"], batch["attention_mask"], positions)
         logp = log_probs(labelled_logits(teacher, batch["input_ids"].to(teacher.device),
                                          batch["attention_mask"].to(teacher.device), keep.to(teacher.device)), temperature)
         top, top_ids = logp.topk(k, dim=-1)
@@ -124,7 +128,7 @@ def build_cache(teacher, examples: list[dict], folder: str | Path, key: dict, pa
             if s in done:
                 continue
             a, b = s * shard_rows, min((s + 1) * shard_rows, len(examples))
-            tensors = _score_rows(teacher, examples[a:b], pad_id, k, key["temperature"], batch_size)
+            tensors = _score_rows(teacher, examples[a:b], pad_id, k, key["temperature"], batch_size, key.get("positions", "assistant"))
             name = f"shard-{s:05d}.safetensors"
             blob = save(tensors, metadata={"key": sha256_json(key), "rows": f"{a}:{b}"})
             atomic_write_bytes(folder / name, blob)

@@ -129,6 +129,21 @@ def assistant_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE
 
 
+def kd_mask(labels: torch.Tensor, attention_mask: torch.Tensor, positions: str = "assistant") -> torch.Tensor:
+    """Positions the KD loss covers: bool [B, T-1], aligned like `assistant_mask`.
+
+    "assistant": positions predicting an assistant token. "all": every position whose own token and next token
+    are real (prompt included), as in Minitron's pruned-student distillation (Sreenivas et al. 2024), where the
+    teacher's distribution over the whole sequence repairs what pruning removed.
+    """
+    if positions == "assistant":
+        return assistant_mask(labels)
+    if positions == "all":
+        real = attention_mask.bool()
+        return real[:, 1:] & real[:, :-1]
+    raise ValueError(f"kd positions must be 'assistant' or 'all', got {positions!r}")
+
+
 def generalized_jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
                          beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
     """Token-mean generalised JSD over already-shifted logits [B, T, V] and labels [B, T] (-100 = ignore).

@@ -49,12 +49,16 @@ def _kd_dropped(summary, run_dir):
     return end < 0.9 * start, (start, end)
 
 
-@pytest.mark.parametrize("mode,loss", [("online", "forward_kl"), ("offline", "jsd"), ("on_policy", "reverse_kl")])
-def test_modes_lower_the_kd_loss(run, tiny_model_dir, mode, loss):
+@pytest.mark.parametrize("mode,loss,positions", [("online", "forward_kl", "assistant"), ("offline", "jsd", "assistant"),
+                                                 ("on_policy", "reverse_kl", "assistant"), ("offline", "forward_kl", "all")])
+def test_modes_lower_the_kd_loss(run, tiny_model_dir, mode, loss, positions):
     from transformers import AutoModelForCausalLM
 
     cfg, run_dir, _ = run
-    summary = distill(cfg, run_dir, _dcfg(tiny_model_dir, mode=mode, loss=loss, lmbda=0.5, max_new_tokens=6), show_progress=False)
+    dcfg = _dcfg(tiny_model_dir, mode=mode, loss=loss, lmbda=0.5, max_new_tokens=6, kd_positions=positions,
+                 alpha=0.3 if positions == "all" else 0.0,  # "all": CE on the reply subset of the KD positions
+                 cache_dir=str(run_dir / "distill" / f"cache-{positions}"))  # a cache is keyed by its positions
+    summary = distill(cfg, run_dir, dcfg, show_progress=False)
     dropped, values = _kd_dropped(summary, run_dir)
     assert dropped, values
     out = run_dir / "distill"
@@ -63,7 +67,10 @@ def test_modes_lower_the_kd_loss(run, tiny_model_dir, mode, loss):
     assert student.config.num_hidden_layers == 1
     if mode == "offline":
         assert summary["cache_bytes_per_token"] > 16 * 6
-        assert (out / "cache" / "manifest.json").is_file()
+        manifest = json.loads((out / f"cache-{positions}" / "manifest.json").read_text())
+        assert manifest["key"]["positions"] == positions
+        if positions == "all":  # every real next-token position is cached, prompt included: far more than the replies
+            assert manifest["tokens"] > 3 * summary["train_rows"] * 2
     if mode == "on_policy":
         assert 0 < summary["on_policy_steps"] < summary["steps"]
 
@@ -155,3 +162,14 @@ def test_cli_cache_then_offline_distill(run, tiny_model_dir):
     res = runner.invoke(app, ["distill", str(conf), "--set", "distill.loss=kl"])
     assert isinstance(res.exception, SlmError) and "distill.loss" in str(res.exception)
     assert torch.isfinite(torch.tensor(manifest["summary"]["final_loss"]))
+
+
+def test_kd_mask_positions():
+    from slmkit.train.kd_losses import kd_mask
+
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, 6, -100, -100]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert kd_mask(labels, mask, "assistant").tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert kd_mask(labels, mask, "all").tolist() == [[True, True, True, True], [True, True, False, False]]
+    with pytest.raises(ValueError):
+        kd_mask(labels, mask, "some")
