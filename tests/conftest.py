@@ -98,3 +98,19 @@ def tiny_config(tmp_path: Path, model_dir: Path, csv: Path, **train) -> "BuildCo
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def save_onnx_ready_llama(path: Path, tok, seed: int = 0, initializer_range: float = 0.1) -> Path:
+    """A 2-layer llama with hidden 64 / 4 heads (head size 16, as onnxruntime's attention needs) saved with `tok`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                      tie_word_embeddings=True, initializer_range=initializer_range)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+

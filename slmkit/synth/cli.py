@@ -53,8 +53,9 @@ def register(app: typer.Typer) -> None:
             out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
             return
         setup_logging(log_format, run_dir)
-        fp = synth_fingerprint(synth_cfg, config_dir)
-        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), input_hashes(synth_cfg, config_dir)) as summary:
+        inputs = input_hashes(synth_cfg, config_dir)  # hashed once: files and any ChromaDB collection are read in full
+        fp = synth_fingerprint(synth_cfg, config_dir, inputs)
+        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), inputs) as summary:
             summary.update(synthesize(synth_cfg, run_dir, config_dir, show_progress=progress))
         s = summary["stats"]
         for label, r in summary["recipes"].items():

@@ -50,11 +50,11 @@ def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
     return hashes
 
 
-def synth_fingerprint(cfg: SynthConfig, config_dir: Path) -> str:
-    """The stage fingerprint: the synth section plus the hash of every input file."""
+def synth_fingerprint(cfg: SynthConfig, config_dir: Path, inputs: dict[str, str] | None = None) -> str:
+    """The stage fingerprint: the synth section plus the hash of every input (pass `inputs` if already hashed)."""
     from slmkit.runs import fingerprint
 
-    return fingerprint("synth", cfg.model_dump(mode="json"), input_hashes(cfg, config_dir))
+    return fingerprint("synth", cfg.model_dump(mode="json"), inputs if inputs is not None else input_hashes(cfg, config_dir))
 
 
 def _require_recipes(cfg: SynthConfig) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from slmkit.errors import SlmError
-from tests.conftest import CHATML, WORDS, read_json, tiny_config
+from tests.conftest import CHATML, WORDS, read_json, save_onnx_ready_llama, tiny_config
 
 PROMPTS = ["what is the weather today", "Hello! What can you do? 1,234 + 56", "book a flight to paris"]
 
@@ -18,7 +16,7 @@ PROMPTS = ["what is the weather today", "Hello! What can you do? 1,234 + 56", "b
 def make_bpe_llama(path: Path, seed: int = 0) -> Path:
     """2-layer llama (hidden 64: the int4/q8_0 block size of 32 divides every matrix) + a 400-token byte-level BPE."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tk = Tokenizer(models.BPE())
@@ -30,14 +28,7 @@ def make_bpe_llama(path: Path, seed: int = 0) -> Path:
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>",
                                   bos_token="<|im_start|>", unk_token="<|endoftext|>")
     tok.chat_template = CHATML
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=True, initializer_range=0.1)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_onnx_ready_llama(path, tok, seed=seed, initializer_range=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ import json
 import queue
 import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from slmkit.errors import SlmError
 from slmkit.serve.config import ServeConfig
 from slmkit.serve.engine import Engine, EngineStopped, QueueFull, SamplingParams, pick_backend, served_name
+from tests.unit.test_serve_engine import run_concurrently
 
 pytest.importorskip("onnxruntime_genai")
 
@@ -32,24 +31,15 @@ def tiny_onnx_export(tmp_path_factory) -> Path:
     Hidden size 64 (not the 32 of conftest's tiny model): onnxruntime's GroupQueryAttention needs a head size
     that is a multiple of 16. Kept under the session's base temp folder so other modules reuse it.
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from slmkit.export.onnx import build_onnx
-    from tests.conftest import make_tiny_tokenizer
+    from tests.conftest import make_tiny_tokenizer, save_onnx_ready_llama
 
     dest = tmp_path_factory.getbasetemp() / "serve-onnx-tiny" / "onnx-int4"
     if (dest / "genai_config.json").is_file():
         return dest
     src = dest.parent / "hf"
     tok = make_tiny_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=True, initializer_range=0.3)
-    LlamaForCausalLM(cfg).save_pretrained(src)
-    tok.save_pretrained(src)
+    save_onnx_ready_llama(src, tok, seed=0, initializer_range=0.3)
     return build_onnx(src, dest, "int4")
 
 
@@ -88,21 +78,6 @@ def plain_greedy(engine: Engine, messages: list[dict], max_new: int) -> list[int
 def text_of(engine: Engine, ids: list[int]) -> str:
     eos = [i for i, t in enumerate(ids) if t in engine.eos_ids]
     return engine.tok.decode(ids[:eos[0]] if eos else ids, skip_special_tokens=True)
-
-
-def run_concurrently(engine: Engine, jobs: list[tuple[list[dict], SamplingParams]]):
-    results = [None] * len(jobs)
-
-    def work(i: int) -> None:
-        time.sleep(0.003 * i)  # staggered: later requests join while earlier ones are decoding
-        results[i] = engine.generate(jobs[i][0], jobs[i][1])
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    return results
 
 
 def test_engine_on_onnx_export_matches_plain_onnxruntime_genai(engine):
