@@ -23,8 +23,9 @@ from slmkit.errors import SlmError
 from slmkit.hardware import detect, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
-from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean, mix_with_ce,
-                                    topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.train.kd_head import topk_forward_kl_head
+from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_hidden, labelled_logits, log_probs, masked_mean,
+                                    mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
 from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, optimizer_step, save_checkpoint
 
@@ -83,24 +84,41 @@ def on_policy_batch(student, rows: list[dict], pad_id: int, eos_id: int, max_new
     return collate(new, pad_id)
 
 
+def _fusable(found, dcfg: DistillConfig) -> bool:
+    """The fused head + top-k forward KL applies: forward KL (or JSD at beta 0) and a plain bias-free Linear head."""
+    if found is None or not (dcfg.loss == "forward_kl" or (dcfg.loss == "jsd" and dcfg.beta == 0.0)):
+        return False
+    head = found[1]
+    return type(head) is torch.nn.Linear and head.bias is None  # a LoRA-wrapped head takes the generic path
+
+
 def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True) -> tuple[torch.Tensor, float]:
     """(loss to backprop, KD value) for one batch. `teacher` (online) or `cached` = (ids, logprobs, missing)."""
     keep = kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions)
-    s_logits = labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)
+    lab = assistant_mask(batch["labels"])
     T = dcfg.temperature
-    if cached is not None:
-        ids, vals, miss = (x.to(s_logits.device) for x in cached)
-        s_logp, t_logp = topk_student_log_probs(s_logits, ids, T), topk_teacher_log_probs(vals, miss)
+    found = labelled_hidden(student, batch["input_ids"], batch["attention_mask"], keep)
+    if cached is not None and _fusable(found, dcfg):  # offline, the common case: no [N, V] autograd graph
+        hidden, head = found
+        ids, vals, miss = (x.to(hidden.device) for x in cached)
+        kd = masked_mean(topk_forward_kl_head(hidden, head.weight, ids, topk_teacher_log_probs(vals, miss), T))
+        s_logits_ce = head(hidden[lab[keep]]) if use_ce and dcfg.alpha > 0 else None  # the few assistant positions
     else:
-        with torch.no_grad():
-            t_logp = log_probs(labelled_logits(teacher, batch["input_ids"], batch["attention_mask"], keep), T)
-        s_logp = log_probs(s_logits, T)
-    kd = masked_mean(divergence(dcfg.loss, s_logp, t_logp, dcfg.beta, dcfg.skew))
-    del t_logp  # free the teacher's [N, V] before backward
+        s_logits = found[1](found[0]) if found is not None else \
+            student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+        if cached is not None:
+            ids, vals, miss = (x.to(s_logits.device) for x in cached)
+            s_logp, t_logp = topk_student_log_probs(s_logits, ids, T), topk_teacher_log_probs(vals, miss)
+        else:
+            with torch.no_grad():
+                t_logp = log_probs(labelled_logits(teacher, batch["input_ids"], batch["attention_mask"], keep), T)
+            s_logp = log_probs(s_logits, T)
+        kd = masked_mean(divergence(dcfg.loss, s_logp, t_logp, dcfg.beta, dcfg.skew))
+        del t_logp  # free the teacher's [N, V] before backward
+        s_logits_ce = s_logits[lab[keep]] if use_ce and dcfg.alpha > 0 else None
     ce = None
-    if use_ce and dcfg.alpha > 0:  # CE on the assistant positions among the KD positions (all of them by default)
-        lab = assistant_mask(batch["labels"])
-        ce = F.cross_entropy(s_logits[lab[keep]].float(), batch["labels"][:, 1:][lab])
+    if s_logits_ce is not None:  # CE on the assistant positions among the KD positions (all of them by default)
+        ce = F.cross_entropy(s_logits_ce.float(), batch["labels"][:, 1:][lab])
     return mix_with_ce(kd, ce, dcfg.alpha if ce is not None else 0.0, T), float(kd.detach())
 
 

@@ -167,16 +167,26 @@ def mix_with_ce(kd: torch.Tensor, ce: torch.Tensor | None, alpha: float, tempera
     return alpha * ce + kd_term
 
 
-def labelled_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Logits at the positions that predict an assistant token, in row-major order.
+def labelled_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
+    """(final hidden states [N, H] at the kept positions, output head) for plain-head architectures, else None.
 
-    input_ids, attention_mask: [B, T]; keep: bool [B, T-1] (see `assistant_mask`) -> [N, V], N = keep.sum().
-    Plain-head architectures run the output head on those N positions only, so [B, T, V] is never built.
+    input_ids, attention_mask: [B, T]; keep: bool [B, T-1] (see `kd_mask`); N = keep.sum(), row-major order.
     """
     from slmkit.train.losses import PLAIN_HEAD_TYPES, _unwrap
 
     base = _unwrap(model)
-    if base.config.model_type in PLAIN_HEAD_TYPES:
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return base.get_output_embeddings()(hidden[:, :-1][keep])
+    if base.config.model_type not in PLAIN_HEAD_TYPES:
+        return None
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden[:, :-1][keep], base.get_output_embeddings()
+
+
+def labelled_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Logits at the kept positions, in row-major order: [B, T] ids and mask, bool [B, T-1] keep -> [N, V].
+
+    Plain-head architectures run the output head on those N positions only, so [B, T, V] is never built.
+    """
+    found = labelled_hidden(model, input_ids, attention_mask, keep)
+    if found is not None:
+        return found[1](found[0])
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][keep]

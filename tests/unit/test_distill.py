@@ -173,3 +173,38 @@ def test_kd_mask_positions():
     assert kd_mask(labels, mask, "all").tolist() == [[True, True, True, True], [True, True, False, False]]
     with pytest.raises(ValueError):
         kd_mask(labels, mask, "some")
+
+
+@pytest.mark.parametrize("positions", ["assistant", "all"])
+def test_offline_step_loss_fused_head_equals_generic_path(tiny_model_dir, positions, monkeypatch):
+    """The fused head + top-k forward KL gives the generic autograd path's loss and gradients on a real batch."""
+    import slmkit.train.distill as distill_mod
+    from slmkit.train.collate import collate, encode_chat
+    from slmkit.train.kd_losses import kd_mask, labelled_logits, log_probs
+    from slmkit.train.prune import load_full_model
+
+    model, tok = load_full_model(str(tiny_model_dir))
+    rows = [[{"role": "user", "content": f"book a table for {n}"}, {"role": "assistant", "content": "restaurant booking"}]
+            for n in ("two", "four people tonight")]
+    batch = collate([encode_chat(tok, m, 64) for m in rows], tok.pad_token_id)
+    keep = kd_mask(batch["labels"], batch["attention_mask"], positions)
+    with torch.no_grad():  # the "teacher": the same model, perturbed logits
+        t = log_probs(labelled_logits(model, batch["input_ids"], batch["attention_mask"], keep) * 1.5)
+    vals, ids = t.topk(8, -1)
+    cached = (ids, vals.half(), (1 - vals.exp().sum(-1)).clamp_min(0))
+    dcfg = DistillConfig.model_validate({"teacher": "x", "student": {"model": "y"}, "alpha": 0.3, "temperature": 2.0,
+                                        "kd_positions": positions})
+    grads, losses, fused_calls = [], [], []
+    real_head = distill_mod.topk_forward_kl_head
+    monkeypatch.setattr(distill_mod, "topk_forward_kl_head", lambda *a: fused_calls.append(1) or real_head(*a))
+    real_fusable = distill_mod._fusable
+    for fused in (True, False):
+        monkeypatch.setattr(distill_mod, "_fusable", real_fusable if fused else (lambda found, d: False))
+        model.zero_grad(set_to_none=True)
+        loss, kd = distill_mod.step_loss(model, batch, dcfg, cached=cached)
+        loss.backward()
+        losses.append((float(loss), kd))
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert fused_calls == [1]  # the first pass took the fused path, the second the generic one
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4) and grads[0].abs().sum() > 0
