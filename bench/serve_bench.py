@@ -50,8 +50,9 @@ def _free_port() -> int:
 
 def start_server(target: str, backend: str, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "slmkit.serve.cli", target, "--port", str(port),
-                             "--backend", backend, "--max-batch-size", str(max_batch), "--served-model-name", "bench"],
+    extra = ["--backend", "torch", "--no-pack-weights"] if backend == "torch-plain" else ["--backend", backend]
+    proc = subprocess.Popen([sys.executable, "-m", "slmkit.serve.cli", target, "--port", str(port), *extra,
+                             "--max-batch-size", str(max_batch), "--served-model-name", "bench"],
                             env={**os.environ, "SLM_API_KEY": ""})
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -121,13 +122,13 @@ def _chat_text(tok) -> str:
 
 
 def generate_baseline(target: str, batch: int, tokens: int) -> float:
-    """Output tokens/s of plain greedy `model.generate` on a hand-built left-padded batch."""
+    """Output tokens/s of plain greedy `model.generate` on a hand-built left-padded batch (nn.Linear, as loaded)."""
     import torch
 
     from slmkit.schema.serve import ServeConfig
     from slmkit.serve.engine import Engine
 
-    eng = Engine.load(target, ServeConfig(backend="torch"))
+    eng = Engine.load(target, ServeConfig(backend="torch", pack_weights=False))
     tok, model = eng.tok, eng.model
     tok.padding_side = "left"
     enc = tok([_chat_text(tok)] * batch, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -236,7 +237,8 @@ def print_report(target: str, tokens: int, servers: dict[str, list[dict]], basel
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", nargs="?", default="default")
-    ap.add_argument("--backends", nargs="+", choices=["torch", "onnx"], default=["torch", "onnx"])
+    ap.add_argument("--backends", nargs="+", choices=["torch", "torch-plain", "onnx"], default=["torch", "onnx"],
+                    help="torch-plain: the torch server with --no-pack-weights, to show what packing buys")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--onnx-folder", default=None, help="ONNX export to use (default: the run's, or one built)")
@@ -253,7 +255,7 @@ def main() -> None:
     servers = {b: measure_server(onnx if b == "onnx" else args.target, b, args.concurrency, args.tokens)
                for b in args.backends}
     baselines: dict[str, float] = {}
-    if "torch" in args.backends:
+    if {"torch", "torch-plain"} & set(args.backends):
         baselines["generate_1"] = generate_baseline(args.target, 1, args.tokens)
         baselines[f"generate_batch_{c_max}"] = generate_baseline(args.target, c_max, args.tokens)
     if onnx:

@@ -76,6 +76,8 @@ def register(app: typer.Typer) -> None:
                                                         help="env var with the bearer key (default SLM_API_KEY)"),
               served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="id in /v1/models"),
               max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size"),
+              pack_weights: Optional[bool] = typer.Option(None, "--pack-weights/--no-pack-weights",
+                                                          help="torch on CPU: oneDNN-packed Linear weights (default on)"),
               max_queue: Optional[int] = typer.Option(None, "--max-queue", help="waiting requests before HTTP 429"),
               max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap on a request's max_tokens"),
               max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens"),
@@ -88,7 +90,8 @@ def register(app: typer.Typer) -> None:
 
         setup_logging("text")
         flags = dict(host=host, port=port, backend=backend, api_key_env=api_key_env,
-                     served_model_name=served_model_name, max_batch_size=max_batch_size, max_queue=max_queue,
+                     served_model_name=served_model_name, max_batch_size=max_batch_size, pack_weights=pack_weights,
+                     max_queue=max_queue,
                      max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, request_timeout_s=request_timeout_s,
                      drain_timeout_s=drain_timeout_s)
         if target is None:

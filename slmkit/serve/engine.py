@@ -448,6 +448,10 @@ def _load_torch(target: str, cfg: ServeConfig, trust_remote_code: bool) -> tuple
     model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust, adapter=adapter)
     if adapter is not None:  # one merged matrix per layer decodes faster than base + LoRA branch
         model = model.merge_and_unload()
+    if cfg.pack_weights:
+        from slmkit.serve.packed import pack_linears
+
+        pack_linears(model, cfg.max_batch_size)
     return TorchRunner(model, cfg.max_batch_size), tok
 
 
