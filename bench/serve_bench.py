@@ -66,8 +66,8 @@ def start_server(target: str, backend: str, max_batch: int) -> tuple[subprocess.
     raise SystemExit(f"the {backend} server did not start")
 
 
-async def one_request(client: httpx.AsyncClient, tokens: int) -> dict:
-    body = {"model": "bench", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": tokens,
+async def one_request(client: httpx.AsyncClient, tokens: int, prompt: str = PROMPT) -> dict:
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
             "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
     start, first, used = time.perf_counter(), None, 0
     try:
@@ -107,11 +107,56 @@ async def load(base: str, concurrency: int, tokens: int) -> dict:
             "lat_p50": round(_pct(lat, 50), 3), "lat_p95": round(_pct(lat, 95), 3)}
 
 
-def measure_server(target: str, backend: str, concurrency: list[int], tokens: int) -> list[dict]:
-    proc, base = start_server(target, backend, max(concurrency))
+# Mixed workload (--mixed): different prompts and reply lengths, all sent at once. A hand-built static batch pads
+# the prompts and decodes every row until the longest reply is done; continuous batching drops rows as they finish.
+MIXED_PROMPTS = [PROMPT, "What is the capital of France?", "List three uses of a paperclip, with one sentence on each.",
+                 "Explain, step by step and with an example, how a hash map resolves collisions."]
+MIXED_TOKENS = [16, 32, 64, 128, 256]
+
+
+def mixed_jobs(n: int) -> list[tuple[str, int]]:
+    return [(MIXED_PROMPTS[i % len(MIXED_PROMPTS)], MIXED_TOKENS[i % len(MIXED_TOKENS)]) for i in range(n)]
+
+
+async def load_mixed(base: str, n: int) -> dict:
+    async with httpx.AsyncClient(base_url=base, timeout=3600) as client:
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_request(client, t, p) for p, t in mixed_jobs(n)))
+        wall = time.perf_counter() - start
+    ok = [r for r in results if r["ok"]]
+    return {"concurrency": f"mixed-{n}", "failed": n - len(ok), "tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+            "ttft_p50": round(_pct([r["ttft"] for r in ok], 50), 3), "ttft_p95": round(_pct([r["ttft"] for r in ok], 95), 3),
+            "lat_p50": round(_pct([r["latency"] for r in ok], 50), 3), "lat_p95": round(_pct([r["latency"] for r in ok], 95), 3)}
+
+
+def generate_mixed_baseline(target: str, n: int) -> float:
+    """Useful tokens/s of one hand-built static batch of the mixed jobs: padded prompts, decoded to the longest reply."""
+    import torch
+
+    from slmkit.schema.serve import ServeConfig
+    from slmkit.serve.engine import Engine
+
+    eng = Engine.load(target, ServeConfig(backend="torch", pack_weights=False))
+    tok, model = eng.tok, eng.model
+    tok.padding_side = "left"
+    jobs = mixed_jobs(n)
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p, _ in jobs]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    longest = max(t for _, t in jobs)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=False, pad_token_id=tok.pad_token_id)
+        wall = time.perf_counter() - start
+    return round(sum(t for _, t in jobs) / wall, 1)
+
+
+def measure_server(target: str, backend: str, concurrency: list[int], tokens: int, mixed: int = 0) -> list[dict]:
+    proc, base = start_server(target, backend, max([*concurrency, mixed]))
     try:
         asyncio.run(load(base, 1, 4))  # warm-up: first-call allocations and lazy imports stay out of the numbers
-        return [asyncio.run(load(base, c, tokens)) for c in concurrency]
+        rows = [asyncio.run(load(base, c, tokens)) for c in concurrency]
+        return rows + ([asyncio.run(load_mixed(base, mixed))] if mixed else [])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -230,6 +275,11 @@ def print_report(target: str, tokens: int, servers: dict[str, list[dict]], basel
             print(f"| {backend} | {r['concurrency']} | {r.get('tok_s', '-')} | {r.get('ttft_p50', '-')} | "
                   f"{r.get('ttft_p95', '-')} | {r.get('lat_p50', '-')} | {r.get('lat_p95', '-')} | {r['failed']} |")
     print("\nbaselines (tok/s): " + ", ".join(f"{k} {v}" for k, v in baselines.items()))
+    for backend, rows in servers.items():  # continuous vs static batching on mixed lengths: context, not a goal
+        for r in rows:
+            static = baselines.get(f"generate_static_{str(r['concurrency']).replace('-', '_')}")
+            if isinstance(r["concurrency"], str) and static and r.get("tok_s"):
+                print(f"{backend} {r['concurrency']} / one static generate batch of the same jobs: {r['tok_s'] / static:.2f}x")
     for name, ratio in ratios.items():
         print(f"goal {name}: {ratio} (want >= {GOALS[name]}: {'met' if ratio >= GOALS[name] else 'missed'})")
 
@@ -243,6 +293,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--onnx-folder", default=None, help="ONNX export to use (default: the run's, or one built)")
     ap.add_argument("--work-dir", type=Path, default=None, help="where a missing ONNX export is built")
+    ap.add_argument("--mixed", type=int, default=0, metavar="N",
+                    help="also send N requests of mixed prompts and reply lengths (16-256 tokens) at once, next to "
+                         "one static generate batch of them")
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 8 tokens, concurrency 1 and 2")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -252,12 +305,14 @@ def main() -> None:
     c_max = max(args.concurrency)
     onnx = onnx_folder_for(args.target, args.onnx_folder, work_dir) if "onnx" in args.backends else None
 
-    servers = {b: measure_server(onnx if b == "onnx" else args.target, b, args.concurrency, args.tokens)
+    servers = {b: measure_server(onnx if b == "onnx" else args.target, b, args.concurrency, args.tokens, args.mixed)
                for b in args.backends}
     baselines: dict[str, float] = {}
     if {"torch", "torch-plain"} & set(args.backends):
         baselines["generate_1"] = generate_baseline(args.target, 1, args.tokens)
         baselines[f"generate_batch_{c_max}"] = generate_baseline(args.target, c_max, args.tokens)
+        if args.mixed:
+            baselines[f"generate_static_mixed_{args.mixed}"] = generate_mixed_baseline(args.target, args.mixed)
     if onnx:
         baselines["ort_genai_1"] = ort_genai_baseline(onnx, 1, args.tokens)
         baselines[f"ort_genai_batch_{c_max}"] = ort_genai_baseline(onnx, c_max, args.tokens)

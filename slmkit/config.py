@@ -64,7 +64,7 @@ class TrainConfig(_Strict):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(8, gt=0)
-    micro_batch_size: Literal["auto"] | PositiveInt = Field("auto", description="rows per forward pass; 'auto': ~512 tokens a pass on CPU, the batch on GPU")
+    micro_batch_size: Literal["auto"] | PositiveInt = Field("auto", description="rows per forward pass; 'auto': ~384 tokens a pass on CPU, the batch on GPU")
     grad_accum: int = Field(1, gt=0)
     lr: float = Field(2e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)

@@ -123,8 +123,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, lora: bool) -> di
 
 # Auto micro-batches on CPU hold about this many (padded) tokens: activation memory scales with tokens per pass,
 # and passes much smaller than this pay per-op overhead (measured here: 2-row passes of ~76-token rows trained 16%
-# slower than 8-row ones, while 2 rows of ~200 tokens lost only 3% and cut LoRA peak RSS from 7.1 to 2.4 GB).
-MICRO_TOKENS = 512
+# slower than 8-row ones). LoRA on the default model, 8-step bench: 512 tokens a pass 200 tok/s at 2.67 GB peak,
+# 384 190-197 tok/s at 2.23 GB, 256 194 tok/s at 2.21 GB, 768 198 tok/s at 3.15 GB: 384 keeps the speed within
+# noise and sits at the memory floor.
+MICRO_TOKENS = 384
 
 
 def micro_batch_size(t_cfg, device: str) -> int | None:

@@ -10,6 +10,7 @@ import json
 import queue
 import shutil
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -146,12 +147,19 @@ def test_queue_full_cancel_and_drain(onnx_dir):
     eng = Engine.load(str(onnx_dir), ServeConfig(max_batch_size=1, max_queue=1)).start()
     try:
         long = SamplingParams(max_tokens=200, ignore_eos=True)
-        first, q1 = _events(eng, long)
+        gate, q1 = threading.Event(), queue.Queue()
+
+        def gated(ev):  # holds the scheduler at the first request's first token, so it cannot finish early
+            gate.wait(10)
+            q1.put(ev)
+
+        first = eng.submit(eng.encode_chat(chat(PROMPTS[1])), long, gated)
         second, q2 = _events(eng, SamplingParams(max_tokens=3, ignore_eos=True))
         with pytest.raises(QueueFull):
             _events(eng, long)
-        assert q1.get(timeout=10).kind == "delta"
         first.cancel()  # frees the only slot
+        gate.set()
+        assert q1.get(timeout=10).kind == "delta"
         events = [q2.get(timeout=10)]
         while events[-1].kind == "delta":
             events.append(q2.get(timeout=10))
