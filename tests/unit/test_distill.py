@@ -203,7 +203,7 @@ def test_offline_step_loss_fused_head_equals_generic_path(tiny_model_dir, positi
         model.zero_grad(set_to_none=True)
         loss, kd = distill_mod.step_loss(model, batch, dcfg, cached=cached)
         loss.backward()
-        losses.append((float(loss), kd))
+        losses.append((float(loss.detach()), kd))
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert fused_calls == [1]  # the first pass took the fused path, the second the generic one
     assert losses[0] == pytest.approx(losses[1], rel=1e-5, abs=1e-6)
