@@ -97,8 +97,13 @@ async def load(base: str, concurrency: int, tokens: int) -> dict:
         start = time.perf_counter()
         results = await asyncio.gather(*(one_request(client, tokens) for _ in range(concurrency)))
         wall = time.perf_counter() - start
+    return summarize(concurrency, results, wall)
+
+
+def summarize(label: int | str, results: list[dict], wall: float) -> dict:
+    """Aggregate output tokens/s, TTFT and latency percentiles, and failures of one load."""
     ok = [r for r in results if r["ok"]]
-    row = {"concurrency": concurrency, "failed": concurrency - len(ok)}
+    row = {"concurrency": label, "failed": len(results) - len(ok)}
     if not ok:
         return row
     ttft, lat = [r["ttft"] for r in ok], [r["latency"] for r in ok]
@@ -123,31 +128,13 @@ async def load_mixed(base: str, n: int) -> dict:
         start = time.perf_counter()
         results = await asyncio.gather(*(one_request(client, t, p) for p, t in mixed_jobs(n)))
         wall = time.perf_counter() - start
-    ok = [r for r in results if r["ok"]]
-    return {"concurrency": f"mixed-{n}", "failed": n - len(ok), "tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
-            "ttft_p50": round(_pct([r["ttft"] for r in ok], 50), 3), "ttft_p95": round(_pct([r["ttft"] for r in ok], 95), 3),
-            "lat_p50": round(_pct([r["latency"] for r in ok], 50), 3), "lat_p95": round(_pct([r["latency"] for r in ok], 95), 3)}
+    return summarize(f"mixed-{n}", results, wall)
 
 
 def generate_mixed_baseline(target: str, n: int) -> float:
     """Useful tokens/s of one hand-built static batch of the mixed jobs: padded prompts, decoded to the longest reply."""
-    import torch
-
-    from slmkit.schema.serve import ServeConfig
-    from slmkit.serve.engine import Engine
-
-    eng = Engine.load(target, ServeConfig(backend="torch", pack_weights=False))
-    tok, model = eng.tok, eng.model
-    tok.padding_side = "left"
     jobs = mixed_jobs(n)
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p, _ in jobs]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    longest = max(t for _, t in jobs)
-    with torch.inference_mode():
-        start = time.perf_counter()
-        model.generate(**enc, max_new_tokens=longest, min_new_tokens=longest, do_sample=False, pad_token_id=tok.pad_token_id)
-        wall = time.perf_counter() - start
+    wall = timed_generate(target, [[{"role": "user", "content": p}] for p, _ in jobs], max(t for _, t in jobs))
     return round(sum(t for _, t in jobs) / wall, 1)
 
 
@@ -166,8 +153,9 @@ def _chat_text(tok) -> str:
     return tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
 
 
-def generate_baseline(target: str, batch: int, tokens: int) -> float:
-    """Output tokens/s of plain greedy `model.generate` on a hand-built left-padded batch (nn.Linear, as loaded)."""
+def timed_generate(target: str, chats: list[list[dict]], tokens: int) -> float:
+    """Seconds of one greedy `model.generate` of exactly `tokens` new tokens on the left-padded chats (nn.Linear, as
+    loaded: the plain transformers baseline a user would write by hand)."""
     import torch
 
     from slmkit.schema.serve import ServeConfig
@@ -176,13 +164,17 @@ def generate_baseline(target: str, batch: int, tokens: int) -> float:
     eng = Engine.load(target, ServeConfig(backend="torch", pack_weights=False))
     tok, model = eng.tok, eng.model
     tok.padding_side = "left"
-    enc = tok([_chat_text(tok)] * batch, return_tensors="pt", padding=True, add_special_tokens=False)
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
         start = time.perf_counter()
-        out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-        wall = time.perf_counter() - start
-    return round((out.shape[1] - enc["input_ids"].shape[1]) * batch / wall, 1)
+        model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        return time.perf_counter() - start
+
+
+def generate_baseline(target: str, batch: int, tokens: int) -> float:
+    """Output tokens/s of plain greedy `model.generate` on a hand-built batch of `batch` copies of the prompt."""
+    return round(batch * tokens / timed_generate(target, [[{"role": "user", "content": PROMPT}]] * batch, tokens), 1)
 
 
 def ort_genai_baseline(folder: str, batch: int, tokens: int) -> float:
@@ -278,7 +270,7 @@ def print_report(target: str, tokens: int, servers: dict[str, list[dict]], basel
     for backend, rows in servers.items():  # continuous vs static batching on mixed lengths: context, not a goal
         for r in rows:
             static = baselines.get(f"generate_static_{str(r['concurrency']).replace('-', '_')}")
-            if isinstance(r["concurrency"], str) and static and r.get("tok_s"):
+            if backend.startswith("torch") and isinstance(r["concurrency"], str) and static and r.get("tok_s"):
                 print(f"{backend} {r['concurrency']} / one static generate batch of the same jobs: {r['tok_s'] / static:.2f}x")
     for name, ratio in ratios.items():
         print(f"goal {name}: {ratio} (want >= {GOALS[name]}: {'met' if ratio >= GOALS[name] else 'missed'})")

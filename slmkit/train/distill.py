@@ -105,7 +105,7 @@ def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=No
         s_logits_ce = head(hidden[lab[keep]]) if use_ce and dcfg.alpha > 0 else None  # the few assistant positions
     else:
         s_logits = found[1](found[0]) if found is not None else \
-            student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][keep]
+            labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)  # not a plain head: full logits
         if cached is not None:
             ids, vals, miss = (x.to(s_logits.device) for x in cached)
             s_logp, t_logp = topk_student_log_probs(s_logits, ids, T), topk_teacher_log_probs(vals, miss)
