@@ -2,7 +2,9 @@
 
 Each configuration runs in its own subprocess (so peak RSS is its own), on the same rows rendered with the
 model's chat template, LoRA r=16 on all linear layers (or full fine-tuning), loss on the response only, batch 8.
-Prints non-padding tokens/s, peak RSS and the loss over the last steps, as a table and as JSON.
+Prints non-padding tokens/s, peak RSS and the held-out loss, as a table and as JSON. Tokens/s is measured after
+the first optimizer step for every trainer (warm-up: allocator, thread pools, slmkit's torch.compile when on), and
+also end to end with the first step; the first step's seconds are a column of their own.
 
     python bench/train_bench.py                 # LoRA + full, default model, 24 steps each
     python bench/train_bench.py --smoke         # 1 step each on a tiny random model (CI)
@@ -46,6 +48,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 
+def peak_gpu_gb() -> float | None:
+    """Peak GPU memory held by tensors (torch's allocator), or None without CUDA."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None
+
+
 def heldout_loss(model, tok, rows: list[dict], max_len: int) -> float:
     """Assistant-token loss of a trained model on rows no trainer saw, scored the same way for every trainer."""
     import contextlib
@@ -69,31 +78,43 @@ def token_count(tok, rows: list[dict], max_len: int) -> int:
 
 # ----------------------------------------------------------------------------- workers (one per subprocess)
 
-def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args) -> dict:
+def steady(points: list[tuple[float, int]]) -> float | None:
+    """Tokens/s between the end of the first optimizer step and the end of the last: [(seconds, tokens seen)]."""
+    if len(points) < 2:
+        return None
+    (t0, n0), (t1, n1) = points[0], points[-1]
+    return (n1 - n0) / max(t1 - t0, 1e-9)
+
+
+def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args, compile_: bool | str = "auto") -> dict:
     from slmkit.config import load_config
     from slmkit.io import atomic_write_jsonl
     from slmkit.models import load_model, load_tokenizer, resolve_model
     from slmkit.train.sft import train
 
     run = Path(tempfile.mkdtemp(prefix="bench-slm-"))
+    if compile_ is True:  # a cold compile, as on a user's first run: an empty inductor cache, so step 1 pays it all
+        __import__("os").environ["TORCHINDUCTOR_CACHE_DIR"] = str(run / "inductor-cache")
     recs = [{"id": str(i), "messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}],
              "label": None, "meta": {}} for i, r in enumerate(rows)]
     atomic_write_jsonl(run / "data" / "train.jsonl", recs)
     cfg = load_config(None, {"model": {"base_model": model}, "train": {
         "method": args.method, "max_steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.max_len,
         "lr": args.lr, "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 10**6, "logging_steps": 1,
-        "lora": {"r": 16, "alpha": 32}, "micro_batch_size": args.micro}}, environ={})
+        "lora": {"r": 16, "alpha": 32}, "micro_batch_size": args.micro, "compile": compile_}}, environ={})
     t0 = time.perf_counter()
     summary = train(cfg, run, show_progress=False)
     wall = time.perf_counter() - t0
-    train_rss = peak_rss_gb()  # before the held-out scoring below loads a second copy of the model
-    losses = [json.loads(x)["loss"] for x in (run / "train" / "log.jsonl").read_text().splitlines()]
+    train_rss, train_gpu = peak_rss_gb(), peak_gpu_gb()  # before the held-out scoring loads a second copy
+    log = [json.loads(x) for x in (run / "train" / "log.jsonl").read_text().splitlines()]
     tok = load_tokenizer(resolve_model(model))
     final = run / "train" / "final"
     trained = load_model(resolve_model(model), adapter=final) if args.method == "lora" else load_model(final)
-    return {"tokens": summary["tokens"], "train_seconds": summary["seconds"], "wall_seconds": wall, "losses": losses,
-            "train_peak_rss_gb": round(train_rss, 3),
-            "expected_tokens": token_count(tok, rows, args.max_len), "heldout_loss": heldout_loss(trained, tok, heldout, args.max_len)}
+    return {"tokens": summary["tokens"], "train_seconds": summary["seconds"], "wall_seconds": wall,
+            "losses": [e["loss"] for e in log], "first_step_seconds": log[0]["seconds"], "compiled": summary["compiled"],
+            "steady_tokens_per_s": steady([(e["seconds"], e["tokens"]) for e in log]), "train_peak_rss_gb": round(train_rss, 3),
+            "peak_gpu_gb": train_gpu, "expected_tokens": token_count(tok, rows, args.max_len),
+            "heldout_loss": heldout_loss(trained, tok, heldout, args.max_len)}
 
 
 def run_trl(model: str, rows: list[dict], heldout: list[dict], args, packing: bool, bf16: bool, grad_ckpt: bool) -> dict:
@@ -106,22 +127,28 @@ def run_trl(model: str, rows: list[dict], heldout: list[dict], args, packing: bo
     from slmkit.models import load_tokenizer, resolve_model
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    cuda = torch.cuda.is_available()
     path = str(resolve_model(model))
     tok = load_tokenizer(path)
     ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
                              "completion": [{"role": "assistant", "content": r["response"]}]} for r in rows])
     losses: list[float] = []
+    steps: list[tuple[float, int]] = []
 
     class Losses(TrainerCallback):
         def on_log(self, _args, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+        def on_step_end(self, _args, state, control, **kw):
+            steps.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+
     model_obj = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     out = tempfile.mkdtemp(prefix="bench-trl-")
     cfg = SFTConfig(output_dir=out, per_device_train_batch_size=args.batch_size, max_steps=args.steps, learning_rate=args.lr,
                     lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no", report_to="none",
-                    max_length=args.max_len, packing=packing, bf16=bf16, use_cpu=True, gradient_checkpointing=grad_ckpt,
+                    # on a GPU every TRL setting gets bf16 mixed precision, as a GPU user would run it
+                    max_length=args.max_len, packing=packing, bf16=bf16 or cuda, use_cpu=not cuda, gradient_checkpointing=grad_ckpt,
                     completion_only_loss=True, seed=0, disable_tqdm=True, include_num_input_tokens_seen="non_padding")
     peft_cfg = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM") if args.method == "lora" else None
     trainer = SFTTrainer(model=model_obj, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_cfg,
@@ -129,15 +156,17 @@ def run_trl(model: str, rows: list[dict], heldout: list[dict], args, packing: bo
     t0 = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - t0
-    train_rss = peak_rss_gb()
+    train_rss, train_gpu = peak_rss_gb(), peak_gpu_gb()
     seen = int(trainer.state.num_input_tokens_seen)  # non-padding tokens, counted by the Trainer itself
     return {"tokens": seen, "train_seconds": wall, "wall_seconds": wall, "losses": losses, "train_peak_rss_gb": round(train_rss, 3),
+            "peak_gpu_gb": train_gpu, "first_step_seconds": steps[0][0] - t0 if steps else None, "steady_tokens_per_s": steady(steps),
             "expected_tokens": token_count(tok, rows, args.max_len),
             "heldout_loss": heldout_loss(trainer.model.float(), tok, heldout, args.max_len)}
 
 
 CONFIGS = {
     "slmkit": lambda m, r, h, a: run_slmkit(m, r, h, a),
+    "slmkit_compiled": lambda m, r, h, a: run_slmkit(m, r, h, a, compile_=True),
     "trl_default": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=False, grad_ckpt=True),
     "trl_packing": lambda m, r, h, a: run_trl(m, r, h, a, packing=True, bf16=False, grad_ckpt=True),
     "trl_no_ckpt": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=False, grad_ckpt=False),
@@ -186,10 +215,11 @@ def main() -> None:
 
     from slmkit.hardware import detect
 
-    native_bf16 = detect("cpu").dtype == "bfloat16"
+    native_bf16 = detect("auto").dtype == "bfloat16"
     results = []
     for method in args.methods.split(","):
-        names = args.configs.split(",") if args.configs else [n for n in CONFIGS if method == "lora" or n != "trl_packing"]
+        names = args.configs.split(",") if args.configs else [n for n in CONFIGS if (method == "lora" or n != "trl_packing")
+                                                              and not (args.smoke and n == "slmkit_compiled")]
         for name in names:
             if name == "trl_bf16" and not native_bf16:
                 print(f"skip {name}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
@@ -205,7 +235,10 @@ def main() -> None:
             r = json.loads(line[7:])
             r["tokens_per_s"] = r["tokens"] / r["train_seconds"]
             results.append(r)
-            print(f"{method:<5} {name:<12} {r['tokens_per_s']:8.1f} tok/s  peak RSS {r['peak_rss_gb']:.2f} GB  "
+            r["steady_tokens_per_s"] = r["steady_tokens_per_s"] or r["tokens_per_s"]  # a 1-step run has no steady part
+            print(f"{method:<5} {name:<15} {r['steady_tokens_per_s']:8.1f} tok/s after step 1 ({r['tokens_per_s']:.1f} with it, "
+                  f"step 1 {r['first_step_seconds']:.1f} s)  peak RSS {r['peak_rss_gb']:.2f} GB  "
+                  + (f"peak GPU {r['peak_gpu_gb']:.2f} GB  " if r.get("peak_gpu_gb") else "") +
                   f"held-out loss {r['heldout_loss']:.4f}  ({r['train_seconds']:.1f} s)", flush=True)
     print_table(results)
     if args.json:
@@ -213,16 +246,20 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    print("\n| method | trainer | tokens/s | peak RSS GB | held-out loss | speed vs fastest TRL | RSS vs that TRL |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| method | trainer | tokens/s after step 1 | tokens/s with step 1 | step 1 s | peak RSS GB | held-out loss "
+          "| speed vs fastest TRL | memory vs that TRL |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
         trl = [r for r in rows if r["name"].startswith("trl")]
-        best = max(trl, key=lambda r: r["tokens_per_s"]) if trl else None
+        best = max(trl, key=lambda r: r["steady_tokens_per_s"]) if trl else None
         for r in rows:
-            ratio = f"{r['tokens_per_s'] / best['tokens_per_s']:.2f}x" if best else "-"
-            rss = f"{r['peak_rss_gb'] / best['peak_rss_gb']:.2f}x" if best else "-"
-            print(f"| {method} | {r['name']} | {r['tokens_per_s']:.1f} | {r['peak_rss_gb']:.2f} | {r['heldout_loss']:.4f} | {ratio} | {rss} |")
+            ratio = f"{r['steady_tokens_per_s'] / best['steady_tokens_per_s']:.2f}x" if best else "-"
+            key = "peak_gpu_gb" if r.get("peak_gpu_gb") else "peak_rss_gb"  # on a GPU, compare GPU memory
+            rss = f"{r[key] / best[key]:.2f}x" if best else "-"
+            mem = f"{r['peak_rss_gb']:.2f}" + (f" (GPU {r['peak_gpu_gb']:.2f})" if r.get("peak_gpu_gb") else "")
+            print(f"| {method} | {r['name']} | {r['steady_tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} | {r['first_step_seconds']:.1f} "
+                  f"| {mem} | {r['heldout_loss']:.4f} | {ratio} | {rss} |")
 
 
 if __name__ == "__main__":

@@ -241,12 +241,13 @@ def models_show(name: str) -> None:
 
 @app.command()
 def doctor() -> None:
-    """Device, dtype choice, cores, memory and library versions."""
+    """Device, dtype choice, cores, memory, library versions, and the speed choices training would make here."""
     from slmkit.hardware import detect, versions
+    from slmkit.train.speed import plan_lines
 
     hw = detect()
-    for k, v in {**hw.as_dict(), **versions()}.items():
-        out.print(f"{k:<15} {v}")
+    for k, v in {**hw.as_dict(), **versions(), **plan_lines(hw.device)}.items():
+        out.print(f"{k:<23} {v}", soft_wrap=True)
 
 
 # Commands that live beside their stage: each module's register(app) adds its sub-commands.

@@ -77,6 +77,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    compile: Literal["auto"] | bool = Field("auto", description="torch.compile the decoder layers; 'auto': when the run is long enough to pay back the compile (see `slm doctor`)")
     report_to: list[Literal["wandb", "mlflow", "tensorboard"]] = Field(default_factory=list)
 
 

@@ -27,7 +27,8 @@ from slmkit.train.kd_head import topk_forward_kl_head
 from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_hidden, labelled_logits, log_probs, masked_mean,
                                     mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
-from slmkit.train.sft import encode_split, latest_checkpoint, load_checkpoint, make_optimizer, optimizer_step, save_checkpoint
+from slmkit.train.sft import (encode_split, latest_checkpoint, load_checkpoint, make_accelerator, make_optimizer,
+                              optimizer_step, save_checkpoint)
 
 log = logging.getLogger("slmkit")
 
@@ -250,8 +251,6 @@ def _progress(total: int, done: int):
 def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, resume: bool = False,
             show_progress: bool = True) -> dict:
     """Train the student against the teacher on <run_dir>/data; return a summary for the manifest."""
-    from accelerate import Accelerator
-
     from slmkit.train.prune import load_full_model
 
     dcfg = _config(cfg, dcfg)
@@ -273,8 +272,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     else:
         teacher, _ = load_full_model(s["teacher"], trc)
         teacher.requires_grad_(False)
-    accelerator = Accelerator(cpu=hw.device == "cpu", mixed_precision="bf16" if hw.dtype == "bfloat16" else
-                              "fp16" if hw.dtype == "float16" else "no", log_with=t_cfg.report_to or None, project_dir=str(out))
+    accelerator = make_accelerator(hw, t_cfg.report_to, out)
     torch.manual_seed(t_cfg.seed)
     model, _ = load_full_model(s["student"], trc)
     if t_cfg.method == "lora":

@@ -11,26 +11,96 @@ from slmkit.train.collate import IGNORE
 # so the head can be applied to the labelled positions only.
 PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2", "smollm3", "starcoder2"}
 
+# Rows per head matmul in `linear_cross_entropy`: the [N, V] buffer is one allocation either way, chunks only keep
+# the row-wise passes cache-friendly while each matmul stays large (see kd_head.CHUNK_ROWS for the measurement).
+CE_CHUNK_ROWS = 1024
+
 
 def _unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def assistant_ce_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Head matmul + softmax cross-entropy with the gradient written in place during the forward pass.
+
+    dL/dz = softmax(z) - onehot(target) per row, so the [N, V] logits buffer becomes the gradient and the backward
+    is two matmuls. Through autograd the same loss costs a log-softmax output, its backward and a scattered
+    one-hot: three more [N, V] passes and buffers (V = 49k for SmolLM2).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets):
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            h, w = hidden.float(), weight.float()
+            grad = torch.empty(h.shape[0], w.shape[0], dtype=torch.float32, device=h.device)
+            loss = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            for a in range(0, h.shape[0], CE_CHUNK_ROWS):
+                b = min(a + CE_CHUNK_ROWS, h.shape[0])
+                z, t = grad[a:b], targets[a:b, None]
+                torch.matmul(h[a:b], w.t(), out=z)
+                top = z.amax(-1, keepdim=True)
+                picked = z.gather(-1, t)
+                z.sub_(top).exp_()
+                total = z.sum(-1, keepdim=True)
+                loss[a:b] = (total.log() + top - picked).squeeze(-1)
+                z.div_(total).scatter_add_(-1, t, torch.full_like(picked, -1.0))
+        ctx.save_for_backward(h, w, grad)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        h, w, grad = ctx.saved_tensors
+        g = grad_loss.float().unsqueeze(-1)  # [N, 1]: scale rows through the small operand
+        d_hidden = (grad @ w).mul_(g).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        d_weight = (grad.t() @ (h * g)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return d_hidden, d_weight, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy of softmax(hidden @ weight.T) against targets, in fp32.
+
+    hidden: [N, H]; weight: [V, H] (a bias-free output head); targets: [N] int ids (no ignore index: select the
+    labelled rows first) -> [N]. Equals `F.cross_entropy(hidden @ weight.T, targets, reduction="none")`, values and
+    gradients (tests check both); gradients flow to hidden and, unless frozen, to weight.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, targets)
+
+
+def _plain_head(base):
+    """The output head as a weight, when logits are exactly hidden @ weight.T (no bias, no scaling)."""
+    head = base.get_output_embeddings()
+    if base.config.model_type in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear and head.bias is None:
+        return head.weight
+    return None
+
+
+def assistant_ce_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                      fused: bool = True) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over labelled (assistant) tokens.
 
-    input_ids, attention_mask, labels: [B, T] (labels = -100 where not trained).
+    input_ids, attention_mask, labels: [B, T] (labels = -100 where not trained), rows right-padded.
     Returns (loss scalar, number of labelled tokens). For plain-head architectures the output
     projection runs only on the N labelled positions ([N, H] @ [H, V]) instead of all B*T, so the
-    full [B, T, V] logits (V = 49k for SmolLM2) are never built.
+    full [B, T, V] logits (V = 49k for SmolLM2) are never built, and (fused, without autocast) head and
+    loss are one `linear_cross_entropy`.
+
+    No attention mask goes to the model: with right padding, causal attention already keeps every real token
+    from seeing a pad (pads only come after it), so real positions get the same values and gradients as with the
+    mask, and attention takes its unmasked causal kernel. Pad positions compute garbage nobody reads.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE
     n = int(keep.sum())
     base = _unwrap(model)
-    if base.config.model_type in PLAIN_HEAD_TYPES:
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-        return F.cross_entropy(logits.float(), targets[keep]), n
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
+    right_padded = bool((attention_mask.cummin(-1).values == attention_mask).all())
+    mask = None if right_padded else attention_mask
+    weight = _plain_head(base)
+    if weight is not None:
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+        hidden = hidden[:, :-1][keep]
+        if fused and not torch.is_autocast_enabled(hidden.device.type):  # an fp32 kernel; under autocast the head
+            return linear_cross_entropy(hidden, weight, targets[keep]).mean(), n  # matmul below keeps bf16/fp16 speed
+        return F.cross_entropy(F.linear(hidden, weight).float(), targets[keep]), n
+    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1]
     return F.cross_entropy(logits[keep].float(), targets[keep]), n

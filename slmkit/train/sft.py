@@ -24,6 +24,7 @@ from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jso
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.train.collate import batch_order, collate, encode_chat, steps_for
 from slmkit.train.losses import assistant_ce_loss
+from slmkit.train.speed import compile_layers, compile_plan, eager, warm_up
 
 log = logging.getLogger("slmkit")
 
@@ -71,6 +72,23 @@ def optimizer_step(accelerator, params, optimizer, scheduler, max_grad_norm: flo
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+
+
+def make_accelerator(hw, report_to: list[str], project_dir: Path):
+    """An Accelerator for this run's device and dtype (bf16/fp16 as autocast over fp32 master weights).
+
+    accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision, so a
+    Python session that trains twice (fp32, then bf16) would fail. Outside a distributed launch nothing else
+    shares that state, so a finished run's is cleared; under torchrun/accelerate launch it is kept as launched.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(hw.dtype, "no")
+    return Accelerator(cpu=hw.device == "cpu", mixed_precision=mixed, log_with=report_to or None,
+                       project_dir=str(project_dir))
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -176,7 +194,7 @@ def evaluate_loss(model, examples: list[dict], pad_id: int, batch_size: int, aut
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     for i in range(0, len(order), batch_size):
         batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
-        with autocast():
+        with autocast(), eager():
             loss, n = assistant_ce_loss(model, **{k: v.to(model.device) for k, v in batch.items()})
         total, count = total + float(loss) * n, count + n
     model.train()
@@ -193,8 +211,6 @@ def _progress():
 
 def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
     """Fine-tune cfg.model.base_model on <run_dir>/data; return a summary for the manifest."""
-    from accelerate import Accelerator
-
     t_cfg, out = cfg.train, Path(run_dir) / "train"
     data_dir = Path(run_dir) / "data"
     if not (data_dir / "train.jsonl").is_file():
@@ -202,9 +218,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     hw = detect(t_cfg.device, t_cfg.dtype)
     setup_threads()
     lora = t_cfg.method == "lora"
-    accelerator = Accelerator(cpu=hw.device == "cpu", mixed_precision="bf16" if hw.dtype == "bfloat16" else
-                              "fp16" if hw.dtype == "float16" else "no", log_with=t_cfg.report_to or None,
-                              project_dir=str(out))
+    accelerator = make_accelerator(hw, t_cfg.report_to, out)
     torch.manual_seed(t_cfg.seed)
     resolved = resolve_model(cfg.model.base_model)
     tok = load_tokenizer(resolved, cfg.model.trust_remote_code)
@@ -225,6 +239,10 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     lengths = [len(e["input_ids"]) for e in train_ex]
     n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
     total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
+    planned_tokens = total_steps * t_cfg.batch_size * t_cfg.grad_accum * sum(lengths) // len(lengths)
+    use_compile, compile_why = compile_plan(t_cfg.compile, hw.device, planned_tokens)
+    if use_compile:
+        compile_layers(model)
 
     params, optimizer, scheduler = make_optimizer(model, t_cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -239,9 +257,11 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
         shutil.rmtree(ckpt_root)  # a fresh run must not resume from someone else's checkpoints later
     accelerator.init_trackers("slmkit", config={"run": cfg.name, **t_cfg.model_dump()})
 
-    log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s", cfg.model.base_model, len(train_ex),
-             cut, total_steps, t_cfg.method, hw.reason)
+    log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s; torch.compile %s", cfg.model.base_model,
+             len(train_ex), cut, total_steps, t_cfg.method, hw.reason, compile_why)
     window, t_start = [], time.monotonic()
+    if use_compile and state["step"] < total_steps:  # compile time counts as training time (and shows in step 1)
+        warm_up(model, accelerator.device, assistant_ce_loss)
     micro_size = micro_batch_size(t_cfg, hw.device)
     per_epoch = math.ceil(n_batches / t_cfg.grad_accum) * t_cfg.grad_accum
     order_cache: dict[int, list[list[int]]] = {}
@@ -289,7 +309,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     summary = {"steps": state["step"], "final_loss": state["history"][-1]["loss"], "val_loss": val_loss,
                "train_rows": len(train_ex), "rows_cut": cut, "tokens": state["tokens"],
                "seconds": round(state["seconds"], 2), "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
-               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype}
+               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype, "compiled": use_compile}
     if accelerator.is_main_process:
         write_final(out / "final", accelerator.unwrap_model(model), tok, cfg, summary)
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))

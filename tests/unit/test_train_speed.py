@@ -1,0 +1,168 @@
+"""The trainer's speed paths give the same numbers as the plain ones: fused head + cross-entropy, no padding mask on
+right-padded rows, compiled decoder layers; the bf16 path trains; `auto` compile decides by run size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slmkit.train.losses as losses
+import slmkit.train.speed as speed
+from slmkit.errors import SlmError
+from slmkit.train.collate import IGNORE, collate, encode_chat
+from slmkit.train.losses import assistant_ce_loss, linear_cross_entropy
+from tests.conftest import make_tiny_tokenizer, tiny_config
+
+MSGS = [{"role": "user", "content": "play some music"}, {"role": "assistant", "content": "play_music"}]
+REPLIES = ["play_music", "alarm weather", "translate hello into french", "book_flight", "weather"]
+
+
+def _grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def _batch():
+    tok = make_tiny_tokenizer()
+    exs = [encode_chat(tok, MSGS[:1] + [{"role": "assistant", "content": r}], 64) for r in REPLIES]
+    batch = collate(exs, tok.pad_token_id)
+    assert (batch["attention_mask"] == 0).any()  # rows of different lengths: there is padding to get right
+    return batch
+
+
+@pytest.mark.parametrize("chunk", [1024, 7])
+def test_linear_cross_entropy_equals_plain_cross_entropy_values_and_gradients(monkeypatch, chunk):
+    monkeypatch.setattr(losses, "CE_CHUNK_ROWS", chunk)  # 7: several chunks, the last one short
+    torch.manual_seed(0)
+    h = (torch.randn(23, 16) * 3).requires_grad_()
+    w = torch.randn(50, 16, requires_grad=True)
+    t = torch.randint(0, 50, (23,))
+    g = torch.randn(23)  # a non-uniform upstream gradient, so row scaling is checked too
+    (linear_cross_entropy(h, w, t) * g).sum().backward()
+    ours = (h.grad.clone(), w.grad.clone(), linear_cross_entropy(h, w, t).detach())
+    h.grad, w.grad = None, None
+    ref = F.cross_entropy(h @ w.t(), t, reduction="none")
+    (ref * g).sum().backward()
+    assert torch.allclose(ours[2], ref.detach(), atol=1e-5)
+    assert torch.allclose(ours[0], h.grad, atol=1e-5) and torch.allclose(ours[1], w.grad, atol=1e-5)
+
+
+def test_linear_cross_entropy_leaves_a_frozen_head_alone():
+    h = torch.randn(4, 8, requires_grad=True)
+    w = torch.randn(10, 8)
+    linear_cross_entropy(h, w, torch.tensor([1, 2, 3, 9])).mean().backward()
+    assert h.grad is not None and w.grad is None
+
+
+def test_unmasked_fused_loss_equals_masked_reference_loss_and_gradients(tiny_model_dir):
+    """Dropping the padding mask for right-padded rows (causal attention never sees a later pad) and the fused head
+    change neither the loss nor any gradient, against HF's own masked forward and loss."""
+    from transformers import AutoModelForCausalLM
+
+    batch = _batch()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ours, n = assistant_ce_loss(model, **batch)
+    ours.backward()
+    g_ours = _grads(model)
+    model.zero_grad()
+    reference = model(**batch).loss  # masked attention, full logits, HF's shifted mean CE
+    reference.backward()
+    assert n == int((batch["labels"][:, 1:] != IGNORE).sum())
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(g_ours, _grads(model), atol=1e-6, rtol=1e-4)
+
+
+def test_left_padded_rows_keep_their_mask(tiny_model_dir):
+    """Left padding puts pads before real tokens, so there the mask is needed and kept."""
+    from transformers import AutoModelForCausalLM
+
+    right = _batch()
+    shift = (right["attention_mask"] == 0).sum(-1).tolist()
+    left = {k: torch.stack([torch.roll(row, s) for row, s in zip(v, shift)]) for k, v in right.items()}
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ours, _ = assistant_ce_loss(model, **left)
+    assert torch.allclose(ours, model(**left).loss, atol=1e-5)
+    unmasked, _ = assistant_ce_loss(model, **{**left, "attention_mask": torch.ones_like(left["attention_mask"])})
+    assert not torch.allclose(ours, unmasked, atol=1e-4)  # the mask does matter here
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    batch = _batch()
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)  # B starts at zero: make the adapters matter
+        if compiled:
+            assert speed.compile_layers(model) == 1  # frozen embeddings: layer 0 stays eager, layer 1 compiles
+        loss, _ = assistant_ce_loss(model, **batch)
+        loss.backward()
+        results.append((float(loss.detach()), _grads(model)))
+    assert results[1][0] == pytest.approx(results[0][0], rel=1e-5)
+    assert torch.allclose(results[1][1], results[0][1], atol=1e-6, rtol=1e-4)
+    assert "lora_A" in " ".join(n for n, _ in model.named_parameters())  # state-dict names unchanged by compiling
+
+
+def test_compile_plan_auto_decides_by_run_size_and_explains(monkeypatch):
+    monkeypatch.setattr(speed, "compile_blocker", lambda device: None)
+    assert speed.compile_plan("auto", "cpu", speed.COMPILE_MIN_TOKENS)[0] is True
+    off, why = speed.compile_plan("auto", "cpu", 5_000)
+    assert off is False and "5,000 tokens" in why and "train.compile: true" in why
+    assert speed.compile_plan(False, "cpu", 10**9)[0] is False
+    assert speed.compile_plan(True, "cpu", 10)[0] is True
+    monkeypatch.setattr(speed, "compile_blocker", lambda device: "no C++ compiler (g++) on PATH")
+    assert speed.compile_plan("auto", "cpu", 10**9) == (False, "off: no C++ compiler (g++) on PATH")
+    with pytest.raises(SlmError, match="train.compile: true, but no C\\+\\+ compiler"):
+        speed.compile_plan(True, "cpu", 10**9)
+    assert speed.compile_blocker("mps") is not None
+
+
+def test_bf16_autocast_path_trains(tmp_path, tiny_model_dir, tiny_csv):
+    """dtype bfloat16 (autocast over fp32 master weights) runs on any CPU, if slowly where bf16 is not native."""
+    from slmkit.data import prepare
+    from slmkit.hardware import detect
+    from slmkit.pipeline import run_dir_of
+    from slmkit.train.sft import make_accelerator, train
+
+    make_accelerator(detect("cpu", "float32"), [], tmp_path)  # an fp32 run earlier in this process must not block bf16
+    cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, dtype="bfloat16", max_steps=16, lr=5e-2, warmup_ratio=0.0)
+    run = run_dir_of(cfg)
+    prepare(cfg, run / "data")
+    summary = train(cfg, run, show_progress=False)
+    history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
+    assert summary["dtype"] == "bfloat16" and summary["compiled"] is False  # a tiny run: auto does not compile
+    assert summary["final_loss"] < history[0]["loss"] * 0.7
+
+
+def test_compiled_training_builds_its_graphs_up_front_and_trains(tmp_path, tiny_model_dir, tiny_csv):
+    """train.compile: true compiles before step 1 (one-row and many-row passes) and trains like the eager run."""
+    from torch._dynamo.utils import counters
+
+    from slmkit.data import prepare
+    from slmkit.pipeline import run_dir_of
+    from slmkit.train.sft import train
+
+    results = []
+    for compiled in (False, True):
+        cfg = tiny_config(tmp_path / str(compiled), tiny_model_dir, tiny_csv, compile=compiled, max_steps=6, lr=5e-2,
+                          warmup_ratio=0.0)
+        run = run_dir_of(cfg)
+        prepare(cfg, run / "data")
+        torch._dynamo.reset()
+        counters.clear()
+        results.append(train(cfg, run, show_progress=False))
+        graphs = counters["stats"]["unique_graphs"]
+        history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
+        if compiled:
+            assert graphs == 2  # built by the warm-up; 6 steps of varied (rows, length) passes added none
+    assert results[1]["compiled"] is True and results[0]["compiled"] is False
+    assert results[1]["final_loss"] == pytest.approx(results[0]["final_loss"], rel=1e-4)
+    assert results[1]["final_loss"] < history[0]["loss"]
