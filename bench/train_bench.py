@@ -86,7 +86,8 @@ def steady(points: list[tuple[float, int]]) -> float | None:
     return (n1 - n0) / max(t1 - t0, 1e-9)
 
 
-def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args, compile_: bool | str = "auto") -> dict:
+def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args, compile_: bool | str = "auto",
+               dtype: str = "auto") -> dict:
     from slmkit.config import load_config
     from slmkit.io import atomic_write_jsonl
     from slmkit.models import load_model, load_tokenizer, resolve_model
@@ -101,7 +102,7 @@ def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args, compile_
     cfg = load_config(None, {"model": {"base_model": model}, "train": {
         "method": args.method, "max_steps": args.steps, "batch_size": args.batch_size, "max_seq_len": args.max_len,
         "lr": args.lr, "warmup_ratio": 0.0, "lr_scheduler": "constant", "save_steps": 10**6, "logging_steps": 1,
-        "lora": {"r": 16, "alpha": 32}, "micro_batch_size": args.micro, "compile": compile_}}, environ={})
+        "lora": {"r": 16, "alpha": 32}, "micro_batch_size": args.micro, "compile": compile_, "dtype": dtype}}, environ={})
     t0 = time.perf_counter()
     summary = train(cfg, run, show_progress=False)
     wall = time.perf_counter() - t0
@@ -171,7 +172,10 @@ CONFIGS = {
     "trl_packing": lambda m, r, h, a: run_trl(m, r, h, a, packing=True, bf16=False, grad_ckpt=True),
     "trl_no_ckpt": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=False, grad_ckpt=False),
     "trl_bf16": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=True, grad_ckpt=True),
+    "trl_bf16_packing": lambda m, r, h, a: run_trl(m, r, h, a, packing=True, bf16=True, grad_ckpt=True),
+    "slmkit_bf16": lambda m, r, h, a: run_slmkit(m, r, h, a, dtype="bfloat16"),
 }
+BF16 = {"trl_bf16", "trl_bf16_packing", "slmkit_bf16"}  # run where the CPU has bf16 instructions (or on a GPU)
 HELDOUT = 32
 
 
@@ -213,17 +217,17 @@ def main() -> None:
         args.model, args.steps, args.batch_size = str(make_tiny_model_dir(Path(tempfile.mkdtemp()))), 1, 2
     import torch
 
-    from slmkit.hardware import detect
+    from slmkit.hardware import cpu_bf16
 
-    native_bf16 = detect("auto").dtype == "bfloat16"
+    bf16_here = torch.cuda.is_available() or cpu_bf16() is not None
     results = []
     for method in args.methods.split(","):
-        names = args.configs.split(",") if args.configs else [n for n in CONFIGS if (method == "lora" or n != "trl_packing")
+        names = args.configs.split(",") if args.configs else [n for n in CONFIGS if (method == "lora" or "packing" not in n)
                                                               and not (args.smoke and n == "slmkit_compiled")]
         for name in names:
-            if name == "trl_bf16" and not native_bf16:
-                print(f"skip {name}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
-                      "(a 2048^2 bf16 matmul runs ~500x slower than fp32 here)")
+            if name in BF16 and not bf16_here:
+                print(f"skip {name}: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bf16 instructions "
+                      "(a 2048^2 bf16 matmul ran ~500x slower than fp32 on such a CPU)")
                 continue
             cmd = [sys.executable, __file__, "--worker", name, "--method", method, "--model", args.model, "--steps",
                    str(args.steps), "--batch-size", str(args.batch_size), "--max-len", str(args.max_len), "--lr", str(args.lr), "--micro", str(args.micro)]

@@ -8,9 +8,17 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-# CPU capabilities with native bf16 dot products (AVX512-BF16, AMX). On plain AVX2 CPUs torch's bf16
-# matmul falls back to slow paths: measured here 0.3 GFLOP/s bf16 vs 160 GFLOP/s fp32 (2048^2 matmul).
-_CPU_BF16_CAPS = ("AVX512_BF16", "AMX")
+
+
+def cpu_bf16() -> str | None:
+    """The CPU's bf16 instructions: 'AMX', 'AVX512_BF16', or None. (torch's get_cpu_capability() says only
+    'AVX512' on all of these, so it cannot tell them apart.)"""
+    cpu = getattr(torch, "cpu", None)
+    if cpu is None or not hasattr(cpu, "_is_avx512_bf16_supported"):
+        return None
+    if cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX512_BF16" if cpu._is_avx512_bf16_supported() else None
 
 
 @dataclass
@@ -20,6 +28,7 @@ class Hardware:
     cores: int
     memory_gb: float
     cpu_capability: str
+    cpu_bf16: str | None
     reason: str
 
     def as_dict(self) -> dict:
@@ -57,11 +66,15 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
             reason = "CUDA: bf16 if the GPU supports it, else fp16"
         elif device == "mps":
             dtype, reason = "float32", "MPS: fp32 (bf16 autocast support varies by macOS version)"
-        elif any(c in cap for c in _CPU_BF16_CAPS):
-            dtype, reason = "bfloat16", f"CPU has {cap}: native bf16"
+        elif (bf16 := cpu_bf16()) == "AMX":
+            dtype, reason = "bfloat16", "CPU has AMX: bf16 matmuls run several times faster than fp32"
+        elif bf16:
+            # measured on a 2-core AVX512_BF16 Xeon without AMX: a 2048^2 bf16 matmul at 161 GFLOP/s, fp32 at 168
+            dtype, reason = "float32", f"CPU has {bf16} but no AMX: bf16 matmuls are no faster than fp32"
         else:
-            dtype, reason = "float32", f"CPU capability {cap} has no native bf16: fp32 is faster"
-    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, reason)
+            # measured on a 2-core AVX2 EPYC: bf16 matmul 0.3 GFLOP/s (a slow fallback), fp32 160 GFLOP/s
+            dtype, reason = "float32", f"CPU capability {cap} has no bf16 instructions: fp32 is faster"
+    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, cpu_bf16(), reason)
 
 
 def setup_threads() -> int:
@@ -69,6 +82,34 @@ def setup_threads() -> int:
     n = cpu_cores()
     torch.set_num_threads(n)
     return n
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc malloc keep freed blocks for reuse instead of handing them back to the kernel.
+
+    A training pass allocates and frees thousands of 0.1-30 MB activation and gradient buffers. By default glibc
+    serves blocks over its (adaptive) mmap threshold with fresh mmap'd pages and trims the heap top on free, so each
+    pass page-faults its buffers in again: ~30-70k minor faults and 70-160 ms of kernel time per 384-token pass of
+    SmolLM2-135M here. With blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit) served from the heap and
+    trimming deferred to 1 GiB, a pass faults almost nothing: LoRA training measured +5% tokens/s, same peak RSS.
+    A no-op (False) off glibc or where the user set glibc's own MALLOC_* variables.
+    """
+    if any(k.startswith("MALLOC_") for k in os.environ) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False  # the user tuned malloc already
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "mallopt") or not hasattr(libc, "gnu_get_libc_version"):
+            return False  # musl, macOS, Windows
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
+        return bool(ok and libc.mallopt(_M_TOP_PAD, 64 * 2**20))
+    except (OSError, AttributeError):
+        return False
 
 
 def versions() -> dict[str, str]:

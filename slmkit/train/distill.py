@@ -20,15 +20,15 @@ import torch.nn.functional as F
 
 from slmkit.config import BuildConfig, DistillConfig, DistillTrainConfig, PruneSpec, StudentConfig  # noqa: F401 (re-exported)
 from slmkit.errors import SlmError
-from slmkit.hardware import detect, setup_threads
+from slmkit.hardware import detect, keep_freed_memory, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
 from slmkit.train.kd_head import topk_forward_kl_head
 from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_hidden, labelled_logits, log_probs, masked_mean,
                                     mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
 from slmkit.train.prune import param_count, weights_folder
-from slmkit.train.sft import (encode_split, latest_checkpoint, load_checkpoint, make_accelerator, make_optimizer,
-                              optimizer_step, save_checkpoint)
+from slmkit.train.sft import (add_lora, encode_split, latest_checkpoint, load_checkpoint, make_accelerator,
+                              make_optimizer, optimizer_step, save_checkpoint)
 
 log = logging.getLogger("slmkit")
 
@@ -257,6 +257,8 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     t_cfg = dcfg.train
     hw = detect(t_cfg.device, t_cfg.dtype)
     setup_threads()
+    if t_cfg.keep_freed_memory and hw.device == "cpu":
+        keep_freed_memory()
     s = _setup(cfg, run_dir, dcfg)
     out, tok, train_ex = s["out"], s["tok"], s["train"]
     trc = cfg.model.trust_remote_code
@@ -276,13 +278,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     torch.manual_seed(t_cfg.seed)
     model, _ = load_full_model(s["student"], trc)
     if t_cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        from slmkit.train.sft import find_lora_targets
-
-        model = get_peft_model(model, LoraConfig(r=t_cfg.lora.r, lora_alpha=t_cfg.lora.alpha, lora_dropout=t_cfg.lora.dropout,
-                                                 target_modules=find_lora_targets(model, t_cfg.lora.target_modules),
-                                                 task_type="CAUSAL_LM"))
+        model = add_lora(model, t_cfg.lora)
     model.train()
     lengths = [len(e["input_ids"]) for e in train_ex]
     n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)

@@ -19,7 +19,7 @@ import torch
 
 from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
-from slmkit.hardware import detect, setup_threads
+from slmkit.hardware import detect, keep_freed_memory, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.train.collate import batch_order, collate, encode_chat, steps_for
@@ -41,6 +41,21 @@ def find_lora_targets(model, requested: str | list[str]) -> list[str]:
         raise SlmError(f"train.lora.target_modules: {', '.join(bad)} not in this model",
                        f"valid names for {model.config.model_type}: {', '.join(names)} (or 'auto')")
     return list(requested)
+
+
+def add_lora(model, lora_cfg):
+    """Wrap `model` in peft LoRA adapters per `train.lora`; with `fused` (the default) their layers train through
+    `lora_fused.lora_linear` (same math, fewer memory passes)."""
+    from peft import LoraConfig, get_peft_model
+
+    from slmkit.train.lora_fused import fuse_lora
+
+    model = get_peft_model(model, LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                                             target_modules=find_lora_targets(model, lora_cfg.target_modules),
+                                             task_type="CAUSAL_LM"))
+    if lora_cfg.fused:
+        fuse_lora(model)
+    return model
 
 
 def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
@@ -217,6 +232,8 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
         raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
     hw = detect(t_cfg.device, t_cfg.dtype)
     setup_threads()
+    if t_cfg.keep_freed_memory and hw.device == "cpu":
+        keep_freed_memory()
     lora = t_cfg.method == "lora"
     accelerator = make_accelerator(hw, t_cfg.report_to, out)
     torch.manual_seed(t_cfg.seed)
@@ -225,11 +242,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     # Master weights stay fp32; bf16/fp16 come from autocast (accelerate's mixed_precision).
     model = load_model(resolved, "float32", "cpu", cfg.model.trust_remote_code)
     if lora:
-        from peft import LoraConfig, get_peft_model
-
-        targets = find_lora_targets(model, t_cfg.lora.target_modules)
-        model = get_peft_model(model, LoraConfig(r=t_cfg.lora.r, lora_alpha=t_cfg.lora.alpha, lora_dropout=t_cfg.lora.dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        model = add_lora(model, t_cfg.lora)
     model.train()
 
     train_ex, cut = encode_split(tok, data_dir / "train.jsonl", t_cfg.max_seq_len)
