@@ -1,11 +1,11 @@
 """Speed choices the trainer makes on its own (each with a config override), and what `slm doctor` reports.
 
 torch.compile (inductor) fuses the elementwise work around the matmuls of each decoder layer (RMSNorm, rotary,
-SiLU-gating, residual adds, peft's LoRA scaling and sum) in the forward and the backward pass. Measured here
-(2-core AVX2 CPU, SmolLM2-135M LoRA r=16, ~384-token passes): +7% tokens/s and -0.2 GB peak RSS in steady state,
-for a one-time compile of ~45 s (two graph variants, built before the first step; ~8 s when inductor's on-disk
-cache already has them). It therefore pays only on runs of more than ~10 minutes, which `auto` estimates from the
-tokens the run will see.
+SiLU-gating, residual adds) in the forward and the backward pass. Measured with SmolLM2-135M LoRA r=16, ~384-token
+passes: before the fused LoRA layers (`lora_fused.py`, which removed the adapters' elementwise passes) +7% tokens/s
+on a 2-core AVX2 EPYC for a ~45 s cold compile; after them, on a 2-core AVX-512 Xeon, +2.5% (254 vs 248 tok/s, within
+run noise) for a ~67 s cold compile (two graph variants, built before the first step; seconds when inductor's on-disk
+cache already has them). It pays only on long runs, which `auto` estimates from the tokens the run will see.
 
 The layers are compiled one by one ("regional compilation"): they share one code object, so one graph serves all
 of them, and the cross-layer code (masks, rotary tables, the loss) stays eager.
@@ -22,9 +22,9 @@ import torch
 
 from slmkit.errors import SlmError
 
-# Below this many training tokens a cold compile (~45 s here) costs more than +7% gives back (~130k tokens at
-# ~220 tok/s); twice that keeps `auto` on the paying side when the machine is slower or the cache is cold.
-COMPILE_MIN_TOKENS = 250_000
+# Below this many training tokens a cold compile costs more than it gives back: ~67 s at ~250 tok/s and +2.5% breaks
+# even near 670k tokens; 1M keeps `auto` on the paying side when the gain is smaller or the machine slower.
+COMPILE_MIN_TOKENS = 1_000_000
 
 
 def compile_blocker(device: str) -> str | None:
@@ -51,7 +51,7 @@ def compile_plan(setting: bool | str, device: str, planned_tokens: int | None) -
     if blocker:
         return False, f"off: {blocker}"
     if planned_tokens is None:
-        return True, f"on for runs of at least {COMPILE_MIN_TOKENS:,} tokens (compiles once, ~45 s on 2 cores)"
+        return True, f"on for runs of at least {COMPILE_MIN_TOKENS:,} tokens (compiles once, ~1 min on 2 cores)"
     if planned_tokens < COMPILE_MIN_TOKENS:
         return False, (f"off: ~{planned_tokens:,} tokens to train, under the {COMPILE_MIN_TOKENS:,} where the "
                        "one-time compile pays back (train.compile: true forces it)")
@@ -102,6 +102,9 @@ def plan_lines(device: str) -> dict[str, str]:
     return {
         "train.compile": f"auto: {why}",
         "train.micro_batch_size": "auto: passes of ~384 padded tokens" if device == "cpu" else "auto: the whole batch",
+        "train.lora.fused": "true: peft's LoRA layers train through one fused autograd function each",
+        "train.keep_freed_memory": ("true: glibc keeps freed buffers (no page faults per pass)" if device == "cpu"
+                                    else "true (applies to CPU training only)"),
         "loss": "head on labelled positions only, fused with cross-entropy (fp32) or under autocast",
         "attention": "right-padded rows, no padding mask: the causal kernel (exact for right padding)",
         "grad checkpointing": "off (activations fit; micro-batches bound them)",
