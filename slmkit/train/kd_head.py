@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from slmkit.train.kd_losses import LOG_FLOOR
+from slmkit.train.losses import head_backward
 
 # Rows per head matmul. Everything happens inside the [N, V] gradient buffer, so chunks bound no memory; they are
 # only there to keep each matmul large (on this 2-core CPU one [760, 576] x [576, 49k] matmul runs 30% faster
@@ -58,11 +59,7 @@ class _TopKForwardKL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        h, w, grad = ctx.saved_tensors
-        g = grad_loss.float().unsqueeze(-1)                       # [N, 1]: scale rows through the small operand
-        d_hidden = (grad @ w).mul_(g).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        d_weight = (grad.t() @ (h * g)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return d_hidden, d_weight, None, None, None
+        return *head_backward(ctx, grad_loss), None, None, None
 
 
 def topk_forward_kl_head(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, t_logp: torch.Tensor,

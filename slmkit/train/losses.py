@@ -20,6 +20,16 @@ def _unwrap(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def head_backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Backward of a fused head + per-row loss whose forward saved (hidden [N, H], weight [V, H], dL/dz [N, V]) and
+    the input dtypes: two matmuls, each row scaled by its upstream gradient [N]. Returns (d_hidden, d_weight)."""
+    h, w, grad = ctx.saved_tensors
+    g = grad_loss.float().unsqueeze(-1)  # [N, 1]: scale rows through the small operand
+    d_hidden = (grad @ w).mul_(g).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+    d_weight = (grad.t() @ (h * g)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+    return d_hidden, d_weight
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Head matmul + softmax cross-entropy with the gradient written in place during the forward pass.
 
@@ -50,11 +60,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        h, w, grad = ctx.saved_tensors
-        g = grad_loss.float().unsqueeze(-1)  # [N, 1]: scale rows through the small operand
-        d_hidden = (grad @ w).mul_(g).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        d_weight = (grad.t() @ (h * g)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return d_hidden, d_weight, None
+        return *head_backward(ctx, grad_loss), None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

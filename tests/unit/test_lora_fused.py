@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.train.lora_fused import fuse_lora, lora_linear, unfuse_lora
+from tests.conftest import tiny_config
 from tests.unit.test_train_speed import _batch, _grads
 
 
@@ -118,3 +119,24 @@ def test_unfuse_restores_peft_forward_and_saved_adapter_is_unchanged(tiny_model_
     assert plain.keys() == fused.keys() and all(torch.equal(plain[k], fused[k]) for k in plain)
     unfuse_lora(model)
     assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_training_with_and_without_fused_lora_ends_at_the_same_loss(tmp_path, tiny_model_dir, tiny_csv):
+    """`train.lora.fused` changes how the adapters are computed, not what is learned."""
+    import json
+
+    from slmkit.data import prepare
+    from slmkit.pipeline import run_dir_of
+    from slmkit.train.sft import train
+
+    finals = []
+    for fused in (True, False):
+        cfg = tiny_config(tmp_path / str(fused), tiny_model_dir, tiny_csv, max_steps=6, lr=5e-2, warmup_ratio=0.0,
+                          lora={"r": 4, "alpha": 8, "fused": fused})
+        run = run_dir_of(cfg)
+        prepare(cfg, run / "data")
+        summary = train(cfg, run, show_progress=False)
+        history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
+        finals.append(summary["final_loss"])
+    assert finals[0] == pytest.approx(finals[1], rel=1e-4)
+    assert finals[0] < history[0]["loss"]  # and it learned
