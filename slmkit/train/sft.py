@@ -253,7 +253,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
     total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
     planned_tokens = total_steps * t_cfg.batch_size * t_cfg.grad_accum * sum(lengths) // len(lengths)
-    use_compile, compile_why = compile_plan(t_cfg.compile, hw.device, planned_tokens)
+    use_compile, compile_why = compile_plan(t_cfg.compile, hw.device, planned_tokens, t_cfg.method)
     if use_compile:
         compile_layers(model)
 

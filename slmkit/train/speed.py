@@ -22,9 +22,10 @@ import torch
 
 from slmkit.errors import SlmError
 
-# Below this many training tokens a cold compile costs more than it gives back: ~67 s at ~250 tok/s and +2.5% breaks
-# even near 670k tokens; 1M keeps `auto` on the paying side when the gain is smaller or the machine slower.
-COMPILE_MIN_TOKENS = 1_000_000
+# Below this many training tokens a cold compile costs more than it gives back (2-core Xeon, 2026-12-02). LoRA: ~67 s
+# at ~250 tok/s for +2.5% (within noise) breaks even near 670k tokens. Full fine-tuning: ~40 s at ~141 tok/s for +13%
+# breaks even near 45k. Both are rounded up so `auto` stays on the paying side on slower machines or smaller gains.
+COMPILE_MIN_TOKENS = {"lora": 1_000_000, "full": 150_000}
 
 
 def compile_blocker(device: str) -> str | None:
@@ -39,8 +40,9 @@ def compile_blocker(device: str) -> str | None:
     return None if shutil.which(cxx) else f"no C++ compiler ({cxx}) on PATH for inductor's CPU kernels"
 
 
-def compile_plan(setting: bool | str, device: str, planned_tokens: int | None) -> tuple[bool, str]:
-    """(compile or not, why) for `train.compile` = True / False / "auto" and the tokens the run will train on."""
+def compile_plan(setting: bool | str, device: str, planned_tokens: int | None, method: str = "lora") -> tuple[bool, str]:
+    """(compile or not, why) for `train.compile` = True / False / "auto", the tokens the run will train on, and
+    `train.method` (compile pays back much sooner for full fine-tuning)."""
     if setting is False:
         return False, "off (train.compile: false)"
     blocker = compile_blocker(device)
@@ -50,11 +52,13 @@ def compile_plan(setting: bool | str, device: str, planned_tokens: int | None) -
         return True, "on (train.compile: true)"
     if blocker:
         return False, f"off: {blocker}"
+    floor = COMPILE_MIN_TOKENS[method]
     if planned_tokens is None:
-        return True, f"on for runs of at least {COMPILE_MIN_TOKENS:,} tokens (compiles once, ~1 min on 2 cores)"
-    if planned_tokens < COMPILE_MIN_TOKENS:
-        return False, (f"off: ~{planned_tokens:,} tokens to train, under the {COMPILE_MIN_TOKENS:,} where the "
-                       "one-time compile pays back (train.compile: true forces it)")
+        return True, (f"on for runs of at least {COMPILE_MIN_TOKENS['lora']:,} tokens (LoRA) or "
+                      f"{COMPILE_MIN_TOKENS['full']:,} (full fine-tuning); compiles once, ~1 min on 2 cores")
+    if planned_tokens < floor:
+        return False, (f"off: ~{planned_tokens:,} tokens to train, under the {floor:,} where the one-time compile "
+                       f"pays back for {method} training (train.compile: true forces it)")
     return True, f"on: ~{planned_tokens:,} tokens to train"
 
 

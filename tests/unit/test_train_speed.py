@@ -113,9 +113,12 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
 
 def test_compile_plan_auto_decides_by_run_size_and_explains(monkeypatch):
     monkeypatch.setattr(speed, "compile_blocker", lambda device: None)
-    assert speed.compile_plan("auto", "cpu", speed.COMPILE_MIN_TOKENS)[0] is True
+    assert speed.compile_plan("auto", "cpu", speed.COMPILE_MIN_TOKENS["lora"])[0] is True
     off, why = speed.compile_plan("auto", "cpu", 5_000)
     assert off is False and "5,000 tokens" in why and "train.compile: true" in why
+    mid = (speed.COMPILE_MIN_TOKENS["full"] + speed.COMPILE_MIN_TOKENS["lora"]) // 2  # pays for full FT only
+    assert speed.compile_plan("auto", "cpu", mid, "lora")[0] is False
+    assert speed.compile_plan("auto", "cpu", mid, "full")[0] is True
     assert speed.compile_plan(False, "cpu", 10**9)[0] is False
     assert speed.compile_plan(True, "cpu", 10)[0] is True
     monkeypatch.setattr(speed, "compile_blocker", lambda device: "no C++ compiler (g++) on PATH")
