@@ -14,7 +14,7 @@ eligible layer's `forward`, and that forward hands back to peft's own whenever t
 
 from __future__ import annotations
 
-import functools
+import types
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,7 @@ def fuse_lora(model) -> int:
     count = 0
     for module in model.modules():
         if type(module) is LoraLinearLayer:
-            module.forward = functools.partial(_fused_forward, module)
+            module.forward = types.MethodType(_fused_forward, module)  # a bound method: deepcopy rebinds it to the copy
             count += 1
     return count
 
@@ -89,5 +89,5 @@ def fuse_lora(model) -> int:
 def unfuse_lora(model) -> None:
     """Give every layer back its class's forward (peft's)."""
     for module in model.modules():
-        if isinstance(module.__dict__.get("forward"), functools.partial) and module.forward.func is _fused_forward:
+        if getattr(module.__dict__.get("forward"), "__func__", None) is _fused_forward:
             del module.forward

@@ -3,6 +3,8 @@ adapter's names and saved files as peft makes them."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -117,6 +119,15 @@ def test_unfuse_restores_peft_forward_and_saved_adapter_is_unchanged(tiny_model_
     plain = load_file(str(tmp_path / "plain" / "adapter_model.safetensors"))
     fused = load_file(str(tmp_path / "fused" / "adapter_model.safetensors"))
     assert plain.keys() == fused.keys() and all(torch.equal(plain[k], fused[k]) for k in plain)
+    twin = copy.deepcopy(model)  # a copy's fused layers compute with the copy's weights, not the original's
+    ids = torch.tensor([[3, 4, 5, 6]])
+    for name, p in twin.named_parameters():
+        if "lora_B" in name:
+            p.data.zero_()
+    unfused_twin = copy.deepcopy(twin)
+    unfuse_lora(unfused_twin)
+    assert torch.allclose(twin(input_ids=ids).logits, unfused_twin(input_ids=ids).logits)
+    assert not torch.allclose(twin(input_ids=ids).logits, model(input_ids=ids).logits)
     unfuse_lora(model)
     assert not any("forward" in m.__dict__ for m in model.modules())
 
