@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 import torch
 
 
-
 def cpu_bf16() -> str | None:
     """The CPU's bf16 instructions: 'AMX', 'AVX512_BF16', or None. (torch's get_cpu_capability() says only
     'AVX512' on all of these, so it cannot tell them apart.)"""
@@ -52,6 +51,7 @@ def cpu_cores() -> int:
 def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
     """Pick device and dtype; explicit choices win over detection."""
     cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    bf16 = cpu_bf16()
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -66,7 +66,7 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
             reason = "CUDA: bf16 if the GPU supports it, else fp16"
         elif device == "mps":
             dtype, reason = "float32", "MPS: fp32 (bf16 autocast support varies by macOS version)"
-        elif (bf16 := cpu_bf16()) == "AMX":
+        elif bf16 == "AMX":
             dtype, reason = "bfloat16", "CPU has AMX: bf16 matmuls run several times faster than fp32"
         elif bf16:
             # measured on a 2-core AVX512_BF16 Xeon without AMX: a 2048^2 bf16 matmul at 161 GFLOP/s, fp32 at 168
@@ -74,7 +74,7 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
         else:
             # measured on a 2-core AVX2 EPYC: bf16 matmul 0.3 GFLOP/s (a slow fallback), fp32 160 GFLOP/s
             dtype, reason = "float32", f"CPU capability {cap} has no bf16 instructions: fp32 is faster"
-    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, cpu_bf16(), reason)
+    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason)
 
 
 def setup_threads() -> int:

@@ -20,15 +20,16 @@ import torch.nn.functional as F
 
 from slmkit.config import BuildConfig, DistillConfig, DistillTrainConfig, PruneSpec, StudentConfig  # noqa: F401 (re-exported)
 from slmkit.errors import SlmError
-from slmkit.hardware import detect, keep_freed_memory, setup_threads
+from slmkit.hardware import setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
 from slmkit.train.kd_head import topk_forward_kl_head
-from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_hidden, labelled_logits, log_probs, masked_mean,
+from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean,
                                     mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.train.losses import bias_free_linear, labelled_hidden
 from slmkit.train.prune import param_count, weights_folder
 from slmkit.train.sft import (add_lora, encode_split, latest_checkpoint, load_checkpoint, make_accelerator,
-                              make_optimizer, optimizer_step, save_checkpoint)
+                              make_optimizer, optimizer_step, save_checkpoint, setup_runtime)
 
 log = logging.getLogger("slmkit")
 
@@ -89,8 +90,7 @@ def _fusable(found, dcfg: DistillConfig) -> bool:
     """The fused head + top-k forward KL applies: forward KL (or JSD at beta 0) and a plain bias-free Linear head."""
     if found is None or not (dcfg.loss == "forward_kl" or (dcfg.loss == "jsd" and dcfg.beta == 0.0)):
         return False
-    head = found[1]
-    return type(head) is torch.nn.Linear and head.bias is None  # a LoRA-wrapped head takes the generic path
+    return bias_free_linear(found[1])  # a LoRA-wrapped head takes the generic path
 
 
 def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True) -> tuple[torch.Tensor, float]:
@@ -255,10 +255,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
 
     dcfg = _config(cfg, dcfg)
     t_cfg = dcfg.train
-    hw = detect(t_cfg.device, t_cfg.dtype)
-    setup_threads()
-    if t_cfg.keep_freed_memory and hw.device == "cpu":
-        keep_freed_memory()
+    hw = setup_runtime(t_cfg)
     s = _setup(cfg, run_dir, dcfg)
     out, tok, train_ex = s["out"], s["tok"], s["train"]
     trc = cfg.model.trust_remote_code

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.train.collate import IGNORE
+from slmkit.train.losses import labelled_hidden
 
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl"]
 # Floor for log-probs: exp(-1e4) == 0 in fp32, so a zero-probability bucket contributes exactly 0
@@ -165,20 +166,6 @@ def mix_with_ce(kd: torch.Tensor, ce: torch.Tensor | None, alpha: float, tempera
     if alpha == 0.0 or ce is None:
         return kd_term
     return alpha * ce + kd_term
-
-
-def labelled_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
-    """(final hidden states [N, H] at the kept positions, output head) for plain-head architectures, else None.
-
-    input_ids, attention_mask: [B, T]; keep: bool [B, T-1] (see `kd_mask`); N = keep.sum(), row-major order.
-    """
-    from slmkit.train.losses import PLAIN_HEAD_TYPES, _unwrap
-
-    base = _unwrap(model)
-    if base.config.model_type not in PLAIN_HEAD_TYPES:
-        return None
-    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    return hidden[:, :-1][keep], base.get_output_embeddings()
 
 
 def labelled_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

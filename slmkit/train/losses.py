@@ -73,40 +73,49 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
     return _LinearCrossEntropy.apply(hidden, weight, targets)
 
 
-def _plain_head(base):
-    """The output head as a weight, when logits are exactly hidden @ weight.T (no bias, no scaling)."""
-    head = base.get_output_embeddings()
-    if base.config.model_type in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear and head.bias is None:
-        return head.weight
-    return None
+def bias_free_linear(head) -> bool:
+    """The head is a plain `nn.Linear` without bias, so logits are exactly hidden @ head.weight.T (a LoRA-wrapped or
+    biased head is not)."""
+    return type(head) is torch.nn.Linear and head.bias is None
 
 
-def assistant_ce_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                      fused: bool = True) -> tuple[torch.Tensor, int]:
+def labelled_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor):
+    """(final hidden states [N, H] at the kept positions, output head module) for plain-head architectures, else None.
+
+    input_ids, attention_mask: [B, T]; keep: bool [B, T-1]; N = keep.sum(), row-major order.
+
+    Right-padded rows go to the decoder without an attention mask: causal attention already keeps every real token
+    from seeing a pad (pads only come after it), so real positions get the same values and gradients as with the
+    mask, and attention takes its unmasked causal kernel. Pad positions compute garbage nobody reads. Other
+    padding keeps its mask.
+    """
+    base = _unwrap(model)
+    if base.config.model_type not in PLAIN_HEAD_TYPES:
+        return None
+    right_padded = bool((attention_mask.cummin(-1).values == attention_mask).all())
+    mask = None if right_padded else attention_mask
+    hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+    return hidden[:, :-1][keep], base.get_output_embeddings()
+
+
+def assistant_ce_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over labelled (assistant) tokens.
 
-    input_ids, attention_mask, labels: [B, T] (labels = -100 where not trained), rows right-padded.
+    input_ids, attention_mask, labels: [B, T] (labels = -100 where not trained).
     Returns (loss scalar, number of labelled tokens). For plain-head architectures the output
     projection runs only on the N labelled positions ([N, H] @ [H, V]) instead of all B*T, so the
-    full [B, T, V] logits (V = 49k for SmolLM2) are never built, and (fused, without autocast) head and
+    full [B, T, V] logits (V = 49k for SmolLM2) are never built, and (bias-free head, without autocast) head and
     loss are one `linear_cross_entropy`.
-
-    No attention mask goes to the model: with right padding, causal attention already keeps every real token
-    from seeing a pad (pads only come after it), so real positions get the same values and gradients as with the
-    mask, and attention takes its unmasked causal kernel. Pad positions compute garbage nobody reads.
     """
     targets = labels[:, 1:]
     keep = targets != IGNORE
     n = int(keep.sum())
-    base = _unwrap(model)
-    right_padded = bool((attention_mask.cummin(-1).values == attention_mask).all())
-    mask = None if right_padded else attention_mask
-    weight = _plain_head(base)
-    if weight is not None:
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
-        hidden = hidden[:, :-1][keep]
-        if fused and not torch.is_autocast_enabled(hidden.device.type):  # an fp32 kernel; under autocast the head
-            return linear_cross_entropy(hidden, weight, targets[keep]).mean(), n  # matmul below keeps bf16/fp16 speed
-        return F.cross_entropy(F.linear(hidden, weight).float(), targets[keep]), n
-    logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits[:, :-1]
+    found = labelled_hidden(model, input_ids, attention_mask, keep)
+    if found is not None:
+        hidden, head = found
+        if bias_free_linear(head) and not torch.is_autocast_enabled(hidden.device.type):  # an fp32 kernel; under
+            return linear_cross_entropy(hidden, head.weight, targets[keep]).mean(), n  # autocast the head keeps bf16
+        return F.cross_entropy(head(hidden).float(), targets[keep]), n
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
     return F.cross_entropy(logits[keep].float(), targets[keep]), n

@@ -89,6 +89,16 @@ def optimizer_step(accelerator, params, optimizer, scheduler, max_grad_norm: flo
     optimizer.zero_grad(set_to_none=True)
 
 
+def setup_runtime(t_cfg):
+    """Device and dtype for a training run (`hardware.detect`), every core for intra-op work, and on CPU glibc's
+    buffer reuse unless `train.keep_freed_memory: false`. Returns the Hardware."""
+    hw = detect(t_cfg.device, t_cfg.dtype)
+    setup_threads()
+    if t_cfg.keep_freed_memory and hw.device == "cpu":
+        keep_freed_memory()
+    return hw
+
+
 def make_accelerator(hw, report_to: list[str], project_dir: Path):
     """An Accelerator for this run's device and dtype (bf16/fp16 as autocast over fp32 master weights).
 
@@ -230,10 +240,7 @@ def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: 
     data_dir = Path(run_dir) / "data"
     if not (data_dir / "train.jsonl").is_file():
         raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
-    hw = detect(t_cfg.device, t_cfg.dtype)
-    setup_threads()
-    if t_cfg.keep_freed_memory and hw.device == "cpu":
-        keep_freed_memory()
+    hw = setup_runtime(t_cfg)
     lora = t_cfg.method == "lora"
     accelerator = make_accelerator(hw, t_cfg.report_to, out)
     torch.manual_seed(t_cfg.seed)

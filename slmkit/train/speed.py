@@ -21,6 +21,7 @@ import sys
 import torch
 
 from slmkit.errors import SlmError
+from slmkit.train.losses import _unwrap
 
 # Below this many training tokens a cold compile costs more than it gives back (2-core Xeon, 2026-12-02). LoRA: ~67 s
 # at ~250 tok/s for +2.5% (within noise) breaks even near 670k tokens. Full fine-tuning: ~40 s at ~141 tok/s for +13%
@@ -63,8 +64,7 @@ def compile_plan(setting: bool | str, device: str, planned_tokens: int | None, m
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = getattr(base.get_decoder(), "layers", None)
+    layers = getattr(_unwrap(model).get_decoder(), "layers", None)
     return list(layers) if layers is not None else []
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from slmkit.train.lora_fused import fuse_lora, lora_linear, unfuse_lora
 from tests.conftest import tiny_config
-from tests.unit.test_train_speed import _batch, _grads
+from tests.unit.test_train_speed import _batch, _grads, peft_model
 
 
 def _reference(x, w, b, a, lb, s):
@@ -43,24 +43,11 @@ def test_lora_linear_equals_the_unfused_math_values_and_every_gradient(with_bias
         assert w.grad is None
 
 
-def _peft_model(tiny_model_dir, dropout=0.0):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules="all-linear"))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.1)  # B starts at zero: make the adapters matter
-    return model
-
-
 def test_fused_model_gives_peft_loss_and_gradients(tiny_model_dir):
     from slmkit.train.losses import assistant_ce_loss
 
     batch = _batch()
-    model = _peft_model(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
     results = []
     for fused in (False, True):
         if fused:
@@ -80,7 +67,7 @@ def test_fused_layers_hand_back_to_peft_where_the_fused_math_does_not_apply(tiny
     real = lf.lora_linear
     monkeypatch.setattr(lf, "lora_linear", lambda *a: calls.append(1) or real(*a))
     ids = torch.tensor([[3, 4, 5, 6]])
-    model = _peft_model(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
     fuse_lora(model)
     model(input_ids=ids)
     assert len(calls) == 14
@@ -102,7 +89,7 @@ def test_fused_layers_hand_back_to_peft_where_the_fused_math_does_not_apply(tiny
         model(input_ids=ids)
     assert not calls  # under autocast peft's forward keeps the autocast dtypes
 
-    drop = _peft_model(tiny_model_dir, dropout=0.5)
+    drop = peft_model(tiny_model_dir, dropout=0.5)
     fuse_lora(drop)
     drop.train()
     drop(input_ids=ids)
@@ -112,7 +99,7 @@ def test_fused_layers_hand_back_to_peft_where_the_fused_math_does_not_apply(tiny
 def test_unfuse_restores_peft_forward_and_saved_adapter_is_unchanged(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    model = _peft_model(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
     model.save_pretrained(tmp_path / "plain")
     fuse_lora(model)
     model.save_pretrained(tmp_path / "fused")

@@ -24,6 +24,20 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def peft_model(tiny_model_dir, dropout: float = 0.0, target_modules="all-linear"):
+    """The tiny llama with r=4 LoRA adapters whose B matrices are random (peft starts them at zero), seed 0."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=target_modules))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.1)  # make the adapters matter
+    return model
+
+
 def _batch():
     tok = make_tiny_tokenizer()
     exs = [encode_chat(tok, MSGS[:1] + [{"role": "assistant", "content": r}], 64) for r in REPLIES]
@@ -89,18 +103,10 @@ def test_left_padded_rows_keep_their_mask(tiny_model_dir):
 
 
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     batch = _batch()
     results = []
     for compiled in (False, True):
-        torch.manual_seed(0)
-        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                               LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]))
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.1)  # B starts at zero: make the adapters matter
+        model = peft_model(tiny_model_dir, target_modules=["q_proj", "v_proj", "up_proj"])
         if compiled:
             assert speed.compile_layers(model) == 1  # frozen embeddings: layer 0 stays eager, layer 1 compiles
         loss, _ = assistant_ce_loss(model, **batch)
