@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,13 @@ $(VENV)/.installed: pyproject.toml scripts/install-torch.sh
 demo: setup
 	$(BIN)/slm build examples/intent-router/build.yaml
 
+LINTED := slmkit tests bench scripts examples
+
+lint: setup
+	$(BIN)/ruff check $(LINTED) && $(BIN)/ruff format --check $(LINTED)
+
 test: setup
+	$(MAKE) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 clean:

@@ -57,9 +57,10 @@ def accuracy_and_speed(model_dir: Path, test_path: Path, max_examples: int | Non
     """Accuracy on the test split (greedy) and batch-1 decode tokens/s (median of 5 runs)."""
     import torch
 
-    from slmkit.eval.evaluate import generate, load_test_split
+    from slmkit.eval.decode import load_test_split
+from slmkit.generation import generate
     from slmkit.eval.metrics import compute_metrics
-    from slmkit.train.prune import load_full_model
+    from slmkit.distill.prune import load_full_model
 
     model, tok = load_full_model(str(model_dir))
     prompts, refs = load_test_split(test_path, max_examples)
@@ -81,8 +82,8 @@ def accuracy_and_speed(model_dir: Path, test_path: Path, max_examples: int | Non
 
 def measure_step(kind: str, out: Path, smoke: bool, steps: int) -> dict:
     """Run in a fresh process: `steps` optimizer steps of SFT or offline-cache KD; seconds/step and peak RSS."""
-    from slmkit.train.distill import DistillConfig, distill
-    from slmkit.train.sft import train
+    from slmkit.distill.stage import DistillConfig, distill
+    from slmkit.train.stage import run as train
 
     cfg = _cfg(out, smoke, None)
     student = str(out / "student_init")
@@ -123,15 +124,16 @@ def main() -> None:
 def run(args, out: Path) -> None:
     from slmkit.hardware import setup_threads
     from slmkit.io import atomic_write_json, atomic_write_text, read_jsonl
-    from slmkit.pipeline import fingerprints, run_dir_of, run_stage
-    from slmkit.train.distill import DistillConfig, distill
-    from slmkit.train.prune import prune, tokenizer_of
-    from slmkit.train.sft import train
+    from slmkit.pipeline import fingerprints, run_stage
+    from slmkit.runs import RunDir
+    from slmkit.distill.stage import DistillConfig, distill
+    from slmkit.distill.prune import prune, tokenizer_of
+    from slmkit.train.stage import run as train
 
     setup_threads()
     t_all = time.monotonic()
     cfg = _cfg(out, args.smoke, args.teacher_steps)
-    teacher_run = run_dir_of(cfg)
+    teacher_run = RunDir.of(cfg).root
     fp = fingerprints(cfg)
     for stage in ("data", "train"):  # the teacher: the default model fine-tuned by slmkit (LoRA)
         run_stage(cfg, teacher_run, stage, fp, show_progress=not args.smoke)

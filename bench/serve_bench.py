@@ -158,10 +158,10 @@ def timed_generate(target: str, chats: list[list[dict]], tokens: int) -> float:
     loaded: the plain transformers baseline a user would write by hand)."""
     import torch
 
-    from slmkit.schema.serve import ServeConfig
-    from slmkit.serve.engine import Engine
+    from slmkit.config.serve import ServeConfig
+    from slmkit.serve.load import load_engine
 
-    eng = Engine.load(target, ServeConfig(backend="torch", pack_weights=False))
+    eng = load_engine(target, ServeConfig(backend="torch", pack_weights=False))
     tok, model = eng.tok, eng.model
     tok.padding_side = "left"
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
@@ -205,7 +205,7 @@ def ort_genai_baseline(folder: str, batch: int, tokens: int) -> float:
 def onnx_folder_for(target: str, given: str | None, work_dir: Path) -> str:
     """The ONNX export to serve and time: --onnx-folder, the run's export/onnx-*, or an int4 export made once."""
     from slmkit.errors import SlmError
-    from slmkit.serve.onnx import find_onnx_folder
+    from slmkit.onnx_runtime import find_onnx_folder
 
     if given:
         return given
@@ -213,7 +213,7 @@ def onnx_folder_for(target: str, given: str | None, work_dir: Path) -> str:
         return str(find_onnx_folder(target))
     except SlmError:
         pass
-    from slmkit.chat import resolve_target
+    from slmkit.runs import resolve_target
     from slmkit.export.onnx import build_onnx
 
     dest = work_dir / "onnx-int4"

@@ -59,8 +59,8 @@ def heldout_loss(model, tok, rows: list[dict], max_len: int) -> float:
     """Assistant-token loss of a trained model on rows no trainer saw, scored the same way for every trainer."""
     import contextlib
 
-    from slmkit.train.collate import encode_chat
-    from slmkit.train.sft import evaluate_loss
+    from slmkit.encoding import encode_chat
+    from slmkit.train.loop import evaluate_loss
 
     exs = [encode_chat(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}], max_len)
            for r in rows]
@@ -91,7 +91,7 @@ def run_slmkit(model: str, rows: list[dict], heldout: list[dict], args, compile_
     from slmkit.config import load_config
     from slmkit.io import atomic_write_jsonl
     from slmkit.models import load_model, load_tokenizer, resolve_model
-    from slmkit.train.sft import train
+    from slmkit.train.stage import run as train
 
     run = Path(tempfile.mkdtemp(prefix="bench-slm-"))
     if compile_ is True:  # a cold compile, as on a user's first run: an empty inductor cache, so step 1 pays it all

@@ -29,18 +29,18 @@ def prepare_data(cfg: BuildConfig, out_dir):
 
 
 def train(cfg: BuildConfig, run_dir, resume: bool = False):
-    from slmkit.train.sft import train as _train
+    from slmkit.train.stage import run
 
-    return _train(cfg, run_dir, resume=resume)
+    return run(cfg, run_dir, resume=resume)
 
 
-def evaluate(cfg: BuildConfig, run_dir, task: str = "classification"):
-    from slmkit.eval.evaluate import evaluate as _evaluate
+def evaluate(cfg: BuildConfig, run_dir, task: str | None = None):
+    from slmkit.eval.stage import run
 
-    return _evaluate(cfg, run_dir, task)
+    return run(cfg, run_dir, task=task)
 
 
 def export(cfg: BuildConfig, run_dir):
-    from slmkit.export.merge import export_merged
+    from slmkit.export.stage import run
 
-    return export_merged(cfg, run_dir)
+    return run(cfg, run_dir)

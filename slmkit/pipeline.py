@@ -1,5 +1,8 @@
 """`slm build`: run [synth ->] data -> train [-> distill] -> eval -> export in runs/<name>/, skipping unchanged stages.
 
+STAGES is the table of stages: each is a package with `stage.run(cfg, run_dir, *, resume, show_progress) -> dict`.
+This module and cli.py are the only ones that import stages; stages talk only through files in the run folder.
+
 Each stage's fingerprint hashes its own config section and the fingerprints of the stages it reads,
 so a plan (what would run, what would be skipped) is known before anything runs. With `synth` in the
 stages, the teacher's rows join the data stage as one more source (same cleaning as real rows); with
@@ -8,6 +11,7 @@ stages, the teacher's rows join the data stage as one more source (same cleaning
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import time
@@ -15,34 +19,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit.config import STAGE_ORDER, BuildConfig, redact
+from slmkit.data import source_fingerprint
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_text
-from slmkit.paths import check_writable_output
-from slmkit.runs import fingerprint, is_done, read_manifest, register_model, stage_manifest
+from slmkit.runs import RunDir, fingerprint, is_done, read_manifest, register_model, stage_manifest
 
 log = logging.getLogger("slmkit")
 
-STAGES = STAGE_ORDER
+# The stages, in the order data flows through them (`slm build` always runs them in this order).
+STAGES: dict[str, str] = {
+    "synth": "slmkit.synth.stage",      # teacher-written rows -> synth/rows.jsonl
+    "data": "slmkit.data.stage",        # sources (+ synth rows) -> data/{train,val,test}.jsonl
+    "train": "slmkit.train.stage",      # SFT -> train/final
+    "distill": "slmkit.distill.stage",  # teacher -> student -> distill/final
+    "eval": "slmkit.eval.stage",        # test split -> eval/metrics.json
+    "export": "slmkit.export.stage",    # the run's model -> export/*
+}
+assert tuple(STAGES) == STAGE_ORDER
 
 
-def run_dir_of(cfg: BuildConfig) -> Path:
-    out = Path(cfg.output_dir).expanduser()
-    out = out if out.is_absolute() else Path.cwd() / out
-    return check_writable_output(out) / cfg.name
-
-
-def final_model_dir(cfg: BuildConfig, run_dir: Path) -> Path:
-    """The run's model: the distilled student when the build distills, else the fine-tuned model."""
-    return Path(run_dir) / ("distill" if "distill" in cfg.stages else "train") / "final"
-
-
-def synth_rows_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "synth" / "rows.jsonl"
+def stage_module(stage: str):
+    """The stage's `stage` module (imported on first use: stages pull in torch)."""
+    return importlib.import_module(STAGES[stage])
 
 
 def _source_fp(cfg: BuildConfig) -> str:
-    from slmkit.data import source_fingerprint
-
     if "synth" in cfg.stages and not (cfg.data.path or cfg.data.sources):
         return "synth-only"  # the teacher's rows are the whole data set; the synth fingerprint covers them
     return source_fingerprint(cfg)
@@ -53,7 +54,7 @@ def fingerprints(cfg: BuildConfig) -> dict[str, str]:
     dump = cfg.model_dump(mode="json")
     fp: dict[str, str] = {}
     if "synth" in cfg.stages:
-        from slmkit.synth.run import synth_fingerprint
+        from slmkit.synth.stage import synth_fingerprint
 
         fp["synth"] = synth_fingerprint(cfg.synth, Path(cfg.config_dir or "."))
     fp["data"] = fingerprint("data", dump["data"], {"source": _source_fp(cfg), **_pick(fp, "synth")})
@@ -69,12 +70,12 @@ def fingerprints(cfg: BuildConfig) -> dict[str, str]:
 
 def _rag_input(cfg: BuildConfig) -> dict[str, str]:
     """RAG eval reads a collection: re-indexing it must rerun eval even when the config is unchanged."""
+    from slmkit.chroma import collection_digest
     from slmkit.eval.rag import settings_from_config
 
-    rag = settings_from_config(cfg, run_dir_of(cfg))
+    rag = settings_from_config(cfg, RunDir.of(cfg).root)
     if rag is None:
         return {}
-    from slmkit.data.index import collection_digest
 
     return {"rag": collection_digest(rag.persist_dir, rag.collection)}
 
@@ -91,9 +92,10 @@ class StageOutcome:
     seconds: float
 
 
-def run_stage(cfg: BuildConfig, run_dir: Path, stage: str, fp: dict[str, str], force: bool = False,
+def run_stage(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str], force: bool = False,
               resume: bool = False, show_progress: bool = True) -> StageOutcome:
     """Run one stage under its manifest unless it is already done with the same fingerprint."""
+    run_dir = RunDir.of_config(cfg, run_dir)
     if not force and is_done(run_dir, stage, fp[stage]):
         log.info("%s: inputs unchanged, skipped (use --force to rerun)", stage)
         return StageOutcome(stage, "skipped", read_manifest(run_dir, stage)["summary"], 0.0)
@@ -116,60 +118,23 @@ def upstream(cfg: BuildConfig, stage: str) -> list[str]:
             "export": ["distill" if distills else "train"]}[stage]
 
 
-def _require_upstream(cfg: BuildConfig, run_dir: Path, stage: str, fp: dict[str, str]) -> None:
+def _require_upstream(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str]) -> None:
     for up in upstream(cfg, stage):
         if not is_done(run_dir, up, fp[up]):
             raise SlmError(f"stage '{stage}' needs stage '{up}' done for this config, and it is not",
                            f"run `slm {up}` with the same config first, or `slm build`")
 
 
-def data_config(cfg: BuildConfig, run_dir: Path) -> BuildConfig:
-    """The config the data stage reads: with `synth` in the stages, the teacher's rows are one more source."""
-    rows = synth_rows_path(run_dir)
-    if "synth" not in cfg.stages or not rows.is_file():
-        return cfg
-    from slmkit.data.ingest import resolve_sources
-    from slmkit.schema.data import SourceConfig
-
-    sources = resolve_sources(cfg) if (cfg.data.path or cfg.data.sources) else []
-    # Rows are canonical chat records; meta.synthetic (teacher, recipe, cache key) rides through cleaning.
-    sources.append(SourceConfig(path=str(rows), type="jsonl", license=cfg.synth.license))
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"sources": sources, "path": None})})
-
-
-def _dispatch(cfg: BuildConfig, run_dir: Path, stage: str, resume: bool, show_progress: bool) -> dict:
-    if stage == "synth":
-        from slmkit.synth.run import synthesize
-
-        return synthesize(cfg.synth, run_dir, Path(cfg.config_dir or "."), show_progress=show_progress)
-    if stage == "data":
-        from slmkit.data import prepare
-
-        return prepare(data_config(cfg, run_dir), run_dir / "data")
-    if stage == "train":
-        from slmkit.train.sft import train
-
-        return train(cfg, run_dir, resume=resume, show_progress=show_progress)
-    if stage == "distill":
-        from slmkit.train.distill import distill
-
-        return distill(cfg, run_dir, cfg.distill, resume=resume, show_progress=show_progress)
-    if stage == "eval":
-        from slmkit.eval.evaluate import evaluate
-
-        task = read_manifest(run_dir, "data")["summary"]["task"]
-        return evaluate(cfg, run_dir, task, show_progress=show_progress)
-    from slmkit.export.formats import export_formats
-
-    return export_formats(cfg, run_dir)
+def _dispatch(cfg: BuildConfig, run_dir: RunDir, stage: str, resume: bool, show_progress: bool) -> dict:
+    return stage_module(stage).run(cfg, run_dir, resume=resume, show_progress=show_progress)
 
 
 def build(cfg: BuildConfig, force: bool = False, resume: bool = False, show_progress: bool = True) -> list[StageOutcome]:
     """Run the configured stages in order; register the finished model."""
-    run_dir = run_dir_of(cfg)
+    run_dir = RunDir.of(cfg)
     import yaml
 
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False))
+    atomic_write_text(run_dir.config_file, yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False))
     fp = fingerprints(cfg)
     outcomes = []
     for stage in cfg.stages:
@@ -180,12 +145,13 @@ def build(cfg: BuildConfig, force: bool = False, resume: bool = False, show_prog
     return outcomes
 
 
-def _register(cfg: BuildConfig, run_dir: Path, fp: dict[str, str]) -> None:
+def _register(cfg: BuildConfig, run_dir: RunDir, fp: dict[str, str]) -> None:
+    run_dir = RunDir.of_config(cfg, run_dir)
     final_stage = "distill" if "distill" in cfg.stages else "train"
     if not is_done(run_dir, final_stage, fp[final_stage]):
         return
     metrics = (read_manifest(run_dir, "eval") or {}).get("summary", {}).get("models", {}) if is_done(run_dir, "eval", fp["eval"]) else {}
-    path = run_dir / "export" / "merged" if is_done(run_dir, "export", fp["export"]) else final_model_dir(cfg, run_dir)
+    path = run_dir.merged if is_done(run_dir, "export", fp["export"]) else run_dir.final_model
     data = read_manifest(run_dir, "data")["summary"]
     register_model(cfg.name, cfg.model.base_model, data.get("source_sha256", ""), metrics, path)
 
@@ -194,21 +160,20 @@ def _register(cfg: BuildConfig, run_dir: Path, fp: dict[str, str]) -> None:
 
 def plan(cfg: BuildConfig) -> dict:
     """What `slm build` would do: stages and skips, row and token counts, a time estimate. Runs nothing."""
-    run_dir = run_dir_of(cfg)
+    run_dir = RunDir.of(cfg)
     fp = fingerprints(cfg)
     stages = [{"stage": s, "action": "skip (unchanged)" if is_done(run_dir, s, fp[s]) else "run"} for s in cfg.stages]
     out: dict = {"run_dir": str(run_dir), "stages": stages}
     if "synth" in cfg.stages:
-        from slmkit.synth.run import plan as synth_plan
+        from slmkit.synth.stage import plan as synth_plan
 
-        sp = synth_plan(cfg.synth, run_dir, Path(cfg.config_dir or "."))
+        sp = synth_plan(cfg.synth, run_dir.root, Path(cfg.config_dir or "."))
         out["synth"] = {k: sp[k] for k in ("calls", "cached", "more_at_most")}
-        if not (cfg.data.path or cfg.data.sources) and not synth_rows_path(run_dir).is_file():
+        if not (cfg.data.path or cfg.data.sources) and not run_dir.synth_rows.is_file():
             return out  # rows exist only after the teacher has written them
-    from slmkit.data import run as read_data
+    from slmkit.data import load_records, with_synth_rows
 
-    dcfg = data_config(cfg, run_dir)
-    groups, _chunks, summary, _ = read_data(dcfg)
+    groups, _chunks, summary, _ = load_records(with_synth_rows(cfg, run_dir))
     records = [r for split in groups.values() for r in split]
     tokens_per_row = _tokens_per_row(cfg, records)
     train_rows = len(groups["train"])

@@ -1,9 +1,9 @@
-"""Run directories, per-stage manifests, skip-if-unchanged, and the local model registry.
+"""Run folders: `RunDir` (every path under runs/<name>/), target resolution, stage manifests, the model registry.
 
-Layout: runs/<name>/{config.yaml, logs/, data/, train/, eval/, export/}, each stage folder with a
-manifest.json: fingerprint (hash of its config section and input hashes), status, times, versions.
+Layout: runs/<name>/{config.yaml, logs/, synth/, data/, train/, distill/, eval/, export/, index/}, each stage folder
+with a manifest.json: fingerprint (hash of its config section and input hashes), status, times, versions.
 A stage is skipped when its manifest says done with the same fingerprint. A crash leaves
-status 'running' or 'failed', which never reads as done.
+status 'running' or 'failed', which never reads as done. No other module spells out these paths.
 """
 
 from __future__ import annotations
@@ -13,23 +13,184 @@ import sqlite3
 import time
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmkit.errors import SlmError
 from slmkit.io import atomic_write_json, sha256_json
-from slmkit.paths import data_dir
+from slmkit.models import resolve_model
+from slmkit.paths import check_writable_output, data_dir
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """runs/<name>/ and every path in it. `distills`: whether the run's model is the distilled student
+    (None: whichever exists, distill/final first)."""
+
+    root: Path
+    distills: bool | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.root, RunDir):  # RunDir(run) is run, or run with `distills` decided
+            object.__setattr__(self, "distills", self.root.distills if self.distills is None else self.distills)
+            object.__setattr__(self, "root", self.root.root)
+        object.__setattr__(self, "root", Path(self.root))
+
+    @classmethod
+    def of(cls, cfg) -> RunDir:
+        """<output_dir>/<name> of a BuildConfig (output_dir relative to the working folder; system folders refused)."""
+        out = Path(cfg.output_dir).expanduser()
+        out = out if out.is_absolute() else Path.cwd() / out
+        return cls(check_writable_output(out) / cfg.name, "distill" in cfg.stages)
+
+    @classmethod
+    def of_config(cls, cfg, run_dir) -> RunDir:
+        """`run_dir` (a path or RunDir) with the config's answer to whether the run's model is the distilled one."""
+        return cls(run_dir, "distill" in cfg.stages)
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    # whole run
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "logs" / "slm.log"
+
+    @property
+    def index_dir(self) -> Path:
+        """Where `slm index --run RUN` puts its ChromaDB collection."""
+        return self.root / "index"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def manifest(self, stage: str) -> Path:
+        return self.root / stage / "manifest.json"
+
+    # synth
+    @property
+    def synth_rows(self) -> Path:
+        return self.root / "synth" / "rows.jsonl"
+
+    @property
+    def synth_cache(self) -> Path:
+        return self.root / "synth" / "cache.sqlite"
+
+    # data
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def split(self, name: str) -> Path:
+        return self.root / "data" / f"{name}.jsonl"
+
+    # train / distill
+    def checkpoints(self, stage: str = "train") -> Path:
+        return self.root / stage / "checkpoints"
+
+    def train_log(self, stage: str = "train") -> Path:
+        return self.root / stage / "log.jsonl"
+
+    def loss_plot(self, stage: str = "train") -> Path:
+        return self.root / stage / "loss.png"
+
+    @property
+    def train_final(self) -> Path:
+        return self.root / "train" / "final"
+
+    @property
+    def distill_final(self) -> Path:
+        return self.root / "distill" / "final"
+
+    @property
+    def student_init(self) -> Path:
+        return self.root / "distill" / "student_init"
+
+    @property
+    def kd_cache(self) -> Path:
+        return self.root / "distill" / "cache"
+
+    @property
+    def final_model(self) -> Path:
+        """The run's model: the distilled student when the build distills, else the fine-tuned model."""
+        if self.distills is None:
+            return self.distill_final if self.distill_final.is_dir() else self.train_final
+        return self.distill_final if self.distills else self.train_final
+
+    # eval / export
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def merged(self) -> Path:
+        return self.root / "export" / "merged"
+
+    def export(self, name: str) -> Path:
+        """export/<format>[-<precision>] (merged, gguf-q8_0, onnx-int4, pt2, ...)."""
+        return self.root / "export" / name
+
+    @property
+    def shipped_model(self) -> Path:
+        """What a user gets: the merged export when there is one, else the run's model."""
+        return self.merged if self.merged.is_dir() else self.final_model
+
+    @staticmethod
+    def owning(path: Path) -> RunDir | None:
+        """The run folder a model folder sits in (export/<x>, train/final, distill/final), else None."""
+        p = Path(path)
+        if p.parent.name == "export":
+            return RunDir(p.parent.parent)
+        if p.name == "final" and p.parent.name in ("train", "distill"):
+            return RunDir(p.parent.parent)
+        return None
+
+
+def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
+    """RUN_OR_MODEL -> (model folder or hub id, adapter folder or None, slmkit info).
+
+    Tried in order: a run folder (its merged export, else distill/final, else train/final), an adapter or model folder,
+    a name in the registry, runs/<name>, then a model name ('default', a hub id).
+    """
+    p = Path(target).expanduser()
+    if p.is_dir():
+        run = RunDir(p)
+        for sub in (run.merged, run.distill_final, run.train_final):
+            if sub.is_dir():
+                return resolve_target(str(sub))
+        info = json.loads((p / "slmkit.json").read_text()) if (p / "slmkit.json").is_file() else {}
+        if (p / "adapter_config.json").is_file():
+            if "base_model" not in info:
+                raise SlmError(f"adapter folder {p} does not say its base model", "chat with the run folder instead")
+            return resolve_model(info["base_model"]), p, info
+        return resolve_model(str(p)), None, info
+    if (entry := get_model(target)) is not None:
+        return resolve_target(entry["path"])
+    if Path("runs", target).is_dir():
+        return resolve_target(str(Path("runs", target)))
+    return resolve_model(target), None, {}
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def manifest_path(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / stage / "manifest.json"
-
-
 def read_manifest(run_dir: Path, stage: str) -> dict | None:
-    p = manifest_path(run_dir, stage)
+    p = RunDir(run_dir).manifest(stage)
     if not p.is_file():
         return None
     try:
@@ -57,7 +218,7 @@ def stage_manifest(run_dir: Path, stage: str, fp: str, config: Any, inputs: dict
 
     manifest = {"stage": stage, "status": "running", "fingerprint": fp, "inputs": inputs, "config": config,
                 "versions": versions(), "started": _now(), "finished": None, "summary": {}}
-    path = manifest_path(run_dir, stage)
+    path = RunDir(run_dir).manifest(stage)
     atomic_write_json(path, manifest)
     t0 = time.monotonic()
     summary: dict = {}

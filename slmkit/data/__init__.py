@@ -1,109 +1,34 @@
-"""Data stage: read every source, clean, split, decontaminate, and write train/val/test JSONL + card.md.
+"""The data stage: sources -> records -> cleaning -> splits (`stage.run`, `slm data`, `slm data inspect`, `slm index`).
 
-Document sources (TXT/Markdown/reST/PDF/HTML/URLs, ChromaDB) become token chunks in chunks.jsonl;
-table and chat sources become chat records in the splits. Table rows stream through in batches
-(stream.py): memory holds one batch plus the compact cross-row state listed in docs/architecture.md.
+Its door for other stages (synth reads seed tables, ids and dedups its rows the same way): the names below,
+imported on first use so that `import slmkit.data` (the CLI does) stays light.
 """
 
-from __future__ import annotations
-
-import hashlib
-import logging
-import tempfile
-from pathlib import Path
-from typing import Any
-
-from slmkit.config import BuildConfig
-from slmkit.io import atomic_write_jsonl, read_jsonl
-
-from .card import write_card
-from .ingest import source_fingerprint
-from .records import to_records
-from .report import Report
-from .sources import iter_table, read_table
-from .split import SPLITS
-from .stream import Built, build
-
-__all__ = ["prepare", "inspect", "run", "read_table", "iter_table", "to_records", "source_fingerprint"]
-
-log = logging.getLogger("slmkit.data")
+_STAGE = ("inspect", "load_records", "prepare", "with_synth_rows")
 
 
-def _token_stats(tok_name: str, built: Built, out_dir: Path) -> dict[str, Any]:
-    lengths = built.lengths
-    lengths.extend(c["meta"]["tokens"] for c in built.chunks if c["meta"].get("tokens") is not None)
-    if not lengths:
-        return {}
-    from slmkit.plots import length_histogram
+def __getattr__(name: str):
+    if name in _STAGE:
+        from slmkit.data import stage
 
-    length_histogram(lengths, out_dir / "lengths.png", title="Tokens per example")
-    return {"tokenizer": tok_name, "min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
-            "max": max(lengths), "histogram": "lengths.png"}
+        return getattr(stage, name)
+    if name in ("iter_table", "read_table"):
+        from slmkit.data import sources
 
+        return getattr(sources, name)
+    if name in ("record_id", "to_records"):
+        from slmkit.data import records
 
-def _source_rows(results: list) -> list[dict[str, Any]]:
-    return [{"name": r.name, "type": r.type, "shapes": r.shapes, "rows_in": r.rows_in, "records": r.records,
-             "chunks": len(r.chunks), "license": r.license, "sha256": r.sha256} for r in results]
+        return getattr(records, name)
+    if name == "dedup_records":  # exact dedup of a list of records by id (not the module slmkit.data.dedup)
+        from slmkit.data.records import dedup
 
+        return dedup
+    if name == "source_fingerprint":
+        from slmkit.data.ingest import source_fingerprint
 
-def _summary(built: Built) -> dict[str, Any]:
-    """The stage summary (manifest, card, `slm data inspect`) from a finished build."""
-    results, report, chunks, task = built.results, built.report, built.chunks, built.task
-    reports = [rep for r in results for rep in r.reports]
-    labels = set().union(*built.labels.values()) - {None}
-    licenses = sorted({r.license for r in results if r.license} | {c["meta"]["license"] for c in chunks if c["meta"].get("license")})
-    steps = report.steps
-    return {
-        "rows": dict(built.rows),
-        "dropped": {"duplicate": sum(rep["dropped"]["duplicate"] for rep in reports) + steps.get("exact_dedup", {}).get("dropped", 0),
-                    "empty": sum(rep["dropped"]["empty"] for rep in reports),
-                    "near_duplicate": steps.get("near_dedup", {}).get("dropped", 0),
-                    "length": steps.get("length_filter", {}).get("dropped", 0),
-                    "pii": sum(v["dropped"] for k, v in steps.items() if k.startswith("pii_")),
-                    "contaminated": steps.get("decontaminate", {}).get("dropped", 0)},
-        "task": task,
-        "labels": sorted(labels) if task == "classification" else [],
-        "source": ", ".join(r.name for r in results),
-        "source_sha256": results[0].sha256 if len(results) == 1 else
-        hashlib.sha256("".join(r.sha256 or "" for r in results).encode()).hexdigest(),
-        "license": "; ".join(dict.fromkeys(r.license for r in results if r.license)) or None,
-        "columns_picked": next((rep["columns_picked"] for rep in reports), {}),
-        "sources": _source_rows(results),
-        "chunks": len(chunks),
-        "licenses": licenses,
-        "notes": report.notes,
-        **report.as_dict(),
-    }
+        return source_fingerprint
+    raise AttributeError(f"module 'slmkit.data' has no attribute {name!r}")
 
 
-def prepare(cfg: BuildConfig, out_dir: Path, show_progress: bool = False) -> dict[str, Any]:
-    """Build train/val/test.jsonl, chunks.jsonl (documents), lengths.png and card.md in `out_dir`; returns a summary."""
-    out_dir = Path(out_dir)
-    built = build(cfg, out_dir, show_progress)
-    summary = _summary(built)
-    if built.chunks:
-        atomic_write_jsonl(out_dir / "chunks.jsonl", built.chunks)
-    summary["tokens"] = _token_stats(built.tok_name, built, out_dir)
-    write_card(out_dir / "card.md", summary, built.labels)
-    log.info("data: %s rows (train/val/test %s), %d chunks, task %s", sum(summary["rows"].values()),
-             "/".join(str(built.rows[s]) for s in SPLITS), len(built.chunks), summary["task"])
-    return summary
-
-
-def run(cfg: BuildConfig, show_progress: bool = False) -> tuple[dict[str, list], list[dict], dict[str, Any], Report]:
-    """Read + clean + split with the records in memory: (groups, chunks, summary without output files, report).
-
-    For callers that need the records themselves; prepare() and inspect() stream instead.
-    """
-    with tempfile.TemporaryDirectory(prefix="slm-data-") as tmp:
-        built = build(cfg, Path(tmp), show_progress)
-        groups = {s: read_jsonl(Path(tmp) / f"{s}.jsonl") for s in SPLITS}
-    summary = _summary(built)
-    summary["_tok_name"] = built.tok_name
-    return groups, built.chunks, summary, built.report
-
-
-def inspect(cfg: BuildConfig) -> dict[str, Any]:
-    """The summary prepare() would produce, without writing anything (split files go to a temp folder)."""
-    with tempfile.TemporaryDirectory(prefix="slm-data-") as tmp:
-        return _summary(build(cfg, Path(tmp)))
+__all__ = [*_STAGE, "dedup_records", "iter_table", "read_table", "record_id", "source_fingerprint", "to_records"]

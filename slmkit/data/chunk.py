@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from .config import ChunkConfig
+from slmkit.config.data import ChunkConfig
 from .docs import Document, Section
 
 

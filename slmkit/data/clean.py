@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import CleanConfig, DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
+from slmkit.config.data import CleanConfig, DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
 from .dedup import ExactDedup, HeldNgrams, NearDedup, id_key
 from .pii import redact
 from .records import record_id

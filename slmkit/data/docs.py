@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
-from .config import FetchConfig, LimitsConfig
+from slmkit.config.data import FetchConfig, LimitsConfig
 from .report import Report
 
 DOC_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",

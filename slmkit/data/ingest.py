@@ -23,7 +23,7 @@ from slmkit.errors import SlmError
 from slmkit.io import sha256_file
 
 from .chunk import chunk_document
-from .config import ChunkConfig, SourceConfig
+from slmkit.config.data import ChunkConfig, SourceConfig
 from .docs import DOC_EXTENSIONS, Document, fetch_url, read_document
 from .report import Report
 from .sources import EXTENSIONS, find_license, iter_table, table_suffix
@@ -221,7 +221,7 @@ def _unbatch(batch: dict[str, list]) -> list[dict]:
 
 def _read_chroma(res: SourceResult, path: Path, src: SourceConfig) -> None:
     """Stored chunks of a collection become document chunks again (no re-chunking)."""
-    from .index import read_collection
+    from slmkit.chroma import read_collection
 
     for c in read_collection(path, src.collection):
         c["meta"]["license"] = src.license or c["meta"].get("license")

@@ -41,7 +41,7 @@ class Backend:
 
     def generate(self, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
                  on_batch: Callable[[int], None] | None = None) -> list[str]:
-        from slmkit.eval.evaluate import generate
+        from slmkit.generation import generate
 
         return generate(self.model, self.tok, conversations, max_new_tokens, batch_size, on_batch=on_batch)
 
@@ -54,14 +54,12 @@ class OnnxBackend(Backend):
     """onnxruntime-genai: its own tokenizer encodes and decodes; the HF tokenizer only renders the template."""
 
     def __init__(self, name: str, folder: Path):
-        import onnxruntime_genai as og
+        from slmkit.onnx_runtime import import_og, load_onnx_folder
 
-        from slmkit.models import load_tokenizer
-
-        super().__init__(name, "onnx", load_tokenizer(folder))
-        self.model = og.Model(str(folder))
-        self.og_tok = og.Tokenizer(self.model)
-        cfg = json.loads((folder / "genai_config.json").read_text())["model"]
+        model, cfg, tok = load_onnx_folder(folder)
+        super().__init__(name, "onnx", tok)
+        self.model = model
+        self.og_tok = import_og().Tokenizer(self.model)
         eos = cfg.get("eos_token_id")
         self.eos = set(eos if isinstance(eos, list) else [eos])
         self.info = {"eos_token_id": eos, "folder": str(folder)}
@@ -148,7 +146,7 @@ def _gguf_backend(name: str, path: Path) -> Backend:
 
 
 def _torch_backend(name: str, target: str, device: str, dtype: str) -> Backend:
-    from slmkit.chat import resolve_target
+    from slmkit.runs import resolve_target
     from slmkit.models import load_model, load_tokenizer
 
     model_path, adapter, info = resolve_target(target)

@@ -11,6 +11,7 @@ from pathlib import Path
 from slmkit.errors import SlmError
 from slmkit.eval.rag import RagSettings, prediction_rows, variants
 from slmkit.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from slmkit.runs import RunDir
 
 log = logging.getLogger("slmkit")
 
@@ -19,7 +20,7 @@ def resolve_split(data: str) -> Path:
     """A JSONL split file, or a run folder (its data/test.jsonl)."""
     path = Path(data).expanduser()
     if path.is_dir():
-        path = path / "data" / "test.jsonl"
+        path = RunDir(path).split("test")
     if not path.is_file():
         raise SlmError(f"no eval split at {path}", "pass a JSONL split (e.g. runs/NAME/data/test.jsonl) or a run folder")
     return path
@@ -74,7 +75,7 @@ def _run_of(spec: str) -> Path | None:
     """The run folder a model spec belongs to, for its loss curve."""
     p = Path(spec).expanduser().resolve()
     for candidate in (p, *p.parents):
-        if (candidate / "train" / "log.jsonl").is_file():
+        if RunDir(candidate).train_log("train").is_file():
             return candidate
     return None
 
@@ -87,7 +88,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
     With `rag`, each model is also (or only) scored with retrieved context and shows up as "<name>+rag".
     """
     from slmkit.eval.backends import load_backend
-    from slmkit.eval.evaluate import _generate_backend_with_progress, _max_new_tokens, load_test_split
+    from slmkit.eval.decode import generate_backend_with_progress, load_test_split, max_new_tokens_for
     from slmkit.eval.metrics import compute_metrics, confusion_matrix, infer_task
     from slmkit.eval.report import read_loss_series, write_report
     from slmkit.io import read_jsonl
@@ -110,10 +111,10 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
         except Exception as e:  # any reader failure: name the model, keep the cause
             raise SlmError(f"cannot load model '{spec}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
                            "pass a run folder, an HF model folder, a .gguf file, an ONNX or pt2 export folder") from None
-        new_tokens = _max_new_tokens(backend.tok, refs, task, max_new_tokens)
+        new_tokens = max_new_tokens_for(backend.tok, refs, task, max_new_tokens)
         for variant in prompt_sets:
             vname = name + variant.suffix
-            preds = _generate_backend_with_progress(backend, variant.prompts, new_tokens, batch_size, vname, show_progress)
+            preds = generate_backend_with_progress(backend, variant.prompts, new_tokens, batch_size, vname, show_progress)
             results[vname] = compute_metrics(preds, refs, task)
             if perplexity and backend.has_torch_model:
                 from slmkit.eval.perplexity import answer_perplexity
@@ -126,7 +127,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
         del backend
     summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
     out_dir = Path(out_dir)
-    from slmkit.eval.evaluate import metrics_table_md
+    from slmkit.eval.tables import metrics_table_md
 
     atomic_write_jsonl(out_dir / "predictions.jsonl", predictions)
     atomic_write_json(out_dir / "metrics.json", summary | {"data": str(split), "specs": spec_of})

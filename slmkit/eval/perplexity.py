@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from slmkit.train.collate import IGNORE, encode_chat
+from slmkit.encoding import IGNORE, encode_chat
 
 
 @torch.no_grad()

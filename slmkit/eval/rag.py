@@ -45,33 +45,26 @@ class Variant:
 def settings_from_config(cfg, run_dir: Path) -> RagSettings | None:
     """The eval.rag block of a BuildConfig -> RagSettings, or None when RAG mode is off."""
     from slmkit.config import resolve_path
+    from slmkit.runs import RunDir
 
     rag = cfg.eval.rag
     if rag.collection is None:
         return None
     # `slm index --run RUN_DIR` stores its collection in RUN_DIR/index, so that is where to look by default.
-    persist_dir = resolve_path(cfg, rag.persist_dir) if rag.persist_dir else Path(run_dir) / "index"
+    persist_dir = resolve_path(cfg, rag.persist_dir) if rag.persist_dir else RunDir(run_dir).index_dir
     return RagSettings(rag.collection, persist_dir, rag.top_k, rag.compare_without)
-
-
-def _collection_names(persist_dir: Path) -> list[str]:
-    from slmkit.data.index import _client
-
-    if not (persist_dir / "chroma.sqlite3").is_file():
-        return []  # checked first: opening a client on a missing folder would create an empty database there
-    return [c.name if hasattr(c, "name") else str(c) for c in _client(persist_dir).list_collections()]
 
 
 def open_collection(settings: RagSettings):
     """The ChromaDB collection, or a one-line SlmError naming the collection and the folder."""
-    from slmkit.data.index import _get_collection
+    from slmkit.chroma import collection_names, get_collection
 
-    names = _collection_names(settings.persist_dir)
+    names = collection_names(settings.persist_dir)
     if settings.collection not in names:
         found = f"it has: {', '.join(names)}" if names else "no ChromaDB collections there"
         raise SlmError(f"RAG collection {settings.collection!r} does not exist in {settings.persist_dir} ({found})",
                        f"build it: slm index DOCS --collection {settings.collection} --persist-dir {settings.persist_dir}")
-    return _get_collection(settings.persist_dir, settings.collection)
+    return get_collection(settings.persist_dir, settings.collection)
 
 
 def last_user_index(messages: list[dict]) -> int:
@@ -84,7 +77,7 @@ def last_user_index(messages: list[dict]) -> int:
 
 def retrieve(settings: RagSettings, prompts: list[list[dict]]) -> list[list[dict[str, Any]]]:
     """The top-k chunks [{'id', 'text', 'distance'}] for each prompt's last user message, nearest first."""
-    from slmkit.data.index import embedding_model
+    from slmkit.chroma import embedding_model
 
     col = open_collection(settings)
     k = min(settings.top_k, col.count())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_text
+from slmkit.runs import RunDir
 
 log = logging.getLogger("slmkit")
 
@@ -43,7 +44,7 @@ def read_loss_series(run_dirs: dict[str, Path]) -> dict[str, list[tuple[int, flo
     """{run name: [(step, loss)]} from each run's train/log.jsonl (rows without a loss are skipped)."""
     series = {}
     for name, run in run_dirs.items():
-        log_path = Path(run) / "train" / "log.jsonl"
+        log_path = RunDir(run).train_log("train")
         if log_path.is_file():
             rows = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln.strip()]
             series[name] = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmkit.eval.evaluate import metrics_table_md
+from slmkit.eval import metrics_table_md
 from slmkit.export.licence import card_section, classify
 from slmkit.models import model_license, resolve_model
+from slmkit.runs import RunDir
 
 
 def _read(path: Path) -> dict:
@@ -28,10 +29,10 @@ def _verify_lines(verify: dict) -> list[str]:
 
 
 def render_card(run_dir: Path, cfg, verify: dict, export_format: str = "merged", licence: dict | None = None) -> str:
-    run_dir = Path(run_dir)
-    data = _read(run_dir / "data" / "manifest.json").get("summary", {})
-    train = _read(run_dir / "train" / "manifest.json").get("summary", {})
-    metrics = _read(run_dir / "eval" / "metrics.json")
+    run = RunDir(run_dir)
+    data = _read(run.manifest("data")).get("summary", {})
+    train = _read(run.manifest("train")).get("summary", {})
+    metrics = _read(run.eval_dir / "metrics.json")
     base = cfg.model.base_model
     base_license = model_license(base, resolve_model(base))
     data_license = data.get("license") or "unknown"

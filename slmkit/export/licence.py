@@ -7,6 +7,8 @@ import logging
 import re
 from pathlib import Path
 
+from slmkit.runs import RunDir
+
 log = logging.getLogger("slmkit")
 
 _UNKNOWN = {"", "unknown", "other", "none", "null", "unspecified", "proprietary"}
@@ -24,7 +26,7 @@ def classify(licence: str | None) -> str:
 
 def _data_sources(run_dir: Path) -> list[dict]:
     """Sources named in the data manifest (one today; a 'sources' list if the data stage writes several)."""
-    path = run_dir / "data" / "manifest.json"
+    path = RunDir(run_dir).manifest("data")
     summary = json.loads(path.read_text()).get("summary", {}) if path.is_file() else {}
     if summary.get("sources"):
         return [{"source": s.get("source"), "sha256": s.get("sha256") or s.get("source_sha256"), "license": s.get("license")}

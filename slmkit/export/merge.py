@@ -14,6 +14,7 @@ from slmkit.export.card import render_card
 from slmkit.export.licence import check_licences
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.models import load_model, load_tokenizer, resolve_model
+from slmkit.runs import RunDir
 
 log = logging.getLogger("slmkit")
 
@@ -31,11 +32,10 @@ def prompt_logits(model, tok) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def export_merged(cfg: BuildConfig, run_dir: Path) -> dict:
-    run_dir = Path(run_dir)
-    from slmkit.pipeline import final_model_dir
-
-    final = final_model_dir(cfg, run_dir)
+def export_merged(cfg: BuildConfig, run_dir: RunDir) -> dict:
+    """export/merged/ from the run's model (LoRA merged into the base), checked against it by prompt logits."""
+    run = RunDir.of_config(cfg, run_dir)
+    final = run.final_model
     if not final.is_dir():
         raise SlmError(f"no trained model at {final}", f"run the {final.parent.name} stage first (`slm {final.parent.name} CONFIG`)")
     tok = load_tokenizer(final, cfg.model.trust_remote_code)
@@ -48,7 +48,7 @@ def export_merged(cfg: BuildConfig, run_dir: Path) -> dict:
         reference = prompt_logits(model, tok)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    dest = run_dir / "export" / "merged"
+    dest = run.merged
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -58,7 +58,7 @@ def export_merged(cfg: BuildConfig, run_dir: Path) -> dict:
         if diff > cfg.export.verify_tolerance:
             raise SlmError(f"merged export differs from the trained model (max |logit diff| {diff:.3g})",
                            f"this is a bug or a dtype issue; raise export.verify_tolerance (now {cfg.export.verify_tolerance}) only if expected")
-        atomic_write_text(tmp / "README.md", render_card(run_dir, cfg, verify, "merged", check_licences(cfg.model.base_model, run_dir)))
+        atomic_write_text(tmp / "README.md", render_card(run.root, cfg, verify, "merged", check_licences(cfg.model.base_model, run.root)))
         atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "export": "merged", "verify": verify,
                                                 "run": cfg.name})
     size = sum(f.stat().st_size for f in dest.iterdir() if f.is_file())

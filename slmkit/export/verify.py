@@ -11,7 +11,8 @@ import logging
 from pathlib import Path
 
 from slmkit.errors import SlmError
-from slmkit.eval.backends import Backend
+from slmkit.runs import RunDir
+from slmkit.eval import Backend
 from slmkit.export.merge import VERIFY_PROMPTS
 
 log = logging.getLogger("slmkit")
@@ -46,7 +47,7 @@ def compare_logits(source: Backend, artifact: Backend, prompts: list[str] = VERI
 def compare_metric(source: Backend, artifact: Backend, conversations: list[list[dict]], refs: list[str], task: str,
                    max_new_tokens: int, batch_size: int, source_preds: list[str] | None = None) -> dict:
     """Headline metric of both models on the same eval rows; drop in points (x100 for [0, 1] metrics)."""
-    from slmkit.eval.metrics import HEADLINE, compute_metrics
+    from slmkit.eval import HEADLINE, compute_metrics
 
     key = HEADLINE[task]
     src_preds = source_preds or source.generate(conversations, max_new_tokens, batch_size)
@@ -93,18 +94,13 @@ def verify_export(source: Backend, artifact: Backend, precision: str, margin_poi
 
 def load_eval_rows(run_dir: Path, max_examples: int, task: str | None = None):
     """(conversations, refs, task) from the run's test split, or None when there is none or max_examples is 0."""
-    from slmkit.eval.evaluate import load_test_split
-    from slmkit.eval.metrics import infer_task
+    from slmkit.eval import infer_task, load_test_split
 
-    path = Path(run_dir) / "data" / "test.jsonl"
+    path = RunDir(run_dir).split("test")
     if max_examples <= 0 or not path.is_file():
         return None
     conversations, refs = load_test_split(path, max_examples)
     return conversations, refs, task or infer_task(refs)
 
 
-def max_new_tokens_for(tok, refs: list[str], task: str, cap: int) -> int:
-    from slmkit.eval.evaluate import _max_new_tokens
-
-    return _max_new_tokens(tok, refs, task, cap)
 

@@ -1,14 +1,14 @@
 """Serve stage: an OpenAI- and SageMaker-compatible HTTP server over a continuous-batching engine.
 
-    from slmkit.serve import Engine, SamplingParams, create_app
-    engine = Engine.load("runs/my-run").start()
+    from slmkit.serve import SamplingParams, create_app, load_engine
+    engine = load_engine("runs/my-run").start()
     for piece in engine.generate_stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=32)):
         print(piece, end="")
 """
 
-from slmkit.schema.serve import ServeConfig
+from slmkit.config.serve import ServeConfig
 
-_ENGINE_NAMES = ("Engine", "Event", "Result", "SamplingParams", "load_engine")
+_ENGINE_NAMES = ("Engine", "Event", "Result", "SamplingParams")
 
 
 def __getattr__(name: str):
@@ -17,6 +17,10 @@ def __getattr__(name: str):
         from slmkit.serve import engine
 
         return getattr(engine, name)
+    if name == "load_engine":
+        from slmkit.serve.load import load_engine
+
+        return load_engine
     raise AttributeError(f"module 'slmkit.serve' has no attribute {name!r}")
 
 

@@ -7,8 +7,8 @@ without waiting for the rest of the batch. Consumers get `Event`s through a call
 (`generate_stream`), `loop.call_soon_threadsafe` for asyncio (the HTTP app).
 
 The model work is behind a `Runner` (prefill new rows, decode one token for every row, drop rows): `TorchRunner`
-here (one batched forward pass per step), `OnnxRunner` in slmkit.serve.onnx (onnxruntime-genai, one generator
-per sequence). The scheduler, limits, stops and events are the same for both.
+in torch_runner.py (one batched forward pass per step), `OnnxRunner` in onnx_runner.py (onnxruntime-genai, one
+generator per sequence). The scheduler, limits, stops and events are the same for both; load.py picks and loads one.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from slmkit.serve.batch import RunningBatch, supports_batching
-from slmkit.serve.config import ServeConfig
+from slmkit.config.serve import ServeConfig
 from slmkit.serve.metrics import Metrics
 from slmkit.serve.text import TextTracker
 
@@ -110,24 +108,6 @@ class Request:
         self.cancelled = True
 
 
-def sample(logits: torch.Tensor, requests: list[Request]) -> list[int]:
-    """Next token per row of logits [B, V]: argmax for greedy rows, temperature + top-p sampling for the rest."""
-    tokens = logits.argmax(-1).tolist()
-    for i, r in enumerate(requests):
-        p = r.params
-        if p.greedy:
-            continue
-        probs = torch.softmax(logits[i] / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_p, order = probs.sort(descending=True)
-            # keep the smallest prefix whose mass reaches top_p (nucleus sampling, Holtzman et al. 2020)
-            drop = sorted_p.cumsum(-1) - sorted_p >= p.top_p
-            drop[0] = False  # the most likely token stays however small top_p is (it may round to 0 in float32)
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p.masked_fill(drop, 0.0))
-        tokens[i] = int(torch.multinomial(probs, 1, generator=r.generator))
-    return tokens
-
-
 class Runner(Protocol):
     """The model side of the engine. Rows are in the order of the engine's active requests."""
 
@@ -151,38 +131,8 @@ class Runner(Protocol):
         """Drop every row (after a failed step)."""
 
 
-class TorchRunner:
-    """A transformers model behind one shared KV cache (`RunningBatch`), sampled row by row with `sample`."""
-
-    kind = "torch"
-
-    def __init__(self, model, max_batch: int):
-        self.model = model
-        self.batching = supports_batching(model)
-        self.max_sequences = max_batch if self.batching else 1
-        if not self.batching:
-            log.warning("%s: cache layers are not plain full attention; serving one request at a time",
-                        type(model).__name__)
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        self.eos_ids = {i for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if i is not None}
-        self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
-        self._batch = RunningBatch(model)
-
-    def prefill(self, requests: list[Request]) -> list[int]:
-        return sample(self._batch.prefill([r.prompt_ids for r in requests]), requests)
-
-    def decode(self, requests: list[Request]) -> list[int]:
-        return sample(self._batch.step([r.next_token for r in requests]), requests)
-
-    def keep(self, rows: list[int]) -> None:
-        self._batch.keep(rows)
-
-    def reset(self) -> None:
-        self._batch = RunningBatch(self.model)
-
-
 class Engine:
-    """Runner + tokenizer + scheduler thread. Create with `Engine.load(target, cfg)`; `start()` before use."""
+    """Runner + tokenizer + scheduler thread. Create with `serve.load.load_engine(target, cfg)`; `start()` before use."""
 
     def __init__(self, runner: Runner, tokenizer, name: str, cfg: ServeConfig | None = None):
         self.runner, self.tok, self.name = runner, tokenizer, name
@@ -215,21 +165,6 @@ class Engine:
                                   ("request_latency_seconds", "histogram", "submit to last token"),
                                   ("finished_total", "counter", "finished generations by reason")]:
             self.metrics.describe(name_, kind, text)
-
-    @classmethod
-    def load(cls, target: str, cfg: ServeConfig | None = None, trust_remote_code: bool = False) -> Engine:
-        """Load a run folder, model folder, ONNX export folder, registry name or model name.
-
-        The backend is cfg.backend; 'auto' picks onnx for an ONNX export folder (genai_config.json), else torch.
-        """
-        cfg = cfg or ServeConfig()
-        if pick_backend(target, cfg.backend) == "onnx":
-            from slmkit.serve.onnx import load_onnx
-
-            runner, tok = load_onnx(target, cfg)
-        else:
-            runner, tok = _load_torch(target, cfg, trust_remote_code)
-        return cls(runner, tok, cfg.served_model_name or served_name(target), cfg)
 
     # ---- requests -------------------------------------------------------------------------------------------
     def encode_chat(self, messages: list[dict]) -> list[int]:
@@ -433,46 +368,3 @@ class Engine:
         if len(keep) != len(self._active):
             self.runner.keep(keep)
             self._active = [self._active[i] for i in keep]
-
-
-def _load_torch(target: str, cfg: ServeConfig, trust_remote_code: bool) -> tuple[TorchRunner, Any]:
-    from slmkit.chat import resolve_target
-    from slmkit.hardware import detect, setup_threads
-    from slmkit.models import load_model, load_tokenizer
-
-    model_path, adapter, info = resolve_target(target)
-    hw = detect()
-    setup_threads()
-    trust = trust_remote_code or info.get("trust_remote_code", False)
-    tok = load_tokenizer(adapter or model_path, trust)
-    model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust, adapter=adapter)
-    if adapter is not None:  # one merged matrix per layer decodes faster than base + LoRA branch
-        model = model.merge_and_unload()
-    if cfg.pack_weights:
-        from slmkit.serve.packed import pack_linears
-
-        pack_linears(model, cfg.max_batch_size)
-    return TorchRunner(model, cfg.max_batch_size), tok
-
-
-def pick_backend(target: str, backend: str) -> str:
-    """'auto' -> 'onnx' for an ONNX export folder (it has onnxruntime-genai's genai_config.json), else 'torch'."""
-    if backend != "auto":
-        return backend
-    p = Path(target).expanduser()
-    return "onnx" if (p / "genai_config.json").is_file() else "torch"
-
-
-def served_name(target: str) -> str:
-    """The model id shown in /v1/models: 'default', or the run/model folder name."""
-    p = Path(target).expanduser()
-    if p.is_dir():
-        p = p.resolve()
-        in_run = p.parent.name == "export" or (p.name == "final" and p.parent.name in ("train", "distill"))
-        return p.parent.parent.name if in_run else p.name
-    return target
-
-
-def load_engine(target: str, cfg: ServeConfig | None = None) -> Engine:
-    """`Engine.load` with the config's backend (kept for callers of the older name)."""
-    return Engine.load(target, cfg)

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.synth.config import TeacherConfig
+from slmkit.config.synth import TeacherConfig
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 

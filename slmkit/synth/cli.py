@@ -1,67 +1,49 @@
-"""`slm synth CONFIG [--dry-run]`: the teacher writes training data into runs/<name>/synth/rows.jsonl.
-
-The same stage runs inside `slm build` when `stages` lists `synth` (see slmkit/pipeline.py).
-"""
+"""The synth stage's command-line parts: the `slm synth --dry-run` plan and what `slm synth` prints when it finishes
+(the stage itself runs through the pipeline, like every stage)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
-import typer
+from rich.console import Console
 
+from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
+from slmkit.runs import RunDir
+
+out = Console()
 
 
-def load(config: Path, overrides: dict):
-    """(synth section, the build config around it): defaults < YAML < env SLM_* < overrides."""
-    from slmkit.config import load_config
-
-    cfg = load_config(config, overrides)
+def require_recipes(cfg: BuildConfig, config: Path | None) -> None:
     if not cfg.synth.recipes:
         raise SlmError(f"{config}: the 'synth' section has no recipes", "add synth: {teacher: {...}, recipes: [...]}")
-    return cfg.synth, cfg
 
 
-def register(app: typer.Typer) -> None:
-    """Add `synth` to the `slm` app."""
-    from slmkit.cli import LogFmtOpt, NameOpt, OutOpt, ProgOpt, SetOpt, _overrides, out, setup_logging
+def dry_run(cfg: BuildConfig, log_format: str) -> None:
+    """Print the calls the config would make and how many are cached; contacts no teacher."""
+    from slmkit.synth.stage import plan
 
-    @app.command()
-    def synth(config: Path, dry_run: bool = typer.Option(False, "--dry-run", help="Count the calls, call nothing"),
-              sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt, output_dir: Optional[str] = OutOpt,
-              log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
-        """A teacher model writes training rows (cot, amplify, qa_from_docs, respond, judge), cached and budgeted."""
-        from slmkit.pipeline import run_dir_of
-        from slmkit.runs import stage_manifest
-        from slmkit.synth.run import input_hashes, plan, synth_fingerprint, synthesize
+    p = plan(cfg.synth, RunDir.of(cfg).root, Path(cfg.config_dir or "."))
+    if log_format == "json":
+        out.print_json(data=p)
+        return
+    for r in p["recipes"]:
+        out.print(f"  {r['recipe']:<14} {r['calls']:>5} calls  {r['cached']:>5} cached  "
+                  f"+{r['more_at_most']} at most  ~{r['rows_expected']} rows", soft_wrap=True)
+    out.print(f"total: {p['calls']} calls, {p['cached']} cached, {p['calls'] - p['cached']} to make, "
+              f"+ up to {p['more_at_most']} more depending on replies (retries, judge, batches)", soft_wrap=True)
+    out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
 
-        synth_cfg, cfg = load(config, _overrides(sets, name, output_dir, None, None))
-        run_dir = run_dir_of(cfg)
-        config_dir = Path(cfg.config_dir or ".")
-        if dry_run:
-            setup_logging(log_format)
-            p = plan(synth_cfg, run_dir, config_dir)
-            if log_format == "json":
-                out.print_json(data=p)
-                return
-            for r in p["recipes"]:
-                out.print(f"  {r['recipe']:<14} {r['calls']:>5} calls  {r['cached']:>5} cached  "
-                          f"+{r['more_at_most']} at most  ~{r['rows_expected']} rows", soft_wrap=True)
-            out.print(f"total: {p['calls']} calls, {p['cached']} cached, {p['calls'] - p['cached']} to make, "
-                      f"+ up to {p['more_at_most']} more depending on replies (retries, judge, batches)", soft_wrap=True)
-            out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
-            return
-        setup_logging(log_format, run_dir)
-        inputs = input_hashes(synth_cfg, config_dir)  # hashed once: files and any ChromaDB collection are read in full
-        fp = synth_fingerprint(synth_cfg, config_dir, inputs)
-        with stage_manifest(run_dir, "synth", fp, synth_cfg.model_dump(mode="json"), inputs) as summary:
-            summary.update(synthesize(synth_cfg, run_dir, config_dir, show_progress=progress))
-        s = summary["stats"]
-        for label, r in summary["recipes"].items():
-            out.print(f"  {label:<14} {r['rows']:>5} rows  dropped {r['dropped'] or '-'}", soft_wrap=True)
-        out.print(f"calls: {s['calls']} made, {s['cached']} cached, {s['retries']} retries, failed {s['failed'] or '-'}; "
+
+def show(summary: dict, console: Console = out) -> None:
+    """Rows per recipe, teacher calls and cost, and where the rows went."""
+    if "stats" not in summary:
+        return
+    s = summary["stats"]
+    for label, r in summary["recipes"].items():
+        console.print(f"  {label:<14} {r['rows']:>5} rows  dropped {r['dropped'] or '-'}", soft_wrap=True)
+    console.print(f"calls: {s['calls']} made, {s['cached']} cached, {s['retries']} retries, failed {s['failed'] or '-'}; "
                   f"tokens {s['prompt_tokens']} in / {s['completion_tokens']} out; cost ${s['cost_usd']:.4f}", soft_wrap=True)
-        if summary["stopped"]:
-            out.print(f"[yellow]stopped early: {summary['stopped']}[/] (rerun to continue; cached calls are free)")
-        out.print(f"[bold]synth[/]: {summary['rows']} rows -> {summary['path']}", soft_wrap=True)
+    if summary["stopped"]:
+        console.print(f"[yellow]stopped early: {summary['stopped']}[/] (rerun to continue; cached calls are free)")
+    console.print(f"[bold]synth[/]: {summary['rows']} rows -> {summary['path']}", soft_wrap=True)

@@ -148,7 +148,7 @@ def chunks(config_dir: Path, specs: list[str], size: int, overlap: int, limit: i
 
 def collection_chunks(config_dir: Path, path: str, name: str, what: str) -> list[Chunk]:
     """Stored chunks of a ChromaDB collection (from `slm index`), keeping their ids for provenance."""
-    from slmkit.data.index import read_collection
+    from slmkit.chroma import read_collection
 
     folder = resolve(config_dir, path)
     if not folder.is_dir():

@@ -18,7 +18,7 @@ from typing import Any
 from slmkit.errors import SlmError
 from slmkit.synth import inputs, prompts
 from slmkit.synth.checks import FormatCheck, NearDup
-from slmkit.synth.config import (AmplifyRecipe, CotRecipe, JudgeCheck, JudgeRecipe, QaFromDocsRecipe,
+from slmkit.config.synth import (AmplifyRecipe, CotRecipe, JudgeCheck, JudgeRecipe, QaFromDocsRecipe,
                                  RespondRecipe)
 from slmkit.synth.teacher import Reply, Request, Teacher
 
@@ -48,7 +48,7 @@ class Plan:
 
 
 def make_row(messages: list[dict], recipe: str, teacher: str, key: str, source: str, **extra: Any) -> dict:
-    from slmkit.data.records import record_id
+    from slmkit.data import record_id
 
     return {"id": record_id(messages), "messages": messages, "label": None,
             "meta": {"source": source, "source_sha256": None, "license": None, "split": None,

@@ -19,7 +19,7 @@ from typing import Any
 
 from slmkit.synth.backends import FatalCallError, LocalBackend, TransientError, make_backend
 from slmkit.synth.cache import CachedReply, SynthCache, cache_key
-from slmkit.synth.config import BudgetConfig, TeacherConfig
+from slmkit.config.synth import BudgetConfig, TeacherConfig
 
 __all__ = ["Request", "Reply", "Stats", "Teacher", "TransientError", "FatalCallError", "LocalBackend"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slmkit.train.collate import IGNORE
+from slmkit.encoding import IGNORE
 
 # Architectures whose logits are exactly lm_head(final hidden state): no softcapping or logit scale,
 # so the head can be applied to the labelled positions only.

@@ -13,6 +13,7 @@ of them, and the cross-layer code (masks, rotary tables, the loss) stays eager.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -81,15 +82,18 @@ def compile_layers(model) -> int:
     return len(layers[first:])
 
 
-def warm_up(model, device, loss_fn) -> None:
+def warm_up(model, device, loss_fn, autocast=contextlib.nullcontext) -> None:
     """Build every graph variant before the first step: passes of several rows and of one row (torch specialises
-    size 1), so no compile stalls the run later. Gradients of the dummy passes are dropped and the RNG state is
-    restored (dropout draws), so a compiled run and its resumed copy see the same random numbers."""
+    size 1), so no compile stalls the run later. `autocast`: the training passes' context (a graph is guarded on
+    the autocast state, so one built outside it would be built again at step 1). Gradients of the dummy passes are
+    dropped and the RNG state is restored (dropout draws), so a compiled run and its resumed copy see the same
+    random numbers."""
     dev = torch.device(device)
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         for rows in (2, 1):
             ids = torch.ones(rows, 16, dtype=torch.long, device=dev)
-            loss, _ = loss_fn(model, ids, torch.ones_like(ids), ids)
+            with autocast():
+                loss, _ = loss_fn(model, ids, torch.ones_like(ids), ids)
             loss.backward()
     model.zero_grad(set_to_none=True)
 

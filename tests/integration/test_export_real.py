@@ -33,7 +33,7 @@ def _real_run(tmp_path: Path) -> tuple[object, Path]:
 
 
 def test_default_model_exports_to_gguf_and_onnx_and_verifies(tmp_path):
-    from slmkit.export.formats import ExportOptions, export_formats
+    from slmkit.export.stage import ExportOptions, export_formats
     from slmkit.export.gguf import read_gguf_metadata
     from slmkit.export.verify import REL_TOLERANCE
     from slmkit.models import load_tokenizer

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from slmkit.errors import SlmError
 from slmkit.io import read_jsonl
-from slmkit.synth.config import SynthConfig
-from slmkit.synth.run import plan, synthesize
+from slmkit.config.synth import SynthConfig
+from slmkit.synth.stage import plan, synthesize
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -218,11 +218,7 @@ def test_preflight_names_missing_key_and_unreachable_endpoint(tmp_path, monkeypa
 
 
 def test_cli_dry_run_then_run(tmp_path):
-    from slmkit.synth.cli import register
-
-    app = typer.Typer()
-    register(app)
-    app.command("noop")(lambda: None)  # typer runs a lone command without its name
+    from slmkit.cli import app
     state = State()
     with Server(canned_app(state)) as srv:
         conf = tmp_path / "build.yaml"

@@ -13,7 +13,7 @@ from slmkit.config import DataConfig
 from slmkit.data.clean import (decontaminate, exact_dedup, length_filter, near_dedup, normalize, normalize_text,
                                pii_step)
 from slmkit.config import BuildConfig
-from slmkit.data.config import DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
+from slmkit.config.data import DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
 from slmkit.data.pii import find_pii, iban_ok, luhn_ok, redact
 from slmkit.data.records import to_records
 from slmkit.data.registry import register_step, registered

@@ -10,10 +10,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from slmkit.data.cli import register
+from slmkit.cli import app as slm_app
 from slmkit.config import BuildConfig
-from slmkit.data.config import ChunkConfig
-from slmkit.data.index import build_index, query, read_collection
+from slmkit.config.data import ChunkConfig
+from slmkit.chroma import query, read_collection
+from slmkit.data.index import build_index
 from slmkit.errors import SlmError
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "data"
@@ -69,27 +70,11 @@ def test_index_errors(tmp_path):
         read_collection(tmp_path, "abc")
 
 
-def _app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.command()
-    def data(config: Path, force: bool = typer.Option(False, "--force")) -> None:
-        """Stand-in for slm's own `data CONFIG` command."""
-        print(f"ran data stage on {config} force={force}")
-
-    @app.command()
-    def other() -> None:
-        pass
-
-    register(app)
-    return app
-
-
 def test_cli_keeps_data_config_and_adds_inspect_and_index(tmp_path):
     runner = CliRunner()
-    app = _app()
-    res = runner.invoke(app, ["data", "build.yaml", "--force"])
-    assert res.exit_code == 0 and "ran data stage on build.yaml force=True" in res.output
+    app = slm_app
+    res = runner.invoke(app, ["data", "no-such-build.yaml", "--force"])  # `slm data CONFIG` runs the stage command
+    assert isinstance(res.exception, SlmError) and "config file not found: no-such-build.yaml" in res.exception.message
     res = runner.invoke(app, ["data", "inspect", str(FIX / "alpaca" / "alpaca_40.json"), "--json", "--base-model",
                               str(FIX.parent / "no-such-model")])
     assert isinstance(res.exception, SlmError) and "no-such-model" in res.exception.message  # user error, no traceback
@@ -112,5 +97,5 @@ def test_data_inspect_on_file_and_run(tmp_path, tiny_model_dir):
     (run / "data").mkdir(parents=True)
     (run / "data" / "manifest.json").write_text(json.dumps({"summary": summary}))
     assert inspect_target(str(run)) == json.loads(json.dumps(summary))
-    res = CliRunner().invoke(_app(), ["data", "inspect", str(run)])
+    res = CliRunner().invoke(slm_app, ["data", "inspect", str(run)])
     assert res.exit_code == 0 and "rows" in res.output and "alpaca" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -11,8 +12,8 @@ import yaml
 from typer.testing import CliRunner
 
 from slmkit.errors import SlmError
-from slmkit.train.distill import DistillConfig, build_teacher_cache, distill
-from slmkit.train.distill_cli import register
+from slmkit.distill.stage import DistillConfig, build_teacher_cache, distill
+from slmkit.cli import app
 from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config
 
 
@@ -20,7 +21,7 @@ from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config
 def run(tmp_path_factory, tiny_model_dir):
     """A run folder with the data stage done on 40 rows of the tiny intent router."""
     from slmkit.data import prepare
-    from slmkit.pipeline import run_dir_of
+    from slmkit.runs import RunDir
     from tests.conftest import TINY_ROWS
 
     tmp = tmp_path_factory.mktemp("distill")
@@ -28,7 +29,7 @@ def run(tmp_path_factory, tiny_model_dir):
     csv.write_text("text,intent\n" + "".join(f"{t}{s},{lab}\n" for s in ("", " please", " today", " tomorrow")
                                              for t, lab in TINY_ROWS))
     cfg = tiny_config(tmp, tiny_model_dir, csv)
-    run_dir = run_dir_of(cfg)
+    run_dir = RunDir.of(cfg).root
     prepare(cfg, run_dir / "data")
     return cfg, run_dir, tmp
 
@@ -148,10 +149,11 @@ def test_cli_cache_then_offline_distill(run, tiny_model_dir):
     dump.pop("config_dir")
     dump["distill"] = _dcfg(tiny_model_dir, mode="offline", cache_dir=str(tmp / "cli_cache"),
                             train={"max_steps": 3}).model_dump(mode="json")
+    dump["stages"] = ["data", "distill"]
     conf.write_text(yaml.safe_dump(dump))
-    app = typer.Typer()
-    register(app)
     runner = CliRunner()
+    res = runner.invoke(app, ["data", str(conf)])  # `slm distill` needs the data stage done for this config
+    assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["distill-cache", str(conf), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "bytes/token" in res.output
@@ -159,13 +161,18 @@ def test_cli_cache_then_offline_distill(run, tiny_model_dir):
     assert res.exit_code == 0, res.output
     manifest = json.loads((run_dir / "distill" / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["config"]["alpha"] == 0.5
+    # the same stage, the same fingerprint: `slm build` of that config finds distill done and skips it
+    res = runner.invoke(app, ["build", str(conf), "--no-progress", "--set", "distill.alpha=0.5"])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"distill\s+skipped", res.output) and re.search(r"data\s+skipped", res.output), res.output
+    assert json.loads((run_dir / "distill" / "manifest.json").read_text())["finished"] == manifest["finished"]
     res = runner.invoke(app, ["distill", str(conf), "--set", "distill.loss=kl"])
     assert isinstance(res.exception, SlmError) and "distill.loss" in str(res.exception)
     assert torch.isfinite(torch.tensor(manifest["summary"]["final_loss"]))
 
 
 def test_kd_mask_positions():
-    from slmkit.train.kd_losses import kd_mask
+    from slmkit.distill.kd_losses import kd_mask
 
     labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, 5, 6, -100, -100]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -178,10 +185,10 @@ def test_kd_mask_positions():
 @pytest.mark.parametrize("positions", ["assistant", "all"])
 def test_offline_step_loss_fused_head_equals_generic_path(tiny_model_dir, positions, monkeypatch):
     """The fused head + top-k forward KL gives the generic autograd path's loss and gradients on a real batch."""
-    import slmkit.train.distill as distill_mod
-    from slmkit.train.collate import collate, encode_chat
-    from slmkit.train.kd_losses import kd_mask, labelled_logits, log_probs
-    from slmkit.train.prune import load_full_model
+    import slmkit.distill.stage as distill_mod
+    from slmkit.encoding import collate, encode_chat
+    from slmkit.distill.kd_losses import kd_mask, labelled_logits, log_probs
+    from slmkit.distill.prune import load_full_model
 
     model, tok = load_full_model(str(tiny_model_dir))
     rows = [[{"role": "user", "content": f"book a table for {n}"}, {"role": "assistant", "content": "restaurant booking"}]

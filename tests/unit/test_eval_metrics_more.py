@@ -81,7 +81,7 @@ def test_perplexity_matches_hand_computed_cross_entropy(tiny_model_dir) -> None:
 
     from slmkit.eval.perplexity import answer_perplexity
     from slmkit.models import load_model, load_tokenizer
-    from slmkit.train.collate import encode_chat
+    from slmkit.encoding import encode_chat
 
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     conv = [{"role": "user", "content": "set an alarm"}, {"role": "assistant", "content": "alarm"}]

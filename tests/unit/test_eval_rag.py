@@ -29,7 +29,8 @@ SYSTEM = "classify request reply with one intent"
 @pytest.fixture(scope="module")
 def index(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     """A ChromaDB folder with collection 'eval-docs' (one chunk per document) and its chunks by id."""
-    from slmkit.data.index import build_index, read_collection
+    from slmkit.chroma import read_collection
+    from slmkit.data.index import build_index
 
     root = tmp_path_factory.mktemp("rag")
     for name, text in DOCS.items():
@@ -53,7 +54,7 @@ def split(tmp_path) -> Path:
 @pytest.fixture()
 def seen(monkeypatch) -> list[list[dict]]:
     """Every conversation handed to the torch generate loop: what the model was actually prompted with."""
-    import slmkit.eval.evaluate as ev
+    import slmkit.generation as ev
 
     real, calls = ev.generate, []
 
@@ -66,11 +67,8 @@ def seen(monkeypatch) -> list[list[dict]]:
 
 
 def _app() -> typer.Typer:
-    from slmkit.eval.cli import register
+    from slmkit.cli import app
 
-    app = typer.Typer()
-    app.callback()(lambda: None)
-    register(app)
     return app
 
 
@@ -121,7 +119,7 @@ def test_eval_models_with_rag_reports_both_rows_and_prompts_hold_the_chunks(tmp_
 
 def test_eval_stage_rag_only_from_config(tmp_path, tiny_model_dir, index, split):
     from slmkit.config import BuildConfig
-    from slmkit.eval.evaluate import evaluate
+    from slmkit.eval.stage import run as evaluate
 
     persist_dir, chunks = index
     run = tmp_path / "run"
@@ -130,7 +128,7 @@ def test_eval_stage_rag_only_from_config(tmp_path, tiny_model_dir, index, split)
     cfg = BuildConfig(model={"base_model": str(tiny_model_dir)}, config_dir=str(tmp_path),
                       eval={"max_new_tokens": 3, "rag": {"collection": "eval-docs", "persist_dir": str(persist_dir),
                                                          "top_k": 1, "compare_without": False}})
-    summary = evaluate(cfg, run, "auto", show_progress=False)
+    summary = evaluate(cfg, run, task="auto", show_progress=False)
     assert list(summary["models"]) == ["base+rag"] and summary["rag"]["top_k"] == 1
     preds = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
     assert [_source_of(chunks[p["retrieved"][0]]) for p in preds] == [doc for _, _, doc in QUESTIONS]

@@ -112,8 +112,9 @@ def test_onnx_int8_export_runs_in_onnxruntime_genai(tmp_path, bpe_llama, source)
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory, bpe_llama):
     """A tiny run (data + 6 LoRA steps) exported to merged, gguf q8_0, onnx int4 and pt2, all verified."""
-    from slmkit.export.formats import ExportOptions, export_formats
-    from slmkit.pipeline import fingerprints, run_dir_of, run_stage
+    from slmkit.export.stage import ExportOptions, export_formats
+    from slmkit.pipeline import fingerprints, run_stage
+    from slmkit.runs import RunDir
     from tests.conftest import TINY_ROWS
 
     tmp = tmp_path_factory.mktemp("exported_run")
@@ -122,7 +123,7 @@ def exported_run(tmp_path_factory, bpe_llama):
                                               for t, label in TINY_ROWS))
     cfg = tiny_config(tmp, bpe_llama, csv)
     cfg.data.license = "CC-BY-NC-4.0"
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     fp = fingerprints(cfg)
     for stage in ("data", "train"):
         run_stage(cfg, run, stage, fp, show_progress=False)

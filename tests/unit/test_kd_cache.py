@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.train.collate import collate
-from slmkit.train.kd_cache import TopKCache, build_cache, cache_key, teacher_fingerprint
-from slmkit.train.kd_losses import assistant_mask, labelled_logits, log_probs
-from slmkit.train.prune import load_full_model
-from slmkit.train.sft import encode_split
+from slmkit.encoding import collate
+from slmkit.distill.kd_cache import TopKCache, build_cache, cache_key, teacher_fingerprint
+from slmkit.distill.kd_losses import assistant_mask, labelled_logits, log_probs
+from slmkit.distill.prune import load_full_model
+from slmkit.train.loop import encode_split
 from tests.conftest import TINY_ROWS, make_tiny_model_dir
 
 K = 8

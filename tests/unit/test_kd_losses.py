@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from slmkit.train.kd_losses import (divergence, forward_kl, generalized_jsd, generalized_jsd_loss, log_probs, masked_mean,
+from slmkit.distill.kd_losses import (divergence, forward_kl, generalized_jsd, generalized_jsd_loss, log_probs, masked_mean,
                                     mix_with_ce, reverse_kl, skew_kl, topk_student_log_probs, topk_teacher_log_probs)
 
 P = torch.tensor([0.5, 0.5])
@@ -120,7 +120,7 @@ def test_masking_and_alpha_mix():
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 def test_fused_head_matches_autograd_topk_forward_kl(temperature, monkeypatch):
     """Same values and gradients (hidden and head weight) as the autograd path, over several chunks."""
-    import slmkit.train.kd_head as kd_head
+    import slmkit.distill.kd_head as kd_head
 
     monkeypatch.setattr(kd_head, "CHUNK_ROWS", 7)  # 20 rows -> 3 chunks, the last one partial
     g = torch.Generator().manual_seed(5)
@@ -148,7 +148,7 @@ def test_fused_head_matches_autograd_topk_forward_kl(temperature, monkeypatch):
 
 def test_fused_head_frozen_weight_and_gradient_check():
     """A frozen head (LoRA students) gets no gradient; float64 gradcheck of the closed-form backward on hidden."""
-    from slmkit.train.kd_head import topk_forward_kl_head
+    from slmkit.distill.kd_head import topk_forward_kl_head
 
     g = torch.Generator().manual_seed(6)
     h = torch.randn(5, 4, generator=g, requires_grad=True)

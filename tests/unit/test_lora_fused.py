@@ -124,14 +124,14 @@ def test_training_with_and_without_fused_lora_ends_at_the_same_loss(tmp_path, ti
     import json
 
     from slmkit.data import prepare
-    from slmkit.pipeline import run_dir_of
-    from slmkit.train.sft import train
+    from slmkit.runs import RunDir
+    from slmkit.train.stage import run as train
 
     finals = []
     for fused in (True, False):
         cfg = tiny_config(tmp_path / str(fused), tiny_model_dir, tiny_csv, max_steps=6, lr=5e-2, warmup_ratio=0.0,
                           lora={"r": 4, "alpha": 8, "fused": fused})
-        run = run_dir_of(cfg)
+        run = RunDir.of(cfg).root
         prepare(cfg, run / "data")
         summary = train(cfg, run, show_progress=False)
         history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]

@@ -11,12 +11,13 @@ from tests.conftest import read_json, tiny_config
 
 
 def test_build_runs_every_stage_then_skips(tmp_path, tiny_model_dir, tiny_csv):
-    from slmkit.pipeline import build, run_dir_of
+    from slmkit.pipeline import build
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
     outcomes = build(cfg, show_progress=False)
     assert [(o.stage, o.status) for o in outcomes] == [("data", "ran"), ("train", "ran"), ("eval", "ran"), ("export", "ran")]
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     for stage in ("data", "train", "eval", "export"):
         assert read_manifest(run, stage)["status"] == "done"
     metrics = read_json(run / "eval" / "metrics.json")
@@ -44,11 +45,12 @@ def test_merged_export_matches_adapter_logits(tmp_path, tiny_model_dir, tiny_csv
 
     from slmkit.export.merge import prompt_logits
     from slmkit.models import load_model, load_tokenizer
-    from slmkit.pipeline import build, run_dir_of
+    from slmkit.pipeline import build
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
     build(cfg, show_progress=False)
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     tok = load_tokenizer(run / "train" / "final")
     with_adapter = load_model(tiny_model_dir, adapter=run / "train" / "final")
     merged = AutoModelForCausalLM.from_pretrained(run / "export" / "merged")
@@ -59,20 +61,22 @@ def test_merged_export_matches_adapter_logits(tmp_path, tiny_model_dir, tiny_csv
 
 
 def test_stage_without_upstream_is_refused(tmp_path, tiny_model_dir, tiny_csv):
-    from slmkit.pipeline import fingerprints, run_dir_of, run_stage
+    from slmkit.pipeline import fingerprints, run_stage
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
     with pytest.raises(SlmError, match="needs stage 'data'"):
-        run_stage(cfg, run_dir_of(cfg), "train", fingerprints(cfg))
+        run_stage(cfg, RunDir.of(cfg).root, "train", fingerprints(cfg))
 
 
 def test_failed_stage_is_not_done_and_downstream_refuses(tmp_path, tiny_model_dir, tiny_csv):
-    from slmkit.pipeline import build, run_dir_of
+    from slmkit.pipeline import build
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, lora={"target_modules": ["nope"]})
     with pytest.raises(SlmError, match="nope"):
         build(cfg, show_progress=False)
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     assert read_manifest(run, "data")["status"] == "done"
     assert read_manifest(run, "train")["status"] == "failed"
     assert not (run / "train" / "final").exists() and not (run / "eval").exists()
@@ -82,7 +86,8 @@ def test_build_with_distill_stage_ships_the_student(tmp_path, tiny_model_dir, ti
     """data -> train (teacher) -> distill (pruned student) -> eval (teacher and student) -> export (student)."""
     from transformers import AutoConfig
 
-    from slmkit.pipeline import build, final_model_dir, run_dir_of
+    from slmkit.pipeline import build
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
     cfg = cfg.model_copy(update={"stages": ["export", "distill", "data", "train", "eval"]})  # any order: run canonically
@@ -91,8 +96,8 @@ def test_build_with_distill_stage_ships_the_student(tmp_path, tiny_model_dir, ti
         "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "save_steps": 100, "logging_steps": 1}}})
     outcomes = build(cfg, show_progress=False)
     assert [o.stage for o in outcomes] == ["data", "train", "distill", "eval", "export"]
-    run = run_dir_of(cfg)
-    assert final_model_dir(cfg, run) == run / "distill" / "final"
+    run = RunDir.of(cfg).root
+    assert RunDir.of(cfg).final_model == run / "distill" / "final"
     assert read_manifest(run, "distill")["summary"]["steps"] == 3
     metrics = read_json(run / "eval" / "metrics.json")
     assert {"trained", "student"} <= set(metrics["models"])
@@ -111,7 +116,8 @@ def test_build_with_synth_stage_feeds_teacher_rows_through_cleaning(tmp_path, ti
     """synth (local teacher) -> data: the teacher's rows are cleaned and split like real rows, meta.synthetic kept."""
     from slmkit.config import load_config
     from slmkit.io import read_jsonl
-    from slmkit.pipeline import build, plan, run_dir_of
+    from slmkit.pipeline import build, plan
+    from slmkit.runs import RunDir
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"question number {i} about the weather\n" for i in range(12)) +
@@ -127,7 +133,7 @@ def test_build_with_synth_stage_feeds_teacher_rows_through_cleaning(tmp_path, ti
     assert p["synth"]["calls"] == 13 and p["synth"]["cached"] == 0 and "rows" not in p
     outcomes = build(cfg, show_progress=False)
     assert [(o.stage, o.status) for o in outcomes] == [("synth", "ran"), ("data", "ran")]
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     rows = [r for s in ("train", "val", "test") for r in read_jsonl(run / "data" / f"{s}.jsonl")]
     assert 0 < len(rows) <= 13
     assert all(r["meta"]["synthetic"]["recipe"] == "respond" and r["meta"]["license"] == "apache-2.0" for r in rows)

@@ -10,8 +10,8 @@ import typer
 from typer.testing import CliRunner
 
 from slmkit.errors import SlmError
-from slmkit.train.distill_cli import register
-from slmkit.train.prune import layers_to_keep, prune
+from slmkit.cli import app
+from slmkit.distill.prune import layers_to_keep, prune
 from tests.conftest import make_tiny_tokenizer
 
 
@@ -93,8 +93,6 @@ def test_bad_prune_specs(layers, ratio, match):
 
 def test_cli_prune_and_its_errors(tmp_path):
     src = _teacher(tmp_path / "t", layers=2)
-    app = typer.Typer()
-    register(app)
     calib = tmp_path / "calib.txt"
     calib.write_text("play some music\nset an alarm for six\n")
     runner = CliRunner()

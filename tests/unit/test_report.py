@@ -217,11 +217,8 @@ def split(tmp_path) -> Path:
 
 
 def _app() -> typer.Typer:
-    from slmkit.eval.cli import register
+    from slmkit.cli import app
 
-    app = typer.Typer()
-    app.callback()(lambda: None)  # a group, as in slm, so the command name is not read as MODEL
-    register(app)
     return app
 
 

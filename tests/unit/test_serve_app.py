@@ -10,8 +10,9 @@ from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
 from slmkit.serve.app import create_app
-from slmkit.serve.config import ServeConfig
+from slmkit.config.serve import ServeConfig
 from slmkit.serve.engine import Engine, SamplingParams
+from slmkit.serve.load import load_engine
 
 MSGS = [{"role": "system", "content": "reply with one intent"}, {"role": "user", "content": "play some music"}]
 
@@ -19,7 +20,7 @@ MSGS = [{"role": "system", "content": "reply with one intent"}, {"role": "user",
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     cfg = ServeConfig(max_tokens=64, max_prompt_tokens=64, max_body_bytes=20_000, default_max_tokens=8)
-    eng = Engine.load(str(tiny_model_dir), cfg)
+    eng = load_engine(str(tiny_model_dir), cfg)
     yield eng
     eng.stop()
 
@@ -192,12 +193,7 @@ def test_cli_config_precedence_and_missing_target(tmp_path, monkeypatch):
     with pytest.raises(SlmError, match="max_queu"):
         cli.serve_config(yml, {})
     monkeypatch.setattr(cli, "SAGEMAKER_MODEL_DIR", tmp_path / "no-such-dir")
-    app = typer.Typer()
-    cli.register(app)
-
-    @app.callback()
-    def _root() -> None:
-        pass
+    from slmkit.cli import app
 
     result = CliRunner().invoke(app, ["serve"])
     assert isinstance(result.exception, SlmError) and "no model to serve" in result.exception.message

@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
-from slmkit.serve.config import ServeConfig
-from slmkit.serve.engine import Engine, EngineStopped, PromptTooLong, QueueFull, SamplingParams, served_name
+from slmkit.config.serve import ServeConfig
+from slmkit.serve.engine import Engine, EngineStopped, PromptTooLong, QueueFull, SamplingParams
+from slmkit.serve.load import load_engine, served_name
 from slmkit.serve.text import TextTracker
 
 PROMPTS = ["what is the weather today", "set an alarm for six", "play some music please", "book a flight to paris",
@@ -23,7 +24,7 @@ def chat(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
-    eng = Engine.load(str(tiny_model_dir), ServeConfig(max_batch_size=3, max_queue=64)).start()
+    eng = load_engine(str(tiny_model_dir), ServeConfig(max_batch_size=3, max_queue=64)).start()
     yield eng
     eng.stop()
 
@@ -122,7 +123,7 @@ def _events(engine, params, prompt=PROMPTS[0]):
 
 
 def test_queue_full_cancel_and_timeout(tiny_model_dir):
-    eng = Engine.load(str(tiny_model_dir), ServeConfig(max_batch_size=1, max_queue=1, request_timeout_s=30)).start()
+    eng = load_engine(str(tiny_model_dir), ServeConfig(max_batch_size=1, max_queue=1, request_timeout_s=30)).start()
     try:
         long = SamplingParams(max_tokens=200, ignore_eos=True)
         first, q1 = _events(eng, long)
@@ -143,7 +144,7 @@ def test_queue_full_cancel_and_timeout(tiny_model_dir):
         assert eng.idle
     finally:
         eng.stop()
-    eng = Engine.load(str(tiny_model_dir), ServeConfig(request_timeout_s=0.2)).start()
+    eng = load_engine(str(tiny_model_dir), ServeConfig(request_timeout_s=0.2)).start()
     try:
         _, q = _events(eng, SamplingParams(max_tokens=100_000, ignore_eos=True))
         ev = q.get(timeout=10)
@@ -155,7 +156,7 @@ def test_queue_full_cancel_and_timeout(tiny_model_dir):
 
 
 def test_stop_drains_in_flight_then_refuses(tiny_model_dir):
-    eng = Engine.load(str(tiny_model_dir), ServeConfig()).start()
+    eng = load_engine(str(tiny_model_dir), ServeConfig()).start()
     req, q = _events(eng, SamplingParams(max_tokens=60, ignore_eos=True))
     assert q.get(timeout=10).kind == "delta"
     eng.stop(drain_s=20)

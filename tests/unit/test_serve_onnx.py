@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from slmkit.errors import SlmError
-from slmkit.serve.config import ServeConfig
-from slmkit.serve.engine import Engine, EngineStopped, QueueFull, SamplingParams, pick_backend, served_name
+from slmkit.config.serve import ServeConfig
+from slmkit.serve.engine import Engine, EngineStopped, QueueFull, SamplingParams
+from slmkit.serve.load import load_engine, pick_backend, served_name
 from tests.unit.test_serve_engine import run_concurrently
 
 pytest.importorskip("onnxruntime_genai")
@@ -51,7 +52,7 @@ def onnx_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(onnx_dir):
-    eng = Engine.load(str(onnx_dir), ServeConfig(max_batch_size=3, max_queue=64)).start()
+    eng = load_engine(str(onnx_dir), ServeConfig(max_batch_size=3, max_queue=64)).start()
     yield eng
     eng.stop()
 
@@ -105,7 +106,7 @@ def test_eos_of_the_export_ends_the_reply(engine, onnx_dir, tmp_path):
     config = json.loads((folder / "genai_config.json").read_text())
     config["model"]["eos_token_id"] = [config["model"]["eos_token_id"], ref[at]]
     (folder / "genai_config.json").write_text(json.dumps(config))
-    eng = Engine.load(str(folder), ServeConfig()).start()
+    eng = load_engine(str(folder), ServeConfig()).start()
     try:
         res = eng.generate(chat(PROMPTS[0]), SamplingParams(max_tokens=12))
         before = eng.tok.decode(ref[:at], skip_special_tokens=True)
@@ -144,7 +145,7 @@ def _events(engine: Engine, params: SamplingParams):
 
 
 def test_queue_full_cancel_and_drain(onnx_dir):
-    eng = Engine.load(str(onnx_dir), ServeConfig(max_batch_size=1, max_queue=1)).start()
+    eng = load_engine(str(onnx_dir), ServeConfig(max_batch_size=1, max_queue=1)).start()
     try:
         long = SamplingParams(max_tokens=200, ignore_eos=True)
         gate, q1 = threading.Event(), queue.Queue()
@@ -205,8 +206,8 @@ def test_chat_completions_through_the_app(engine):
 
 
 def test_backend_selection_run_layout_and_chat(onnx_dir, tmp_path, monkeypatch):
-    from slmkit.chat import load_engine_for_chat, stream_reply
-    from slmkit.serve.onnx import find_onnx_folder
+    from slmkit.serve.chat import load_engine_for_chat, stream_reply
+    from slmkit.onnx_runtime import find_onnx_folder
 
     assert pick_backend(str(onnx_dir), "auto") == "onnx"
     assert pick_backend(str(onnx_dir.parent / "hf"), "auto") == "torch"
@@ -225,7 +226,7 @@ def test_backend_selection_run_layout_and_chat(onnx_dir, tmp_path, monkeypatch):
     register_model("registered-onnx-run", "base", "", {}, run / "export" / "merged")
     assert find_onnx_folder("registered-onnx-run") == int4.resolve()
     assert served_name(str(run / "export" / "onnx-int4")) == "my-run"
-    eng = Engine.load(str(run), ServeConfig(backend="onnx"))
+    eng = load_engine(str(run), ServeConfig(backend="onnx"))
     assert eng.runner.kind == "onnx" and eng.name == "my-run"
 
     engine = load_engine_for_chat(str(onnx_dir))  # `slm chat EXPORT_FOLDER`
@@ -250,21 +251,21 @@ class _Sink:
 
 def test_clear_errors(onnx_dir, tmp_path, monkeypatch):
     with pytest.raises(SlmError, match="not a folder, a registered model or a run"):
-        Engine.load(str(tmp_path / "missing"), ServeConfig(backend="onnx"))
+        load_engine(str(tmp_path / "missing"), ServeConfig(backend="onnx"))
     empty = tmp_path / "run-without-onnx"
     (empty / "export" / "merged").mkdir(parents=True)
     with pytest.raises(SlmError, match="no ONNX export found") as err:
-        Engine.load(str(empty), ServeConfig(backend="onnx"))
+        load_engine(str(empty), ServeConfig(backend="onnx"))
     assert "--format onnx" in err.value.hint
     broken = tmp_path / "broken"
     shutil.copytree(onnx_dir, broken)
     (broken / "model.onnx").write_bytes(b"not a model")
     with pytest.raises(SlmError, match="onnxruntime-genai cannot load"):
-        Engine.load(str(broken))
+        load_engine(str(broken))
     (broken / "genai_config.json").write_text("{")
     with pytest.raises(SlmError, match="not a valid onnxruntime-genai config"):
-        Engine.load(str(broken))
+        load_engine(str(broken))
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # as if it were not installed
     with pytest.raises(SlmError, match="needs onnxruntime-genai") as err:
-        Engine.load(str(onnx_dir))
+        load_engine(str(onnx_dir))
     assert "slmkit[export]" in err.value.hint

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmkit.serve.config import ServeConfig
+from slmkit.config.serve import ServeConfig
 from slmkit.serve.engine import Engine, SamplingParams
+from slmkit.serve.load import load_engine
 from slmkit.serve.packed import PackedLinear, can_pack, pack_linears
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
@@ -44,8 +45,8 @@ def test_half_precision_models_are_left_alone():
 
 
 def test_engine_packs_by_default_and_the_flag_turns_it_off(tiny_model_dir):
-    on = Engine.load(str(tiny_model_dir), ServeConfig(max_batch_size=2))
-    off = Engine.load(str(tiny_model_dir), ServeConfig(max_batch_size=2, pack_weights=False))
+    on = load_engine(str(tiny_model_dir), ServeConfig(max_batch_size=2))
+    off = load_engine(str(tiny_model_dir), ServeConfig(max_batch_size=2, pack_weights=False))
     assert any(isinstance(m, PackedLinear) for m in on.model.modules())
     assert not any(isinstance(m, PackedLinear) for m in off.model.modules())
     messages = [{"role": "user", "content": "cancel my order"}]

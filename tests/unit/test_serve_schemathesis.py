@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 from slmkit.serve.app import create_app
-from slmkit.serve.config import ServeConfig
-from slmkit.serve.engine import Engine
+from slmkit.config.serve import ServeConfig
+from slmkit.serve.load import load_engine
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (schemathesis brings hypothesis)
@@ -27,7 +27,7 @@ GET = ["GET /v1/models", "GET /ping", "GET /health", "GET /metrics"]
 @pytest.fixture(scope="module")
 def served(tiny_model_dir):
     cfg = ServeConfig(max_tokens=16, default_max_tokens=4, max_prompt_tokens=64, max_body_bytes=20_000, max_queue=8)
-    engine = Engine.load(str(tiny_model_dir), cfg)
+    engine = load_engine(str(tiny_model_dir), cfg)
     app = create_app(engine, api_key="")
     # schemathesis' pytest plugin ends the app's lifespan (engine.stop) after each test and starts it again
     # (engine.start) on the next request, so every test begins with a running engine

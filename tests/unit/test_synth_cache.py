@@ -9,8 +9,8 @@ import pytest
 
 from slmkit.errors import SlmError
 from slmkit.synth.cache import CachedReply, SynthCache, cache_key, default_cache_path
-from slmkit.synth.config import BudgetConfig, SynthConfig, TeacherConfig
-from slmkit.synth.run import plan
+from slmkit.config.synth import BudgetConfig, SynthConfig, TeacherConfig
+from slmkit.synth.stage import plan
 from slmkit.synth.teacher import FatalCallError, LocalBackend, Request, Teacher, TransientError
 
 MSGS = [{"role": "system", "content": "s"}, {"role": "user", "content": "hello"}]

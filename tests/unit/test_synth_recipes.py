@@ -13,9 +13,9 @@ from slmkit.data.records import record_id
 from slmkit.errors import SlmError
 from slmkit.io import read_jsonl
 from slmkit.synth import prompts
-from slmkit.synth.config import SynthConfig
+from slmkit.config.synth import SynthConfig
 from slmkit.synth.inputs import chunk_text
-from slmkit.synth.run import synthesize
+from slmkit.synth.stage import synthesize
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "synth"
 
@@ -197,9 +197,10 @@ def test_config_refuses_unknown_recipe_and_duplicate_names():
 
 def test_qa_from_docs_reads_a_chromadb_collection(tmp_path):
     """Chunks stored by `slm index` feed qa_from_docs as they are; the chunk id lands in provenance."""
-    from slmkit.data.config import ChunkConfig
-    from slmkit.data.index import build_index, read_collection
-    from slmkit.synth.run import input_hashes
+    from slmkit.config.data import ChunkConfig
+    from slmkit.chroma import read_collection
+    from slmkit.data.index import build_index
+    from slmkit.synth.stage import input_hashes
 
     docs = Path(__file__).resolve().parents[1] / "fixtures" / "data" / "docs" / "rst"
     build_index([str(docs / "pep-0020.rst")], "zen", tmp_path / "index", ChunkConfig(max_tokens=96, overlap=8),

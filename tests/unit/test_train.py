@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.train.collate import IGNORE, batch_order, collate, encode_chat, prompt_messages
+from slmkit.encoding import IGNORE, batch_order, collate, encode_chat, prompt_messages
 from slmkit.train.losses import assistant_ce_loss
 from tests.conftest import make_tiny_tokenizer, read_json, tiny_config
 
@@ -73,7 +73,7 @@ def test_fast_loss_equals_transformers_loss(tiny_model_dir):
 def test_lora_targets_auto_and_bad_name(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from slmkit.train.sft import find_lora_targets
+    from slmkit.train.loop import find_lora_targets
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert find_lora_targets(model, "auto") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -84,17 +84,17 @@ def test_lora_targets_auto_and_bad_name(tiny_model_dir):
 
 def _prepared_run(tmp_path, tiny_model_dir, tiny_csv, **train):
     from slmkit.data import prepare
-    from slmkit.pipeline import run_dir_of
+    from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, **train)
-    run = run_dir_of(cfg)
+    run = RunDir.of(cfg).root
     prepare(cfg, run / "data")
     return cfg, run
 
 
 @pytest.mark.parametrize("method,lr", [("lora", 5e-2), ("full", 1e-2)])
 def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_model_dir, tiny_csv, method, lr):
-    from slmkit.train.sft import train
+    from slmkit.train.stage import run as train
 
     cfg, run = _prepared_run(tmp_path, tiny_model_dir, tiny_csv, method=method, max_steps=24, lr=lr, warmup_ratio=0.0)
     summary = train(cfg, run, show_progress=False)
@@ -109,7 +109,8 @@ def test_training_lowers_loss_and_writes_outputs(tmp_path, tiny_model_dir, tiny_
 
 def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, tiny_model_dir, tiny_csv):
     """A run resumed from its step-4 checkpoint ends with exactly the loss of the uninterrupted run."""
-    from slmkit.train.sft import latest_checkpoint, train
+    from slmkit.train.loop import latest_checkpoint
+    from slmkit.train.stage import run as train
 
     cfg, run = _prepared_run(tmp_path / "a", tiny_model_dir, tiny_csv, lora={"dropout": 0.1}, keep_checkpoints=5)
     full = train(cfg, run, show_progress=False)
@@ -126,7 +127,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(tmp_path, tiny_model_dir, 
 
 
 def test_checkpoints_are_pruned_to_keep(tmp_path, tiny_model_dir, tiny_csv):
-    from slmkit.train.sft import train
+    from slmkit.train.stage import run as train
 
     cfg, run = _prepared_run(tmp_path, tiny_model_dir, tiny_csv, max_steps=9, save_steps=2, keep_checkpoints=2)
     train(cfg, run, show_progress=False)
@@ -135,10 +136,10 @@ def test_checkpoints_are_pruned_to_keep(tmp_path, tiny_model_dir, tiny_csv):
 
 def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
     """Splitting a batch into micro-batches (token-weighted) changes memory, not the gradient."""
-    from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from slmkit.train.sft import batch_backward
+    from slmkit.hardware import detect
+    from slmkit.train.loop import batch_backward, make_accelerator
 
     tok = make_tiny_tokenizer()
     replies = ["play_music", "alarm weather", "translate hello into french", "book_flight", "weather"]
@@ -146,7 +147,9 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
     grads, losses = [], []
     for micro in (5, 2, 1, None):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-        loss, tokens = batch_backward(model, exs, tok.pad_token_id, micro, Accelerator(cpu=True))
+        # fp32 whatever ran before in this process (`auto` picks bf16 autocast on AMX CPUs; accelerate keeps it)
+        accelerator = make_accelerator(detect("cpu", "float32"), [], tiny_model_dir)
+        loss, tokens = batch_backward(model, exs, tok.pad_token_id, micro, accelerator)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         losses.append(loss)
         assert tokens == sum(len(e["input_ids"]) for e in exs)  # pad tokens are not counted
@@ -158,10 +161,10 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
 
 
 def test_auto_micro_batches_follow_the_token_budget(monkeypatch):
-    import slmkit.train.sft as sft
-    from slmkit.train.sft import micro_chunks
+    import slmkit.train.loop as loop
+    from slmkit.train.loop import micro_chunks
 
-    monkeypatch.setattr(sft, "MICRO_TOKENS", 512)  # the expected chunks below are worked out for this budget
+    monkeypatch.setattr(loop, "MICRO_TOKENS", 512)  # the expected chunks below are worked out for this budget
     MICRO_TOKENS = 512
     exs = [{"input_ids": [0] * n, "labels": [0] * n} for n in (300, 100, 100, 100, 100, 250, 40, 40)]
     chunks = micro_chunks(exs, None)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from slmkit.schema.base import _Strict
+from slmkit.config.base import _Strict
 
 
 class TeacherConfig(_Strict):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from slmkit.schema.base import _Strict
+from slmkit.config.base import _Strict
 
 
 class ServeConfig(_Strict):

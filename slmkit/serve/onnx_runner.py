@@ -9,75 +9,18 @@ ids as the torch backend); onnxruntime-genai only ever sees token ids.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from slmkit.errors import SlmError
-from slmkit.schema.serve import ServeConfig
+from slmkit.config.serve import ServeConfig
+from slmkit.onnx_runtime import find_onnx_folder, import_og, load_onnx_folder
 from slmkit.serve.engine import Request, SamplingParams
 
-INSTALL_HINT = "pip install 'slmkit[export]' (onnxruntime-genai), or serve with --backend torch"
 _SEED_RANGE = 2**31  # onnxruntime-genai takes random_seed as a 32-bit int; -1 would mean 'random'
-
-
-def import_og():
-    """onnxruntime_genai, or a one-line SlmError saying how to install it."""
-    try:
-        import onnxruntime_genai as og
-    except ImportError:
-        raise SlmError("the onnx serve backend needs onnxruntime-genai, which is not installed", INSTALL_HINT) from None
-    return og
-
-
-def find_onnx_folder(target: str) -> Path:
-    """The ONNX export to serve: the target folder itself, or a run's export/onnx-* (int4 first).
-
-    The target may also be a registered model name or runs/<name>, as for the torch backend.
-    """
-    p = Path(target).expanduser()
-    if not p.is_dir():
-        from slmkit.runs import get_model
-
-        entry = get_model(target)
-        p = Path(entry["path"]) if entry else Path("runs", target)
-    if not p.is_dir():
-        raise SlmError(f"'{target}' is not a folder, a registered model or a run in runs/",
-                       "pass an ONNX export folder (with genai_config.json) or a run folder that has export/onnx-*")
-    if (p / "genai_config.json").is_file():
-        return p
-    # registered paths point at export/merged (or train/final): the exports sit next to it in the run
-    run = p.parent.parent if p.parent.name in ("export", "train", "distill") else p
-    found = sorted((f.parent for f in run.glob("export/onnx-*/genai_config.json")),
-                   key=lambda d: (d.name != "onnx-int4", d.name))
-    if not found:
-        raise SlmError(f"no ONNX export found for '{target}' (a folder with genai_config.json, or a run with "
-                       "export/onnx-*)", f"export one with `slm export-model {run} --format onnx`, or pass the folder")
-    return found[0]
-
-
-def _genai_model_config(folder: Path) -> dict:
-    try:
-        return json.loads((folder / "genai_config.json").read_text())["model"]
-    except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"{folder / 'genai_config.json'} is not a valid onnxruntime-genai config: {e}",
-                       "re-export the model with `slm export-model RUN --format onnx`") from None
 
 
 def load_onnx(target: str, cfg: ServeConfig) -> tuple[OnnxRunner, Any]:
     """(runner, HF tokenizer) for an ONNX export folder or a run that has one."""
-    from slmkit.models import load_tokenizer
-
-    og = import_og()
-    folder = find_onnx_folder(target)
-    config = _genai_model_config(folder)
-    tok = load_tokenizer(folder)
-    try:
-        model = og.Model(str(folder))
-    except Exception as e:  # onnxruntime-genai raises RuntimeError with the ORT message on a bad folder
-        first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise SlmError(f"onnxruntime-genai cannot load {folder}: {first}",
-                       "re-export the model with `slm export-model RUN --format onnx`") from None
+    model, config, tok = load_onnx_folder(find_onnx_folder(target))
     return OnnxRunner(model, config, cfg.max_batch_size), tok
 
 

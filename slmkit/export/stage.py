@@ -1,4 +1,6 @@
-"""Export a run to every configured format, verify each artifact, and write its card.
+"""The export stage: export a run to every configured format, verify each artifact, and write its card.
+
+    slm export CONFIG        (or inside `slm build`); one format of a finished run: slm export-model RUN -f gguf
 
 Every format is built from the merged folder (itself verified against adapter + base), into
 `export/<format>[-<quant>]/` by atomic folder swap, so a failed build or verification leaves no
@@ -14,6 +16,7 @@ from typing import Literal
 from slmkit.config import BuildConfig, ExportConfig
 from slmkit.errors import SlmError
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
+from slmkit.runs import RunDir, read_manifest
 
 log = logging.getLogger("slmkit")
 
@@ -60,23 +63,29 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def export_formats(cfg: BuildConfig, run_dir: Path, opts: ExportOptions | None = None) -> dict:
+def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """Every format in `export.formats` (merged always first); `resume`: nothing to resume, each artifact is atomic."""
+    return export_formats(cfg, run_dir)
+
+
+def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None = None) -> dict:
     """Merged export, then every other format with verification; returns the stage summary.
 
     Summary keys: path/bytes/verify (the merged export, as before), formats {dir: {path, bytes, verify}}, licence.
     """
-    from slmkit.eval.backends import from_model, load_backend
+    from slmkit.eval import from_model, load_backend
     from slmkit.export.card import render_card
     from slmkit.export.licence import check_licences
     from slmkit.export.merge import export_merged
-    from slmkit.export.verify import load_eval_rows, max_new_tokens_for, verify_export
+    from slmkit.eval import max_new_tokens_for
+    from slmkit.export.verify import load_eval_rows, verify_export
     from slmkit.models import load_model, load_tokenizer
-    from slmkit.runs import read_manifest
 
-    run_dir = Path(run_dir)
+    run = RunDir.of_config(cfg, run_dir)
+    run_dir = run.root
     opts = opts or options_from_config(cfg)
-    merged = run_dir / "export" / "merged"
-    summary = export_merged(cfg, run_dir) if "merged" in opts.formats or not (merged / "slmkit.json").is_file() \
+    merged = run.merged
+    summary = export_merged(cfg, run) if "merged" in opts.formats or not (merged / "slmkit.json").is_file() \
         else {"path": str(merged), "bytes": _folder_bytes(merged), "verify": {}}
     licence = check_licences(cfg.model.base_model, run_dir)
     summary |= {"formats": {}, "licence": licence}
@@ -92,7 +101,7 @@ def export_formats(cfg: BuildConfig, run_dir: Path, opts: ExportOptions | None =
         source_preds = source.generate(rows[0], new_tokens, cfg.eval.batch_size)
     for fmt, precision in todo:
         name = fmt if fmt == "pt2" else f"{fmt}-{precision}"
-        dest = run_dir / "export" / name
+        dest = run.export(name)
         margin = opts.metric_margin_4bit if precision == "int4" else opts.metric_margin
         log.info("export %s: building from %s", name, merged)
         with atomic_dir(dest) as tmp:

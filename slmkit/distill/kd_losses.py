@@ -14,8 +14,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from slmkit.train.collate import IGNORE
-from slmkit.train.losses import labelled_hidden
+from slmkit.encoding import IGNORE
+from slmkit.train import labelled_hidden
 
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl"]
 # Floor for log-probs: exp(-1e4) == 0 in fp32, so a zero-probability bucket contributes exactly 0

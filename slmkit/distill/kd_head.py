@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.train.kd_losses import LOG_FLOOR
-from slmkit.train.losses import head_backward
+from slmkit.distill.kd_losses import LOG_FLOOR
+from slmkit.train import head_backward
 
 # Rows per head matmul. Everything happens inside the [N, V] gradient buffer, so chunks bound no memory; they are
 # only there to keep each matmul large (on this 2-core CPU one [760, 576] x [576, 49k] matmul runs 30% faster

@@ -21,8 +21,8 @@ import torch
 
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_bytes, atomic_write_json, sha256_file, sha256_json
-from slmkit.train.collate import collate
-from slmkit.train.kd_losses import kd_mask, labelled_logits, log_probs
+from slmkit.encoding import collate
+from slmkit.distill.kd_losses import kd_mask, labelled_logits, log_probs
 
 log = logging.getLogger("slmkit")
 VERSION = 1

@@ -1,7 +1,9 @@
 """The synth stage: run the configured recipes against the teacher, write `<run>/synth/rows.jsonl`.
 
-`synthesize` returns a manifest-friendly summary dict; `plan` is the `--dry-run` (calls a config would
-make and how many are cached; no teacher is contacted).
+    slm synth CONFIG [--dry-run]        (or inside `slm build` when `stages` lists synth)
+
+`run` is the stage door; `synthesize` runs a bare `SynthConfig` and returns a manifest-friendly summary dict;
+`plan` is the `--dry-run` (calls a config would make and how many are cached; no teacher is contacted).
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import logging
 from contextlib import nullcontext
 from pathlib import Path
 
+from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_jsonl, sha256_file
+from slmkit.runs import RunDir, fingerprint
+from slmkit.synth import inputs
 from slmkit.synth.cache import SynthCache, default_cache_path
-from slmkit.synth.config import SynthConfig
+from slmkit.config.synth import SynthConfig
 from slmkit.synth.recipes import RECIPES, Ctx
 from slmkit.synth.teacher import Reply, Teacher
 
@@ -24,15 +29,13 @@ def cache_path(cfg: SynthConfig, run_dir: Path, config_dir: Path) -> Path:
     if cfg.cache == "user":
         return default_cache_path()
     if cfg.cache == "run":
-        return run_dir / "synth" / "cache.sqlite"
+        return RunDir(run_dir).synth_cache
     p = Path(cfg.cache).expanduser()
     return p if p.is_absolute() else config_dir / p
 
 
 def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
     """sha256 of every file the recipes read (for the stage fingerprint)."""
-    from slmkit.synth import inputs
-
     paths: list[Path] = []
     for r in cfg.recipes:
         for attr in ("seeds", "prompts", "rows"):
@@ -43,7 +46,7 @@ def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
     hashes = {str(p): sha256_file(p) for p in paths if p.is_file()}
     for r in cfg.recipes:
         if r.type == "qa_from_docs" and r.collection:  # hash what is stored, not Chroma's files (they change on open)
-            from slmkit.data.index import collection_digest
+            from slmkit.chroma import collection_digest
 
             folder = inputs.resolve(config_dir, r.collection.path)
             hashes[f"chroma:{folder}#{r.collection.name}"] = collection_digest(folder, r.collection.name)
@@ -52,8 +55,6 @@ def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
 
 def synth_fingerprint(cfg: SynthConfig, config_dir: Path, inputs: dict[str, str] | None = None) -> str:
     """The stage fingerprint: the synth section plus the hash of every input (pass `inputs` if already hashed)."""
-    from slmkit.runs import fingerprint
-
     return fingerprint("synth", cfg.model_dump(mode="json"), inputs if inputs is not None else input_hashes(cfg, config_dir))
 
 
@@ -73,10 +74,15 @@ def _progress(show: bool):
                     TimeElapsedColumn())
 
 
+def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """The build config's synth section -> rows.jsonl. A rerun (resume or not) repeats no cached teacher call."""
+    return synthesize(cfg.synth, RunDir(run_dir).root, Path(cfg.config_dir or "."), show_progress=show_progress)
+
+
 def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress: bool = True,
                backend=None) -> dict:
     """Run every recipe in order; write rows.jsonl (also after a budget stop); return the summary."""
-    from slmkit.data.records import dedup
+    from slmkit.data import dedup_records as dedup
 
     _require_recipes(cfg)
     cache = SynthCache(cache_path(cfg, run_dir, config_dir))
@@ -103,7 +109,7 @@ def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress:
                                       "calls": after["calls"] - before["calls"], "cached": after["cached"] - before["cached"]}
                 log.info("synth %s: %d rows, dropped %s", r.label, len(rows), dropped or "none")
         rows, duplicates = dedup(ctx.rows)
-        out = atomic_write_jsonl(run_dir / "synth" / "rows.jsonl", rows)
+        out = atomic_write_jsonl(RunDir(run_dir).synth_rows, rows)
     finally:
         teacher.close()
         cache.close()

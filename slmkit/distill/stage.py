@@ -1,8 +1,11 @@
-"""Distill a teacher into a student: online, from an offline top-k cache, or on-policy (GKD).
+"""The distill stage: distill a teacher into a student, online, from an offline top-k cache, or on-policy (GKD).
+
+    slm distill CONFIG [--resume]        (or inside `slm build` when `stages` lists distill)
 
 Reads <run>/data/{train,val}.jsonl, writes <run>/distill/: student_init/ (when the student is pruned from
 the teacher), cache/ (offline mode), checkpoints/step-N/, final/ (full student weights + tokenizer +
-slmkit.json), log.jsonl, loss.png. The loop follows train/sft.py: accelerate, AdamW, same checkpoints.
+slmkit.json), log.jsonl, loss.png. The loop uses the train stage's library (train/loop.py): accelerate, AdamW,
+the same micro-batches and checkpoints.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ import torch
 import torch.nn.functional as F
 
 from slmkit.config import BuildConfig, DistillConfig, DistillTrainConfig, PruneSpec, StudentConfig  # noqa: F401 (re-exported)
+from slmkit.distill.kd_head import topk_forward_kl_head
+from slmkit.distill.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean,
+                                      mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.distill.prune import param_count, weights_folder
+from slmkit.encoding import IGNORE, batch_order, collate, steps_for
 from slmkit.errors import SlmError
 from slmkit.hardware import setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
-from slmkit.train.collate import IGNORE, batch_order, collate, steps_for
-from slmkit.train.kd_head import topk_forward_kl_head
-from slmkit.train.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean,
-                                    mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
-from slmkit.train.losses import bias_free_linear, labelled_hidden
-from slmkit.train.prune import param_count, weights_folder
-from slmkit.train.sft import (add_lora, encode_split, latest_checkpoint, load_checkpoint, make_accelerator,
-                              make_optimizer, optimizer_step, save_checkpoint, setup_runtime)
+from slmkit.runs import RunDir
+from slmkit.train import (add_lora, bias_free_linear, encode_split, labelled_hidden, latest_checkpoint,
+                          load_checkpoint, make_accelerator, make_optimizer, optimizer_step, save_checkpoint,
+                          setup_runtime)
 
 log = logging.getLogger("slmkit")
 
@@ -39,7 +43,7 @@ log = logging.getLogger("slmkit")
 def teacher_source(dcfg: DistillConfig, run_dir: Path) -> str:
     if dcfg.teacher != "train":
         return dcfg.teacher
-    final = Path(run_dir) / "train" / "final"
+    final = RunDir(run_dir).train_final
     if not final.is_dir():
         raise SlmError(f"distill.teacher is 'train' but {final} does not exist", "run `slm train CONFIG` first, or set distill.teacher")
     return str(final)
@@ -125,9 +129,9 @@ def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=No
 
 def sequence_level_records(teacher_name: str, records: list[dict], max_new_tokens: int, trust_remote_code: bool) -> list[dict]:
     """Sequence-level KD (Kim & Rush 2016): the teacher's greedy reply replaces each reference reply."""
-    from slmkit.eval.evaluate import generate
-    from slmkit.train.collate import prompt_messages
-    from slmkit.train.prune import load_full_model
+    from slmkit.generation import generate
+    from slmkit.encoding import prompt_messages
+    from slmkit.distill.prune import load_full_model
 
     teacher, tok = load_full_model(teacher_name, trust_remote_code)
     prompts = [prompt_messages(r["messages"]) for r in records]
@@ -138,21 +142,21 @@ def sequence_level_records(teacher_name: str, records: list[dict], max_new_token
 
 # ----------------------------------------------------------------------------- the stage
 
-def prepare_student(dcfg: DistillConfig, teacher: str, out: Path, data_dir: Path, trust_remote_code: bool) -> str:
-    """Model name of the student: the configured one, or the teacher pruned into out/student_init."""
+def prepare_student(dcfg: DistillConfig, teacher: str, run: RunDir, trust_remote_code: bool) -> str:
+    """Model name of the student: the configured one, or the teacher pruned into distill/student_init."""
     if dcfg.student.model is not None:
         return dcfg.student.model
     from slmkit.io import read_jsonl
-    from slmkit.train.prune import prune
+    from slmkit.distill.prune import prune
 
     spec = dcfg.student.prune
-    dest = out / "student_init"
+    dest = run.student_init
     info = dest / "slmkit.json"
     want = {"source": teacher, **spec.model_dump()}
     if info.is_file() and json.loads(info.read_text()).get("prune_spec") == want:
         return str(dest)
-    rows = read_jsonl(data_dir / "train.jsonl")[: spec.calibration_rows]
-    from slmkit.train.prune import tokenizer_of
+    rows = read_jsonl(run.split("train"))[: spec.calibration_rows]
+    from slmkit.distill.prune import tokenizer_of
 
     tok = tokenizer_of(teacher, trust_remote_code)
     texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in rows]
@@ -171,16 +175,16 @@ def _config(cfg: BuildConfig, dcfg: DistillConfig | None) -> DistillConfig:
 
 def _setup(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig) -> dict:
     """Resolve teacher and student, check them before any compute, encode the data."""
-    from slmkit.train.prune import tokenizer_of
+    from slmkit.distill.prune import tokenizer_of
 
-    run_dir, out = Path(run_dir), Path(run_dir) / "distill"
-    data_dir = run_dir / "data"
-    if not (data_dir / "train.jsonl").is_file():
-        raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
+    run = RunDir(run_dir)
+    run_dir, out = run.root, run.stage_dir("distill")
+    if not run.split("train").is_file():
+        raise SlmError(f"no training data at {run.split('train')}", "run `slm data CONFIG` (or `slm build`) first")
     trc = cfg.model.trust_remote_code
     teacher = teacher_source(dcfg, run_dir)
     t_tok = tokenizer_of(teacher, trc)
-    student = prepare_student(dcfg, teacher, out, data_dir, trc)
+    student = prepare_student(dcfg, teacher, run, trc)
     s_tok = tokenizer_of(student, trc)
     same_vocab = check_pair(teacher, student, t_tok, s_tok)
     if not same_vocab and dcfg.tokenizer_mismatch == "error":
@@ -189,17 +193,17 @@ def _setup(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig) -> dict:
                        "teacher, or set distill.tokenizer_mismatch: sequence (train on teacher-generated replies)")
     max_len = dcfg.train.max_seq_len
     if same_vocab:
-        train_ex, cut = encode_split(s_tok, data_dir / "train.jsonl", max_len)
+        train_ex, cut = encode_split(s_tok, run.split("train"), max_len)
     else:
         from slmkit.io import read_jsonl
-        from slmkit.train.collate import encode_chat
+        from slmkit.encoding import encode_chat
 
         log.info("tokenizers differ: sequence-level distillation from teacher-generated replies")
-        records = sequence_level_records(teacher, read_jsonl(data_dir / "train.jsonl"), dcfg.max_new_tokens, trc)
+        records = sequence_level_records(teacher, read_jsonl(run.split("train")), dcfg.max_new_tokens, trc)
         train_ex = [e for e in (encode_chat(s_tok, r["messages"], max_len) for r in records)
                     if any(t != IGNORE for t in e["labels"][1:])]
         cut = len(records) - len(train_ex)
-    val_ex = encode_split(s_tok, data_dir / "val.jsonl", max_len)[0] if (data_dir / "val.jsonl").is_file() else []
+    val_ex = encode_split(s_tok, run.split("val"), max_len)[0] if run.split("val").is_file() else []
     if not train_ex:
         raise SlmError("every training row lost its answer to distill.train.max_seq_len truncation", "raise distill.train.max_seq_len")
     return {"out": out, "teacher": teacher, "student": student, "tok": s_tok, "train": train_ex, "val": val_ex, "cut": cut,
@@ -209,14 +213,14 @@ def _setup(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig) -> dict:
 def cache_folder(dcfg: DistillConfig, run_dir: Path, cfg: BuildConfig) -> Path:
     from slmkit.config import resolve_path
 
-    return resolve_path(cfg, dcfg.cache_dir) if dcfg.cache_dir else Path(run_dir) / "distill" / "cache"
+    return resolve_path(cfg, dcfg.cache_dir) if dcfg.cache_dir else RunDir(run_dir).kd_cache
 
 
 def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, overwrite: bool = False,
                         show_progress: bool = True, setup: dict | None = None, on_shard=None) -> dict:
     """`slm distill-cache`: run the teacher once over the training split into the top-k cache (resumable)."""
-    from slmkit.train.kd_cache import build_cache, cache_key, teacher_fingerprint
-    from slmkit.train.prune import load_full_model
+    from slmkit.distill.kd_cache import build_cache, cache_key, teacher_fingerprint
+    from slmkit.distill.prune import load_full_model
 
     dcfg = _config(cfg, dcfg)
     setup_threads()
@@ -248,10 +252,15 @@ def _progress(total: int, done: int):
     return p, p.add_task("distill", total=total, completed=done, kd="-")
 
 
+def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
+    """The build config's distill section: the student trained against the teacher into distill/final."""
+    return distill(cfg, RunDir(run_dir).root, cfg.distill, resume=resume, show_progress=show_progress)
+
+
 def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, resume: bool = False,
             show_progress: bool = True) -> dict:
     """Train the student against the teacher on <run_dir>/data; return a summary for the manifest."""
-    from slmkit.train.prune import load_full_model
+    from slmkit.distill.prune import load_full_model
 
     dcfg = _config(cfg, dcfg)
     t_cfg = dcfg.train
@@ -264,7 +273,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     if s["sequence_level"]:
         pass  # plain CE on teacher-written replies
     elif dcfg.mode == "offline":
-        from slmkit.train.kd_cache import TopKCache
+        from slmkit.distill.kd_cache import TopKCache
 
         cache_info = build_teacher_cache(cfg, run_dir, dcfg, show_progress=show_progress, setup=s)  # no-op when complete
         cache = TopKCache(cache_folder(dcfg, run_dir, cfg), cache_info["key"])
@@ -286,7 +295,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
         teacher = teacher.to(accelerator.device)
     lora, pad_id = t_cfg.method == "lora", tok.pad_token_id
     eos_id = tok.convert_tokens_to_ids(tok.eos_token)
-    ckpt_root = out / "checkpoints"
+    ckpt_root = RunDir(run_dir).checkpoints("distill")
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
     if resume and (ckpt := latest_checkpoint(ckpt_root)):
         state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
@@ -321,7 +330,7 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
                                        "rebuild it: `slm distill-cache CONFIG --overwrite`")
                 with accelerator.autocast():
                     if s["sequence_level"]:
-                        from slmkit.train.losses import assistant_ce_loss
+                        from slmkit.train import assistant_ce_loss
 
                         loss, kd = assistant_ce_loss(model, **batch)[0], float("nan")
                     else:
@@ -362,9 +371,9 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
                "cache_bytes_per_token": cache_info.get("bytes_per_token"), "device": hw.device, "dtype": hw.dtype}
     accelerator.end_training()
     if accelerator.is_main_process:
-        _write_final(out / "final", accelerator.unwrap_model(model), tok, summary, lora)
-        atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in hist))
-        _plot(hist, out / "loss.png")
+        _write_final(RunDir(run_dir).distill_final, accelerator.unwrap_model(model), tok, summary, lora)
+        atomic_write_text(RunDir(run_dir).train_log("distill"), "".join(json.dumps(h) + "\n" for h in hist))
+        _plot(hist, RunDir(run_dir).loss_plot("distill"))
     return summary
 
 

@@ -1,32 +1,21 @@
-"""Supervised fine-tuning (LoRA or full) on canonical chat records, resumable from checkpoints.
-
-Reads <run>/data/{train,val}.jsonl, writes <run>/train/: checkpoints/step-N/ (atomic), final/,
-log.jsonl, loss.png. Goes through accelerate, so `accelerate launch` / torchrun (DDP, FSDP,
-DeepSpeed configs) run the same code on many devices.
-"""
+"""The training library SFT and distillation share: LoRA setup, split encoding, optimizer and schedule,
+accelerate set-up, token-weighted micro-batches, held-out loss, and atomic, resumable checkpoints."""
 
 from __future__ import annotations
 
 import json
-import logging
-import math
 import re
 import shutil
-import time
 from pathlib import Path
 
 import torch
 
-from slmkit.config import BuildConfig
+from slmkit.encoding import collate, encode_chat
 from slmkit.errors import SlmError
 from slmkit.hardware import detect, keep_freed_memory, setup_threads
-from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
-from slmkit.models import load_model, load_tokenizer, resolve_model
-from slmkit.train.collate import batch_order, collate, encode_chat, steps_for
+from slmkit.io import atomic_dir, atomic_write_json, read_jsonl
 from slmkit.train.losses import assistant_ce_loss
-from slmkit.train.speed import compile_layers, compile_plan, eager, warm_up
-
-log = logging.getLogger("slmkit")
+from slmkit.train.speed import eager
 
 
 def find_lora_targets(model, requested: str | list[str]) -> list[str]:
@@ -224,133 +213,3 @@ def evaluate_loss(model, examples: list[dict], pad_id: int, batch_size: int, aut
         total, count = total + float(loss) * n, count + n
     model.train()
     return total / max(count, 1)
-
-
-def _progress():
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    transient=False)
-
-
-def train(cfg: BuildConfig, run_dir: Path, resume: bool = False, show_progress: bool = True) -> dict:
-    """Fine-tune cfg.model.base_model on <run_dir>/data; return a summary for the manifest."""
-    t_cfg, out = cfg.train, Path(run_dir) / "train"
-    data_dir = Path(run_dir) / "data"
-    if not (data_dir / "train.jsonl").is_file():
-        raise SlmError(f"no training data at {data_dir / 'train.jsonl'}", "run `slm data CONFIG` (or `slm build`) first")
-    hw = setup_runtime(t_cfg)
-    lora = t_cfg.method == "lora"
-    accelerator = make_accelerator(hw, t_cfg.report_to, out)
-    torch.manual_seed(t_cfg.seed)
-    resolved = resolve_model(cfg.model.base_model)
-    tok = load_tokenizer(resolved, cfg.model.trust_remote_code)
-    # Master weights stay fp32; bf16/fp16 come from autocast (accelerate's mixed_precision).
-    model = load_model(resolved, "float32", "cpu", cfg.model.trust_remote_code)
-    if lora:
-        model = add_lora(model, t_cfg.lora)
-    model.train()
-
-    train_ex, cut = encode_split(tok, data_dir / "train.jsonl", t_cfg.max_seq_len)
-    val_ex, _ = encode_split(tok, data_dir / "val.jsonl", t_cfg.max_seq_len) if (data_dir / "val.jsonl").is_file() else ([], 0)
-    if not train_ex:
-        raise SlmError("every training row lost its answer to train.max_seq_len truncation", "raise train.max_seq_len")
-    lengths = [len(e["input_ids"]) for e in train_ex]
-    n_batches = math.ceil(len(train_ex) / t_cfg.batch_size)
-    total_steps = steps_for(n_batches, t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
-    planned_tokens = total_steps * t_cfg.batch_size * t_cfg.grad_accum * sum(lengths) // len(lengths)
-    use_compile, compile_why = compile_plan(t_cfg.compile, hw.device, planned_tokens, t_cfg.method)
-    if use_compile:
-        compile_layers(model)
-
-    params, optimizer, scheduler = make_optimizer(model, t_cfg, total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    pad_id = tok.pad_token_id
-
-    ckpt_root = out / "checkpoints"
-    state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
-    if resume and (ckpt := latest_checkpoint(ckpt_root)):
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
-        log.info("resumed from %s (step %d of %d)", ckpt, state["step"], total_steps)
-    elif not resume and ckpt_root.exists():
-        shutil.rmtree(ckpt_root)  # a fresh run must not resume from someone else's checkpoints later
-    accelerator.init_trackers("slmkit", config={"run": cfg.name, **t_cfg.model_dump()})
-
-    log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s; torch.compile %s", cfg.model.base_model,
-             len(train_ex), cut, total_steps, t_cfg.method, hw.reason, compile_why)
-    window, t_start = [], time.monotonic()
-    if use_compile and state["step"] < total_steps:  # compile time counts as training time (and shows in step 1)
-        warm_up(model, accelerator.device, assistant_ce_loss)
-    micro_size = micro_batch_size(t_cfg, hw.device)
-    per_epoch = math.ceil(n_batches / t_cfg.grad_accum) * t_cfg.grad_accum
-    order_cache: dict[int, list[list[int]]] = {}
-    rank, world = accelerator.process_index, accelerator.num_processes
-    prog = _progress() if show_progress and accelerator.is_main_process else None
-    task = prog.add_task("train", total=total_steps, completed=state["step"], loss="-") if prog else None
-    if prog:
-        prog.start()
-    try:
-        for step in range(state["step"], total_steps):
-            for micro in range(t_cfg.grad_accum):
-                epoch, pos = divmod(step * t_cfg.grad_accum + micro, per_epoch)
-                order = order_cache.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))
-                rows = order[pos % len(order)][rank::world] or order[pos % len(order)]
-                loss, n_tok = batch_backward(model, [train_ex[i] for i in rows], pad_id, micro_size, accelerator,
-                                             scale=1.0 / t_cfg.grad_accum)
-                window.append(loss)
-                state["tokens"] += n_tok
-            optimizer_step(accelerator, params, optimizer, scheduler)
-            state["step"] = step + 1
-            if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
-                entry = {"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                         "tokens": state["tokens"], "seconds": round(state["seconds"] + time.monotonic() - t_start, 2)}
-                state["history"].append(entry)
-                accelerator.log({"train/loss": entry["loss"], "train/lr": entry["lr"]}, step=state["step"])
-                log.info("step %d/%d loss %.4f", state["step"], total_steps, entry["loss"])
-                window = []
-                if prog:
-                    prog.update(task, loss=f"{entry['loss']:.4f}")
-            if prog:
-                prog.update(task, completed=state["step"])
-            if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
-                state["seconds"] = state["seconds"] + time.monotonic() - t_start
-                t_start = time.monotonic()
-                save_checkpoint(ckpt_root, state["step"], accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                lora, t_cfg.keep_checkpoints)
-    finally:
-        if prog:
-            prog.stop()
-    state["seconds"] += time.monotonic() - t_start
-
-    val_loss = evaluate_loss(model, val_ex, pad_id, t_cfg.batch_size, accelerator.autocast)
-    accelerator.log({"val/loss": val_loss} if val_loss is not None else {}, step=state["step"])
-    accelerator.end_training()
-    summary = {"steps": state["step"], "final_loss": state["history"][-1]["loss"], "val_loss": val_loss,
-               "train_rows": len(train_ex), "rows_cut": cut, "tokens": state["tokens"],
-               "seconds": round(state["seconds"], 2), "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
-               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype, "compiled": use_compile}
-    if accelerator.is_main_process:
-        write_final(out / "final", accelerator.unwrap_model(model), tok, cfg, summary)
-        atomic_write_text(out / "log.jsonl", "".join(json.dumps(h) + "\n" for h in state["history"]))
-        _plot_loss(state["history"], val_loss, out / "loss.png")
-    return summary
-
-
-def write_final(dest: Path, model, tok, cfg: BuildConfig, summary: dict) -> None:
-    with atomic_dir(dest) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)  # adapter only for LoRA, full weights otherwise
-        tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "method": cfg.train.method,
-                                                "trust_remote_code": cfg.model.trust_remote_code, "train": summary})
-
-
-def _plot_loss(history: list[dict], val_loss: float | None, path: Path) -> None:
-    try:
-        from slmkit.plots import loss_curve
-    except ImportError:  # matplotlib missing: the loss log is still written
-        return
-    series = {"train": [(h["step"], h["loss"]) for h in history]}
-    if val_loss is not None and history:
-        series["val (final)"] = [(history[-1]["step"], val_loss)]
-    loss_curve(series, path)

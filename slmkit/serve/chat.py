@@ -2,46 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
-
-from slmkit.errors import SlmError
-from slmkit.models import resolve_model
-
-
-def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
-    """RUN_OR_MODEL -> (model folder or hub id, adapter folder or None, slmkit info).
-
-    Tried in order: a run folder (its merged export, else distill/final, else train/final), an adapter or model folder,
-    a name in the registry, runs/<name>, then a model name ('default', a hub id).
-    """
-    p = Path(target).expanduser()
-    if p.is_dir():
-        for sub in ("export/merged", "distill/final", "train/final"):
-            if (p / sub).is_dir():
-                return resolve_target(str(p / sub))
-        info = json.loads((p / "slmkit.json").read_text()) if (p / "slmkit.json").is_file() else {}
-        if (p / "adapter_config.json").is_file():
-            if "base_model" not in info:
-                raise SlmError(f"adapter folder {p} does not say its base model", "chat with the run folder instead")
-            return resolve_model(info["base_model"]), p, info
-        return resolve_model(str(p)), None, info
-    from slmkit.runs import get_model
-
-    if (entry := get_model(target)) is not None:
-        return resolve_target(entry["path"])
-    if Path("runs", target).is_dir():
-        return resolve_target(str(Path("runs", target)))
-    return resolve_model(target), None, {}
 
 
 def load_engine_for_chat(target: str, trust_remote_code: bool = False, backend: str = "auto"):
     """The same engine `slm serve` uses, started for one user; an ONNX export folder runs on onnxruntime-genai."""
-    from slmkit.schema.serve import ServeConfig
-    from slmkit.serve.engine import Engine
+    from slmkit.config.serve import ServeConfig
+    from slmkit.serve.load import load_engine
 
-    return Engine.load(target, ServeConfig(backend=backend), trust_remote_code=trust_remote_code).start()
+    return load_engine(target, ServeConfig(backend=backend), trust_remote_code=trust_remote_code).start()
 
 
 def stream_reply(engine, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0, out=None) -> str:

@@ -1,4 +1,4 @@
-"""Data stage schema: sources, cleaning, chunking, fetching, limits (attached to DataConfig)."""
+"""`data:` section: sources, columns, task, splits, cleaning, chunking, fetching, limits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from slmkit.schema.base import ColumnMap, _Strict
+from slmkit.config.base import ColumnMap, _Strict
 
 SOURCE_TYPES = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "excel", "text", "markdown", "rst", "pdf",
                 "html", "url", "folder", "openai", "sharegpt", "alpaca", "squad", "preference", "hf_dataset",
@@ -107,3 +107,27 @@ class FetchConfig(_Strict):
 class LimitsConfig(_Strict):
     max_line_chars: int = Field(1_000_000, gt=0, description="longer lines are skipped (or the file, for documents)")
     max_file_bytes: int = Field(200_000_000, gt=0)
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: str = "slmkit"
+
+
+class DataConfig(_Strict):
+    path: str | None = Field(None, description="CSV/TSV/JSON/JSONL file, relative to the config file")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl"] = "auto"
+    json_field: str | None = Field(None, description="for JSON: the key holding the list of rows")
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    system_prompt: str | None = Field(None, description="system message for every row; {labels} expands to the label list")
+    task: Literal["auto", "classification", "generation"] = "auto"
+    dedup: bool = True
+    max_rows: int | None = Field(None, gt=0)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    license: str | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, description="several sources instead of one data.path")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)

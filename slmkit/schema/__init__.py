@@ -1,1 +1,0 @@
-"""Pure config schemas (pydantic only, no heavy imports), so slmkit.config can attach every stage's section."""
