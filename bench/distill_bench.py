@@ -58,7 +58,7 @@ def accuracy_and_speed(model_dir: Path, test_path: Path, max_examples: int | Non
     import torch
 
     from slmkit.eval.decode import load_test_split
-from slmkit.generation import generate
+    from slmkit.generation import generate
     from slmkit.eval.metrics import compute_metrics
     from slmkit.distill.prune import load_full_model
 

@@ -21,10 +21,10 @@ from slmkit.distill import cli as distill_cli
 from slmkit.errors import SlmError
 from slmkit.eval import cli as eval_cli
 from slmkit.export import cli as export_cli
-from slmkit.log import print_error, setup_logging
+from slmkit.log import setup_logging
 from slmkit.runs import RunDir
 from slmkit.options import (ForceOpt, LogFmtOpt, ModelOpt, NameOpt, OutOpt, ProgOpt, ResumeOpt, SetOpt,
-                            StepsOpt)
+                            StepsOpt, run_app)
 from slmkit.serve import cli as serve_cli
 from slmkit.synth import cli as synth_cli
 from slmkit.train import cli as train_cli
@@ -243,24 +243,8 @@ def make_app() -> typer.Typer:
 app = make_app()
 
 
-def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except SlmError as e:
-        print_error(e)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        sys.exit(130)
-    except Exception as e:  # click's usage errors keep their own message and exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+def main(argv: list[str] | None = None) -> None:
+    run_app(app, argv, "slm")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ def quiet_libraries() -> None:
     for noisy in ("transformers", "accelerate", "peft", "datasets"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Libraries that call tqdm directly (transformers' GGUF loader: "Converting and de-quantizing GGUF tensors...")
+    # print carriage-return noise beside slmkit's own progress. tqdm reads TQDM_* defaults when it is first imported,
+    # and every command sets up logging before it loads a model.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

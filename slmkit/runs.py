@@ -133,6 +133,11 @@ class RunDir:
         return self.root / "eval"
 
     @property
+    def eval_metrics(self) -> Path:
+        """eval/metrics.json: what export's model card and the registry read."""
+        return self.root / "eval" / "metrics.json"
+
+    @property
     def export_dir(self) -> Path:
         return self.root / "export"
 

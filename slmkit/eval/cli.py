@@ -15,6 +15,7 @@ def rag_settings(collection: str | None, persist_dir: Path | None, top_k: int, r
     """The --rag-* flags -> RagSettings, or None without --rag-collection."""
     from slmkit.errors import SlmError
     from slmkit.eval.rag import RagSettings
+    from slmkit.runs import RunDir
 
     if collection is None:
         if persist_dir is not None or rag_only:
@@ -25,7 +26,7 @@ def rag_settings(collection: str | None, persist_dir: Path | None, top_k: int, r
         if not run.is_dir():
             raise SlmError("--rag-collection needs --rag-dir when --data is a file",
                            "pass the folder given to `slm index --persist-dir`")
-        persist_dir = run / "index"  # where `slm index --run RUN` stores its collection
+        persist_dir = RunDir(run).index_dir  # where `slm index --run RUN` stores its collection
     return RagSettings(collection, persist_dir.expanduser(), top_k, compare_without=not rag_only)
 
 
@@ -39,7 +40,12 @@ def show(summary: dict, console=None) -> None:
 
 def eval_models(models: list[str] = typer.Argument(..., metavar="MODEL...",
                                                        help="Run folders, export folders, .gguf files, HF folders, 'default'"),
-                    data: str = typer.Option(..., "--data", help="JSONL split (e.g. runs/NAME/data/test.jsonl) or a run folder"),
+                    data: str = typer.Option(..., "--data", help="a run folder, its JSONL split (runs/NAME/data/test.jsonl), "
+                                                                  "or your own CSV/TSV/JSON/JSONL/Parquet of input/output rows"),
+                    system: Optional[str] = typer.Option(None, "--system", help="system prompt for rows of your own file "
+                                                                                "({labels} lists the answers)"),
+                    config: Optional[Path] = typer.Option(None, "--config", help="a build YAML whose data: section "
+                                                                                 "(columns, system_prompt) reads your file"),
                     out_dir: Path = typer.Option(Path("eval"), "--out", help="Folder for metrics.json, report.html..."),
                     task: str = typer.Option("auto", "--task", help="auto, classification, qa, generation or math"),
                     fail_under: Optional[list[str]] = typer.Option(None, "--fail-under",
@@ -71,7 +77,7 @@ def eval_models(models: list[str] = typer.Argument(..., metavar="MODEL...",
     rag = rag_settings(rag_collection, rag_dir, rag_k, rag_only, data)
     setup_logging("text")
     summary = score_models(models, data, out_dir, task, max_examples, max_new_tokens, batch_size, perplexity, progress,
-                          rag=rag)
+                          rag=rag, system=system, config=config)
     out = Console()
     print_table(summary, out)
     out.print(f"report: {out_dir / 'report.html'}")

@@ -5,6 +5,7 @@ Writes into the output folder: predictions.jsonl, metrics.json, metrics.md, repo
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -16,14 +17,54 @@ from slmkit.runs import RunDir
 log = logging.getLogger("slmkit")
 
 
-def resolve_split(data: str) -> Path:
-    """A JSONL split file, or a run folder (its data/test.jsonl)."""
+def resolve_split(data: str, out_dir: Path | None = None, system: str | None = None,
+                  config: Path | None = None) -> Path:
+    """The chat-record split to score: a run folder's data/test.jsonl, a split file of chat records, or any file the
+    data stage reads (CSV/TSV/JSON/JSONL/Parquet rows with input/output columns, chat logs...), turned into chat
+    records with the build's `data:` settings (`config`) or a system prompt (`system`) and written to
+    out_dir/eval_rows.jsonl."""
     path = Path(data).expanduser()
     if path.is_dir():
         path = RunDir(path).split("test")
     if not path.is_file():
-        raise SlmError(f"no eval split at {path}", "pass a JSONL split (e.g. runs/NAME/data/test.jsonl) or a run folder")
-    return path
+        raise SlmError(f"no eval split at {path}", "pass a JSONL split (e.g. runs/NAME/data/test.jsonl), a run folder, "
+                                                   "or a CSV/JSON/JSONL file of input/output rows")
+    if _is_chat_split(path) and system is None and config is None:
+        return path
+    return _records_from_rows(path, Path(out_dir or "."), system, config)
+
+
+def _is_chat_split(path: Path) -> bool:
+    """A JSONL file whose first row is a chat record ({'messages': [...]}), as the data stage writes them."""
+    if path.suffix.lower() != ".jsonl":
+        return False
+    with path.open(encoding="utf-8") as f:
+        first = next((ln for ln in f if ln.strip()), "")
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("messages"), list)
+
+
+def _records_from_rows(path: Path, out_dir: Path, system: str | None, config: Path | None) -> Path:
+    """Every row of `path` as a chat record, read and cleaned by the data stage (no split, no dedup: the user's
+    eval file is scored as given)."""
+    from slmkit.config import load_config
+    from slmkit.data import load_records
+
+    data: dict = {"path": str(path.resolve()), "sources": [], "split": {"val": 0.0, "test": 0.0}, "dedup": False,
+                  "clean": {"dedup": {"exact": False, "near": False}}}
+    if system is not None:
+        data["system_prompt"] = system
+    cfg = load_config(config, {"data": data})
+    groups, _chunks, summary, _report = load_records(cfg)
+    rows = [r for split in groups.values() for r in split]
+    if not rows:
+        raise SlmError(f"{path}: no rows to evaluate", "give rows with an input and an output column")
+    dest = atomic_write_jsonl(out_dir / "eval_rows.jsonl", rows)
+    log.info("eval rows: %d from %s (task %s), as chat records in %s", len(rows), path, summary["task"], dest)
+    return dest
 
 
 def parse_fail_under(items: list[str]) -> list[tuple[str | None, str, float]]:
@@ -82,7 +123,7 @@ def _run_of(spec: str) -> Path | None:
 
 def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", max_examples: int | None = None,
                 max_new_tokens: int = 32, batch_size: int = 8, perplexity: bool = True, show_progress: bool = True,
-                rag: RagSettings | None = None) -> dict:
+                rag: RagSettings | None = None, system: str | None = None, config: Path | None = None) -> dict:
     """Score every model on the split; return {"task", "n", "models": {name: metrics}} and write the files.
 
     With `rag`, each model is also (or only) scored with retrieved context and shows up as "<name>+rag".
@@ -95,7 +136,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
 
     if not specs:
         raise SlmError("no models to evaluate", "pass one or more models: run folders, export folders, .gguf files, 'default'")
-    split = resolve_split(data)
+    split = resolve_split(data, Path(out_dir), system, config)
     prompts, refs = load_test_split(split, max_examples)
     rows = read_jsonl(split)[:len(refs)]
     if task == "auto":  # the data stage sets "label" only on classification rows

@@ -78,7 +78,7 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     out = run.eval_dir
     summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
     atomic_write_jsonl(out / "predictions.jsonl", predictions)
-    atomic_write_json(out / "metrics.json", summary)
+    atomic_write_json(run.eval_metrics, summary)
     atomic_write_text(out / "metrics.md", metrics_table_md(summary))
     try:
         from slmkit.plots import metric_bars

@@ -29,8 +29,9 @@ def _data_sources(run_dir: Path) -> list[dict]:
     path = RunDir(run_dir).manifest("data")
     summary = json.loads(path.read_text()).get("summary", {}) if path.is_file() else {}
     if summary.get("sources"):
-        return [{"source": s.get("source"), "sha256": s.get("sha256") or s.get("source_sha256"), "license": s.get("license")}
-                for s in summary["sources"]]
+        # each source row names its file or URL under "name" (data stage summary); "source" in older manifests
+        return [{"source": s.get("name") or s.get("source"), "sha256": s.get("sha256") or s.get("source_sha256"),
+                 "license": s.get("license")} for s in summary["sources"]]
     if summary.get("source"):
         return [{"source": summary["source"], "sha256": summary.get("source_sha256"), "license": summary.get("license")}]
     return []
@@ -47,7 +48,8 @@ def check_licences(base_model: str, run_dir: Path) -> dict:
     for what, lic, status in [(f"base model {base_model}", model_lic, model["status"])] + \
                              [(f"data source {d['source']}", d["license"], d["status"]) for d in data]:
         if status != "ok":
-            warnings.append(f"{what} has a {status} licence ({lic or 'none given'})")
+            article = "an" if status[0] in "aeiou" else "a"
+            warnings.append(f"{what} has {article} {status} licence ({lic or 'none given'})")
     for w in warnings:
         log.warning("LICENCE WARNING: %s -- check it allows your use before shipping this model", w)
     return {"model": model, "data": data, "warnings": warnings, "commercial_ok": not warnings}

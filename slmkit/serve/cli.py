@@ -16,7 +16,8 @@ from typing import Optional
 import typer
 
 from slmkit.errors import SlmError
-from slmkit.log import print_error, setup_logging
+from slmkit.log import setup_logging
+from slmkit.options import run_app
 from slmkit.config.serve import ServeConfig
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -121,11 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] != "serve":
         args = ["serve", *args]
-    try:
-        app(args, standalone_mode=False)
-    except SlmError as e:
-        print_error(e)
-        sys.exit(e.exit_code)
+    run_app(app, args, "serve")
 
 
 if __name__ == "__main__":

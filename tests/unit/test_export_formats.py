@@ -145,6 +145,10 @@ def test_export_stage_all_formats_verified_with_cards(exported_run):
         assert entry["bytes"] > 0 and Path(entry["path"]).exists()
     assert (run / "export" / "onnx-int4" / "genai_config.json").is_file()
     assert summary["licence"]["warnings"] and not summary["licence"]["commercial_ok"]
+    warnings = summary["licence"]["warnings"]  # each names the file it is about, in plain English
+    assert any(w.startswith(f"data source {run.parent.parent / 'rows.csv'} has a non-commercial licence")
+               for w in warnings), warnings
+    assert any(w.startswith("base model ") and " has an unknown licence" in w for w in warnings), warnings
     assert summary["formats"]["pt2"]["verify"]["metric"]["drop_points"] == 0.0  # same fp32 graph, same answers
     assert not list((run / "export").glob(".*.tmp"))
 
@@ -184,3 +188,25 @@ def test_metric_drop_beyond_margin_fails_and_leaves_nothing(tmp_path, bpe_llama,
         verify_export(source, Broken(), "q8_0", 2.0, (conv, refs, "classification"), 4, 2, source_preds=refs)
     ok = verify_export(source, Broken(), "q8_0", 2.0, None)
     assert ok["logits"]["max_abs_diff"] == 0.0 and "metric" not in ok
+
+
+def test_export_model_cli_shows_no_library_progress_bars(exported_run):
+    """`slm export-model`: transformers' own tqdm bars (its GGUF reader's "Converting and de-quantizing GGUF
+    tensors...") stay out of the output; the command's result lines are what it prints."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from slmkit.config import load_config
+
+    run, _summary = exported_run
+    cfg = load_config(None, {"name": run.name, "output_dir": str(run.parent), "model": {"base_model": str(
+        json.loads((run / "train" / "final" / "slmkit.json").read_text())["base_model"])}}, environ={})
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = subprocess.run([sys.executable, "-m", "slmkit.cli", "export-model", str(run), "-f", "gguf", "-q", "f16",
+                          "--verify-examples", "2"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "gguf-f16" in res.stdout and "max |logit diff|" in res.stdout
+    assert "de-quantizing" not in res.stdout + res.stderr and "\r" not in res.stdout + res.stderr
