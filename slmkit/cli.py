@@ -23,7 +23,7 @@ from slmkit.eval import cli as eval_cli
 from slmkit.export import cli as export_cli
 from slmkit.log import setup_logging
 from slmkit.runs import RunDir
-from slmkit.options import (ForceOpt, LogFmtOpt, ModelOpt, NameOpt, OutOpt, ProgOpt, ResumeOpt, SetOpt,
+from slmkit.options import (FailCollapseOpt, ForceOpt, LogFmtOpt, ModelOpt, NameOpt, OutOpt, ProgOpt, ResumeOpt, SetOpt,
                             StepsOpt, run_app)
 from slmkit.serve import cli as serve_cli
 from slmkit.synth import cli as synth_cli
@@ -35,7 +35,7 @@ SHOW = {"data": data_cli.show, "synth": synth_cli.show, "train": train_cli.show,
 
 
 def _stage_cmd(stage: str, config: Path, sets, name=None, output_dir=None, base_model=None, max_steps=None,
-               force: bool = False, log_format: str = "text", progress: bool = True, resume: bool = False) -> None:
+               force: bool = False, log_format: str = "text", progress: bool = True, resume: bool = False) -> dict:
     """One stage under the pipeline's manifest. A stage the config does not list (`slm distill` on a config without
     distill in `stages`) runs as if it were listed, so a later `slm build` of that config finds it done."""
     from slmkit.pipeline import fingerprints, run_stage
@@ -52,13 +52,15 @@ def _stage_cmd(stage: str, config: Path, sets, name=None, output_dir=None, base_
     out.print(f"[bold]{stage}[/]: {outcome.status} -> {run_dir.stage_dir(stage)}")
     if stage in SHOW:
         SHOW[stage](outcome.summary, out)
+    return outcome.summary
 
 
 def build(config: Path, force: bool = ForceOpt,
           dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, run nothing"),
           resume: bool = ResumeOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
           output_dir: Optional[str] = OutOpt, base_model: Optional[str] = ModelOpt,
-          max_steps: Optional[int] = StepsOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
+          max_steps: Optional[int] = StepsOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt,
+          fail_on_collapse: bool = FailCollapseOpt) -> None:
     """Run the config's stages ([synth ->] data -> train [-> distill] -> eval -> export) in runs/<name>/."""
     from slmkit.pipeline import build as run_build
     from slmkit.pipeline import plan
@@ -82,6 +84,8 @@ def build(config: Path, force: bool = ForceOpt,
         out.print(f"model: {model}\nchat with it: slm chat {run_dir}")
     else:
         out.print(f"no model in this build (stages: {', '.join(cfg.stages)}); outputs in {run_dir}")
+    if ev and fail_on_collapse:
+        eval_cli.fail_on_collapse(ev)
 
 
 def _print_plan(p: dict, log_format: str) -> None:
@@ -138,9 +142,12 @@ def distill(config: Path, force: bool = ForceOpt, resume: bool = ResumeOpt, sets
 
 
 def eval_(config: Path, force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-          output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
+          output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt,
+          fail_on_collapse: bool = FailCollapseOpt) -> None:
     """Score base and trained model on the test split."""
-    _stage_cmd("eval", config, sets, name, output_dir, force=force, log_format=log_format, progress=progress)
+    summary = _stage_cmd("eval", config, sets, name, output_dir, force=force, log_format=log_format, progress=progress)
+    if fail_on_collapse:
+        eval_cli.fail_on_collapse(summary)
 
 
 def export(config: Path, force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,

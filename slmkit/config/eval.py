@@ -21,5 +21,5 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = Field(None, gt=0)
     compare_base: bool = True
-    task: Literal["auto", "classification", "qa", "generation", "math"] = "auto"
+    task: Literal["auto", "classification", "extraction", "qa", "generation", "math"] = "auto"
     rag: EvalRagConfig = Field(default_factory=EvalRagConfig, description="retrieval-augmented eval (off until collection is set)")

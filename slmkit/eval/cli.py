@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-TASKS = ("auto", "classification", "qa", "generation", "math")
+TASKS = ("auto", "classification", "extraction", "qa", "generation", "math")
 
 
 def rag_settings(collection: str | None, persist_dir: Path | None, top_k: int, rag_only: bool, data: str):
@@ -38,6 +38,20 @@ def show(summary: dict, console=None) -> None:
         print_table(summary, console)
 
 
+def fail_on_collapse(summary: dict) -> None:
+    """`--fail-on-collapse`: exit 1, naming each collapsed model (the base model does not count)."""
+    from rich.console import Console
+
+    from slmkit.eval.quality import collapsed_models
+
+    bad = collapsed_models(summary)
+    for name in bad:
+        Console(stderr=True).print(f"[bold red]collapsed:[/] {name}: {summary['quality'][name]['collapse']['reason']}",
+                                   soft_wrap=True)
+    if bad:
+        raise typer.Exit(1)
+
+
 def eval_models(models: list[str] = typer.Argument(..., metavar="MODEL...",
                                                        help="Run folders, export folders, .gguf files, HF folders, 'default'"),
                     data: str = typer.Option(..., "--data", help="a run folder, its JSONL split (runs/NAME/data/test.jsonl), "
@@ -61,7 +75,9 @@ def eval_models(models: list[str] = typer.Argument(..., metavar="MODEL...",
                     rag_dir: Optional[Path] = typer.Option(
                         None, "--rag-dir", help="its ChromaDB folder (default: RUN/index when --data is a run folder)"),
                     rag_k: int = typer.Option(3, "--rag-k", min=1, help="chunks retrieved per prompt"),
-                    rag_only: bool = typer.Option(False, "--rag-only", help="score only the +rag rows")) -> None:
+                    rag_only: bool = typer.Option(False, "--rag-only", help="score only the +rag rows"),
+                    fail_collapse: bool = typer.Option(False, "--fail-on-collapse",
+                                                       help="exit 1 when a model collapsed (one answer to nearly everything)")) -> None:
     """Score every MODEL on the same split; write metrics.json, predictions.jsonl and a self-contained report.html."""
     from rich.console import Console
 
@@ -81,6 +97,8 @@ def eval_models(models: list[str] = typer.Argument(..., metavar="MODEL...",
     out = Console()
     print_table(summary, out)
     out.print(f"report: {out_dir / 'report.html'}")
+    if fail_collapse:
+        fail_on_collapse(summary)
     failures = check_fail_under(summary, rules)
     for f in failures:
         Console(stderr=True).print(f"[bold red]below threshold:[/] {f}")

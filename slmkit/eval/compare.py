@@ -131,6 +131,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
     from slmkit.eval.backends import load_backend
     from slmkit.eval.decode import generate_backend_with_progress, load_test_split, max_new_tokens_for
     from slmkit.eval.metrics import compute_metrics, confusion_matrix, infer_task
+    from slmkit.eval.quality import assess, warnings_for
     from slmkit.eval.report import read_loss_series, write_report
     from slmkit.io import read_jsonl
 
@@ -143,7 +144,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
         task = "classification" if all(r.get("label") is not None for r in rows) else infer_task(refs)
     # Retrieval (and its missing-collection error) happens before any model is loaded.
     prompt_sets = variants(prompts, [r["messages"] for r in rows], rag)
-    results, predictions, confusion, spec_of = {}, [], {}, {}
+    results, predictions, confusion, spec_of, quality = {}, [], {}, {}, {}
     for name, spec in zip(_unique_names(specs), specs):
         try:
             backend = load_backend(spec, name=name)
@@ -157,6 +158,7 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
             vname = name + variant.suffix
             preds = generate_backend_with_progress(backend, variant.prompts, new_tokens, batch_size, vname, show_progress)
             results[vname] = compute_metrics(preds, refs, task)
+            quality[vname] = assess(preds, refs, task)
             if perplexity and backend.has_torch_model:
                 from slmkit.eval.perplexity import answer_perplexity
 
@@ -166,7 +168,8 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
             predictions += prediction_rows(vname, variant, prompts, refs, preds)
             spec_of[vname] = spec
         del backend
-    summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
+    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | ({"rag": rag.describe()} if rag else {})
+    summary["warnings"] = warnings_for(summary)
     out_dir = Path(out_dir)
     from slmkit.eval.tables import metrics_table_md
 

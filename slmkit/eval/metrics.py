@@ -9,9 +9,10 @@ from collections import Counter
 from slmkit.errors import SlmError
 
 _INSTALL_HINT = "pip install rouge-score sacrebleu"
-_TASKS = ("classification", "generation", "qa", "math")
+_TASKS = ("classification", "extraction", "generation", "qa", "math")
 # The one number each task is judged by (export verification, --fail-under defaults, report ordering).
-HEADLINE = {"classification": "accuracy", "generation": "rouge_l", "qa": "f1", "math": "accuracy"}
+HEADLINE = {"classification": "accuracy", "extraction": "entity_f1", "generation": "rouge_l", "qa": "f1",
+            "math": "accuracy"}
 _QUOTES = "\"'`"
 _TRAILING_PUNCT = ".,;:!?"
 _PUNCT = frozenset(string.punctuation)
@@ -107,7 +108,7 @@ def macro_f1(preds: list[str], refs: list[str]) -> float:
 
 
 def compute_metrics(preds: list[str], refs: list[str], task: str) -> dict[str, float]:
-    """All metrics for `task` (classification, generation, qa or math), plus the count "n"."""
+    """All metrics for `task` (classification, extraction, generation, qa or math), plus the count "n"."""
     if task not in _TASKS:
         raise SlmError(f"unknown eval task {task!r}", f"use one of: {', '.join(_TASKS)}")
     _check_pairs(preds, refs)
@@ -116,6 +117,10 @@ def compute_metrics(preds: list[str], refs: list[str], task: str) -> dict[str, f
         out["accuracy"] = math_accuracy(preds, refs)
         out["answered"] = sum(extract_number(p) is not None for p in preds) / len(preds)
         return out
+    if task == "extraction":
+        from slmkit.eval.extraction import extraction_scores
+
+        return out | extraction_scores(preds, refs)
     if task == "classification":
         out["accuracy"] = accuracy(preds, refs)
     out["exact_match"] = sum(map(exact_match, preds, refs)) / len(preds)
@@ -179,13 +184,18 @@ def confusion_matrix(preds: list[str], refs: list[str]) -> dict:
 def infer_task(refs: list[str]) -> str:
     """Guess the task kind from the references when the config says "auto".
 
-    math: most references end in a GSM8K `#### N`; classification: few distinct short references that
-    repeat; qa: short answers (at most 8 words, the SQuAD answer-length regime); generation otherwise.
+    math: most references end in a GSM8K `#### N`; extraction: `type: span; ...` lists (or `none`) or JSON objects
+    of typed spans; classification: few distinct short references that repeat; qa: short answers (at most 8 words,
+    the SQuAD answer-length regime); generation otherwise.
     """
+    from slmkit.eval.extraction import looks_like_extraction
+
     if not refs:
         raise SlmError("cannot infer the task of an empty split", "add examples to the split, or set the task")
     if sum("####" in r and extract_number(r) is not None for r in refs) >= 0.8 * len(refs):
         return "math"
+    if looks_like_extraction(refs):
+        return "extraction"
     words = [len(r.split()) for r in refs]
     distinct = len({normalize_label(r) for r in refs})
     if max(words) <= 4 and distinct <= max(2, len(refs) // 2):

@@ -112,6 +112,15 @@ def _disagreement_table(rows: list[dict], models: list[str], correct) -> str:
             f"<th>reference</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}")
 
 
+def _warnings_banner(warnings: list[str] | None) -> str:
+    """A red box above everything else: a collapsed model or a tiny test split must not look like success."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return (f"<div class='warn' role='alert' style='border:2px solid #c00;background:#fee;color:#900;padding:.5em 1em'>"
+            f"<b>Warning</b><ul>{items}</ul></div>")
+
+
 def render_report(summary: dict, predictions: list[dict], confusion: dict[str, dict] | None = None,
                   loss_series: dict[str, list[tuple[int, float]]] | None = None, title: str = "slmkit evaluation") -> str:
     """The HTML text. summary: {"task", "n", "models": {name: {metric: value}}}."""
@@ -120,7 +129,8 @@ def render_report(summary: dict, predictions: list[dict], confusion: dict[str, d
 
     task, models = summary["task"], list(summary["models"])
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p>Task: <b>{html.escape(task)}</b>, {summary['n']} examples, "
-             f"{len(models)} models.</p>", _rag_note(summary.get("rag")), "<h2>Summary</h2>", _summary_table(summary)]
+             f"{len(models)} models.</p>", _warnings_banner(summary.get("warnings")), _rag_note(summary.get("rag")),
+             "<h2>Summary</h2>", _summary_table(summary)]
     chart_title = f"{task}: {summary['n']} examples"
     try:
         png = _png_b64(lambda p: metric_bars(summary["models"], p, title=chart_title))

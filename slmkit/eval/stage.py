@@ -15,6 +15,7 @@ from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
 from slmkit.eval.decode import generate_with_progress, load_test_split, max_new_tokens_for
 from slmkit.eval.metrics import compute_metrics, confusion_matrix
+from slmkit.eval.quality import assess, warnings_for
 from slmkit.eval.rag import prediction_rows, settings_from_config, variants
 from slmkit.eval.tables import metrics_table_md
 from slmkit.hardware import detect, setup_threads
@@ -61,6 +62,7 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     results: dict[str, dict] = {}
     predictions: list[dict] = []
     confusion: dict[str, dict] = {}
+    quality: dict[str, dict] = {}
     for name, (model_path, adapter) in _models_to_compare(cfg, run).items():
         tok = load_tokenizer(adapter or model_path, cfg.model.trust_remote_code)
         model = load_model(model_path, hw.dtype, hw.device, cfg.model.trust_remote_code, adapter=adapter)
@@ -70,13 +72,17 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
             preds = generate_with_progress(model, tok, variant.prompts, new_tokens, cfg.eval.batch_size, vname,
                                             show_progress)
             results[vname] = compute_metrics(preds, refs, task)
+            quality[vname] = assess(preds, refs, task)
             if task == "classification":
                 confusion[vname] = confusion_matrix(preds, refs)
             predictions += prediction_rows(vname, variant, prompts, refs, preds)
             log.info("eval %s: %s", vname, {k: round(v, 4) for k, v in results[vname].items()})
         del model
     out = run.eval_dir
-    summary = {"task": task, "n": len(refs), "models": results} | ({"rag": rag.describe()} if rag else {})
+    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | ({"rag": rag.describe()} if rag else {})
+    summary["warnings"] = warnings_for(summary, skip=("base",))
+    for w in summary["warnings"]:
+        log.warning("eval: %s", w)
     atomic_write_jsonl(out / "predictions.jsonl", predictions)
     atomic_write_json(run.eval_metrics, summary)
     atomic_write_text(out / "metrics.md", metrics_table_md(summary))
