@@ -17,7 +17,7 @@ DPI = 100  # so every PNG is 800x500 pixels
 
 
 def loss_curve(series: dict[str, list[tuple[int, float]]], path: str | Path,
-               title: str = "Training loss") -> Path:
+               title: str = "Training loss", ylabel: str = "loss") -> Path:
     """One line per named series of (step, loss) points."""
     drawn = {name: sorted(points) for name, points in series.items() if points}
     if not drawn:
@@ -27,7 +27,7 @@ def loss_curve(series: dict[str, list[tuple[int, float]]], path: str | Path,
         steps, losses = zip(*points)
         ax.plot(steps, losses, label=name, marker="o" if len(points) < 20 else None, markersize=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, path)

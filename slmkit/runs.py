@@ -105,6 +105,15 @@ class RunDir:
         return self.root / stage / "loss.png"
 
     @property
+    def train_best(self) -> Path:
+        """Weights of the best validation so far (train.load_best_model_at_end)."""
+        return self.root / "train" / "best"
+
+    @property
+    def val_plot(self) -> Path:
+        return self.root / "train" / "val.png"
+
+    @property
     def train_final(self) -> Path:
         return self.root / "train" / "final"
 

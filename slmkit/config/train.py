@@ -33,6 +33,13 @@ class TrainConfig(_Strict):
     save_steps: int = Field(50, gt=0)
     keep_checkpoints: int = Field(2, gt=0)
     logging_steps: int = Field(5, gt=0)
+    eval_steps: Literal["auto"] | PositiveInt | None = Field(
+        "auto", description="steps between validations (the task's metric on the val split, decoded greedily); "
+                            "'auto': at most ~10% of training time; null: no validation (SFT only)")
+    eval_max_rows: int = Field(64, gt=0, description="val rows each validation decodes")
+    load_best_model_at_end: bool = Field(True, description="finish with the weights of the best validation, not the last step")
+    early_stopping_patience: int | None = Field(
+        3, gt=0, description="stop after this many validations without improvement; null: never")
     seed: int = 0
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"

@@ -121,8 +121,20 @@ def _warnings_banner(warnings: list[str] | None) -> str:
             f"<b>Warning</b><ul>{items}</ul></div>")
 
 
+def read_val_series(run_dirs: dict[str, Path]) -> dict[str, list[tuple[int, float]]]:
+    """{"<run> val <metric>": [(step, value)]} from each run's train manifest (validations during training)."""
+    series = {}
+    for name, run in run_dirs.items():
+        path = RunDir(run).manifest("train")
+        summary = (json.loads(path.read_text()).get("summary") or {}) if path.is_file() else {}
+        if summary.get("val_history"):
+            series[f"{name} val {summary['val_metric']}"] = [(h["step"], h["value"]) for h in summary["val_history"]]
+    return series
+
+
 def render_report(summary: dict, predictions: list[dict], confusion: dict[str, dict] | None = None,
-                  loss_series: dict[str, list[tuple[int, float]]] | None = None, title: str = "slmkit evaluation") -> str:
+                  loss_series: dict[str, list[tuple[int, float]]] | None = None, title: str = "slmkit evaluation",
+                  val_series: dict[str, list[tuple[int, float]]] | None = None) -> str:
     """The HTML text. summary: {"task", "n", "models": {name: {metric: value}}}."""
     from slmkit.eval.metrics import exact_match, extract_number, normalize_label
     from slmkit.plots import loss_curve, metric_bars
@@ -140,6 +152,10 @@ def render_report(summary: dict, predictions: list[dict], confusion: dict[str, d
     if loss_series:
         png = _png_b64(lambda p: loss_curve(loss_series, p))
         parts.append(f"<h2>Training loss</h2><img alt='training loss curves' src='data:image/png;base64,{png}'>")
+    if val_series:
+        png = _png_b64(lambda p: loss_curve(val_series, p, title="Validation during training", ylabel="val metric"))
+        parts.append(f"<h2>Validation during training</h2><img alt='validation metric curves' "
+                     f"src='data:image/png;base64,{png}'>")
     if confusion:
         parts.append("<h2>Confusion matrices</h2>" + "".join(_confusion_table(n, cm) for n, cm in confusion.items()))
     correct = {"classification": lambda p, r: normalize_label(p) == normalize_label(r),
@@ -153,5 +169,6 @@ def render_report(summary: dict, predictions: list[dict], confusion: dict[str, d
 
 
 def write_report(path: Path, summary: dict, predictions: list[dict], confusion: dict[str, dict] | None = None,
-                 loss_series: dict[str, list[tuple[int, float]]] | None = None, title: str = "slmkit evaluation") -> Path:
-    return atomic_write_text(path, render_report(summary, predictions, confusion, loss_series, title))
+                 loss_series: dict[str, list[tuple[int, float]]] | None = None, title: str = "slmkit evaluation",
+                 val_series: dict[str, list[tuple[int, float]]] | None = None) -> Path:
+    return atomic_write_text(path, render_report(summary, predictions, confusion, loss_series, title, val_series))

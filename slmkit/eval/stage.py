@@ -92,10 +92,10 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         metric_bars(results, out / "metrics.png", title=f"{cfg.name}: test split ({len(refs)} examples)")
     except (ImportError, SlmError) as e:  # a chart is a nicety; the numbers are written already
         log.warning("metrics chart skipped: %s", e)
-    from slmkit.eval.report import read_loss_series, write_report
+    from slmkit.eval.report import read_loss_series, read_val_series, write_report
 
     write_report(out / "report.html", summary, predictions, confusion, read_loss_series({cfg.name: run.root}),
-                 title=f"{cfg.name}: evaluation")
+                 title=f"{cfg.name}: evaluation", val_series=read_val_series({cfg.name: run.root}))
     return summary
 
 

@@ -132,6 +132,16 @@ def _load_weights(model, folder: Path, lora: bool) -> None:
         st_load_model(model, str(folder / "model.safetensors"))
 
 
+def save_weights_to(dest: Path, model, lora: bool) -> None:
+    """The trainable weights alone (adapter, or the full model), by atomic folder swap: train/best/."""
+    with atomic_dir(dest) as tmp:
+        _save_weights(model, tmp, lora)
+
+
+def load_weights_from(folder: Path, model, lora: bool) -> None:
+    _load_weights(model, folder, lora)
+
+
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, lora: bool, keep: int) -> Path:
     dest = root / f"step-{step}"
     with atomic_dir(dest) as tmp:

@@ -27,9 +27,10 @@ from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
 from slmkit.train.loop import (add_lora, batch_backward, encode_split, evaluate_loss, latest_checkpoint,
                                load_checkpoint, make_accelerator, make_optimizer, micro_batch_size, optimizer_step,
-                               save_checkpoint, setup_runtime)
+                               load_weights_from, save_checkpoint, save_weights_to, setup_runtime)
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import compile_layers, compile_plan, warm_up
+from slmkit.train.validate import make_validator
 
 log = logging.getLogger("slmkit")
 
@@ -77,12 +78,17 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     pad_id = tok.pad_token_id
 
     ckpt_root = run.checkpoints("train")
+    validator = make_validator(cfg, run, tok)
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
     if resume and (ckpt := latest_checkpoint(ckpt_root)):
         state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
         log.info("resumed from %s (step %d of %d)", ckpt, state["step"], total_steps)
-    elif not resume and ckpt_root.exists():
-        shutil.rmtree(ckpt_root)  # a fresh run must not resume from someone else's checkpoints later
+    elif not resume:
+        for stale in (ckpt_root, run.train_best):  # a fresh run must not resume from someone else's checkpoints later
+            if stale.exists():
+                shutil.rmtree(stale)
+    if validator is not None:
+        validator.load(state.get("val"))
     accelerator.init_trackers("slmkit", config={"run": cfg.name, **t_cfg.model_dump()})
 
     log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s; torch.compile %s", cfg.model.base_model,
@@ -121,6 +127,23 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
                     prog.update(task, loss=f"{entry['loss']:.4f}")
             if prog:
                 prog.update(task, completed=state["step"])
+            if validator is not None and validator.due(state["step"], total_steps):
+                t_val = time.monotonic()
+                value = validator.score(accelerator.unwrap_model(model), tok, accelerator.autocast)
+                t_val = time.monotonic() - t_val
+                t_start += t_val  # validation time is not training time (tokens/s); it is reported on its own
+                step_s = (state["seconds"] + time.monotonic() - t_start) / max(state["step"], 1)
+                if validator.record(state["step"], value, t_val, total_steps, step_s) and accelerator.is_main_process:
+                    save_weights_to(run.train_best, accelerator.unwrap_model(model), lora)
+                log.info("step %d val %s %.4f (best %.4f at step %d)", state["step"], validator.metric, value,
+                         validator.best["value"], validator.best["step"])
+                accelerator.log({f"val/{validator.metric}": value}, step=state["step"])
+                state["val"] = validator.state()
+                if validator.should_stop and state["step"] < total_steps:
+                    log.info("early stop at step %d: no val %s gain in %d validations", state["step"],
+                             validator.metric, validator.since_best)
+                    state["early_stopped"] = state["step"]
+                    break
             if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
                 state["seconds"] = state["seconds"] + time.monotonic() - t_start
                 t_start = time.monotonic()
@@ -130,6 +153,17 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         if prog:
             prog.stop()
     state["seconds"] += time.monotonic() - t_start
+    if window:  # an early stop between logging steps: the last losses still count
+        state["history"].append({"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
+                                 "tokens": state["tokens"], "seconds": round(state["seconds"], 2)})
+    best = validator.best if validator is not None else None
+    if best is not None and t_cfg.load_best_model_at_end and best["step"] != state["step"]:
+        if run.train_best.is_dir():
+            load_weights_from(run.train_best, accelerator.unwrap_model(model), lora)
+            log.info("kept the weights of step %d (val %s %.4f)", best["step"], validator.metric, best["value"])
+        else:  # a resumed run whose train/best/ is gone: the last weights are what there is
+            log.warning("train/best/ is missing: keeping the last step's weights, not step %d's", best["step"])
+            best = {"step": state["step"], "value": validator.history[-1]["value"]}
 
     val_loss = evaluate_loss(model, val_ex, pad_id, t_cfg.batch_size, accelerator.autocast)
     accelerator.log({"val/loss": val_loss} if val_loss is not None else {}, step=state["step"])
@@ -137,11 +171,19 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     summary = {"steps": state["step"], "final_loss": state["history"][-1]["loss"], "val_loss": val_loss,
                "train_rows": len(train_ex), "rows_cut": cut, "tokens": state["tokens"],
                "seconds": round(state["seconds"], 2), "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
-               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype, "compiled": use_compile}
+               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype, "compiled": use_compile,
+               "planned_steps": total_steps, "early_stopped_at": state.get("early_stopped")}
+    if validator is not None:
+        summary |= {"val_metric": validator.metric, "val_task": validator.task, "val_rows": len(validator.refs),
+                    "val_history": validator.history, "best_step": best["step"], "best_val": best["value"],
+                    "kept": "best" if t_cfg.load_best_model_at_end else "last",
+                    "val_seconds": round(sum(h["seconds"] for h in validator.history), 2)}
     if accelerator.is_main_process:
         write_final(run.train_final, accelerator.unwrap_model(model), tok, cfg, summary)
         atomic_write_text(run.train_log("train"), "".join(json.dumps(h) + "\n" for h in state["history"]))
         _plot_loss(state["history"], val_loss, run.loss_plot("train"))
+        if validator is not None and validator.history:
+            _plot_val(validator, run.val_plot)
     return summary
 
 
@@ -151,6 +193,16 @@ def write_final(dest: Path, model, tok, cfg: BuildConfig, summary: dict) -> None
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "method": cfg.train.method,
                                                 "trust_remote_code": cfg.model.trust_remote_code, "train": summary})
+
+
+def _plot_val(validator, path) -> None:
+    try:
+        from slmkit.plots import loss_curve
+    except ImportError:
+        return
+    points = [(h["step"], h["value"]) for h in validator.history]
+    loss_curve({f"val {validator.metric}": points}, path, title=f"Validation {validator.metric}",
+               ylabel=validator.metric)
 
 
 def _plot_loss(history: list[dict], val_loss: float | None, path: Path) -> None:
