@@ -1,5 +1,5 @@
 """Data-stage throughput and memory: ingest + clean (normalise, PII, exact dedup, MinHash near dedup, token
-length) + split of N real-shaped JSONL rows, through the streaming data stage (slmkit.data.stream.build).
+length) + split of N real-shaped JSONL rows, through the streaming data stage (slmkit.data.build.build).
 
 Rows are real Alpaca / GSM8K / CLINC150 rows (from ../shared/data, else the test fixtures) recycled with a
 row number, plus planted exact duplicates (2%), near duplicates (2%) and PII (1%). Each size runs in a fresh
@@ -113,7 +113,7 @@ class RssSampler(threading.Thread):
 def child(path: Path, out: Path, tokenizer: str) -> dict:
     """One build in this process: timings, counts, RSS (run through `--child`)."""
     from slmkit.config import BuildConfig
-    from slmkit.data.stream import build
+    from slmkit.data.build import build
     from slmkit.data.tokens import get_tokenizer
 
     cfg = BuildConfig(data={"path": str(path), "clean": {"tokenizer": tokenizer}})

@@ -91,7 +91,7 @@ class CollectionRef(_Strict):
 
 class QaFromDocsRecipe(_Recipe):
     type: Literal["qa_from_docs"]
-    docs: list[str] = Field(default_factory=list, description="files or folders (.md .markdown .txt .rst)")
+    docs: list[str] = Field(default_factory=list, description="files or folders of documents the data stage reads (.md .txt .rst .pdf .html ...)")
     collection: CollectionRef | None = Field(None, description="or/and: the stored chunks of a ChromaDB collection "
                                                                "(used as they are, not re-chunked)")
     chunk_chars: int = Field(1500, gt=100)

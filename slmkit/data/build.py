@@ -1,8 +1,9 @@
-"""The data stage as one streaming pass: sources -> record batches -> cleaning -> split files.
+"""Build the data stage's outputs in one streaming pass: sources -> record batches -> cleaning -> split files.
 
-Table rows are read in batches (tables.py), turned into records, cleaned (clean.Cleaner) and staged per
-split (splitfiles.py) one batch at a time; document chunks are kept in memory as before. What stays in
-memory across rows is listed in docs/architecture.md ("Data stage memory").
+Table rows are read in batches (table_stream.py), turned into records, cleaned (clean.Cleaner) and staged per
+split (split.SplitFiles) one batch at a time; document chunks are kept in memory and cleaned as one more run
+of the Cleaner (no user steps). What stays in memory across rows is listed in docs/architecture.md ("Data stage
+memory").
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from typing import Any
 from slmkit.config import BuildConfig
 from slmkit.errors import SlmError
 
-from .clean import Cleaner, clean
-from .dedup import HeldNgrams
-from .ingest import SourceResult, read_source, resolve_sources
+from .clean import Cleaner
+from .clean.dedup import HeldNgrams
+from .read.sources import SourceResult, read_source, resolve_sources
 from .report import Report
-from .split import SPLITS, assign_splits
-from .splitfiles import SplitFiles
-from .tables import TableStream
+from .split import SPLITS, SplitFiles, assign_splits
+from .table_stream import TableStream
 from .tokens import get_tokenizer, tokenizer_name
 
 log = logging.getLogger("slmkit.data")
+CHUNK_BATCH = 2000  # document chunks per Cleaner call
 
 
 @dataclass
@@ -141,10 +142,12 @@ def _label_rule(cfg: BuildConfig, task: str) -> Callable[[dict], Any] | None:
 
 
 def _clean_chunks(cfg: BuildConfig, chunks: list[dict], tok: Any, report: Report) -> list[dict]:
+    """The document chunks through the cleaning steps (no user steps); counted as steps "chunks/<step>"."""
     if not chunks:
         return []
     chunk_report = Report()
-    chunks = clean(chunks, cfg.data.clean.model_copy(update={"steps": []}), tok, chunk_report, cfg.config_dir)
+    with Cleaner(cfg.data.clean.model_copy(update={"steps": []}), tok, chunk_report, cfg.config_dir) as cleaner:
+        chunks = [c for start in range(0, len(chunks), CHUNK_BATCH) for c in cleaner(chunks[start:start + CHUNK_BATCH])]
     report.pii.update(chunk_report.pii)
     report.steps.update({f"chunks/{k}": v for k, v in chunk_report.steps.items()})
     return chunks
@@ -158,12 +161,8 @@ def build(cfg: BuildConfig, out_dir: Path, show_progress: bool = False) -> Built
     clean_cfg = cfg.data.clean
     held = HeldNgrams(clean_cfg.decontaminate.ngram) if clean_cfg.decontaminate.enabled else None
     with SplitFiles(Path(out_dir), cfg.data.split, held) as files:
-        cleaner = Cleaner(clean_cfg, tok, report, cfg.config_dir, spill_dir=files.dir)
-        try:
+        with Cleaner(clean_cfg, tok, report, cfg.config_dir, spill_dir=files.dir) as cleaner:
             results = _ingest(cfg, tok, report, lambda batch: files.add(cleaner(batch)), show_progress)
-        finally:
-            cleaner.close()
-        cleaner.finish()
         chunks = _clean_chunks(cfg, [c for r in results for c in r.chunks], tok, report)
         built = Built(results, chunks, report, _task(cfg, results), tok_name)
         assign_splits([], cfg.data.split)  # refuses val + test >= 1, at the same point as before
@@ -175,14 +174,12 @@ def build(cfg: BuildConfig, out_dir: Path, show_progress: bool = False) -> Built
 def _finish_splits(cfg: BuildConfig, files: SplitFiles, built: Built) -> None:
     """Decontaminate train, set labels, count; refuse a run whose records all landed in val/test."""
     start = time.perf_counter()
-    train_in, train_out = files.finish(_label_rule(cfg, built.task), built.task == "classification")
+    _, train_out = files.finish(_label_rule(cfg, built.task), built.task == "classification", built.report)
     built.report.seconds["finish_splits"] += time.perf_counter() - start
     built.rows, built.labels, built.lengths = files.rows, files.labels, files.lengths
     if not files.staged:
         log.warning("data: only documents (%d chunks); the synth stage turns them into training pairs", len(built.chunks))
         return
-    if files.held is not None:
-        built.report.step("decontaminate", train_in, train_out)
     if not train_out:
         raise SlmError(f"{built.results[0].name}: no training rows left ({files.staged} usable rows, all in val/test)",
                        "add more rows or lower data.split.val / data.split.test")

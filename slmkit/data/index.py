@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.chroma import EMBED_MODEL, client, embedding_model, upsert
+from slmkit.config.data import ChunkConfig
 from slmkit.errors import SlmError
 
-from slmkit.config.data import ChunkConfig
 from .report import Report
 
 log = logging.getLogger("slmkit.data")
@@ -24,12 +24,17 @@ DEFAULT_CHUNK = ChunkConfig(max_tokens=256, overlap=32)
 
 def build_index(paths: list[str], collection: str, persist_dir: str | Path, chunk: ChunkConfig | None = None,
                 clean: bool = True, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
-    """Chunk + (normalise, redact PII) + embed + upsert; returns counts and the skip report."""
-    from slmkit.config import BuildConfig
+    """Chunk + (normalise, redact PII) + embed + upsert; returns counts and the skip report.
 
-    from .clean import normalize, pii_step
+    Chunk ids stay the sha1 of the chunk as read (cleaning does not refresh them here), so re-indexing the same
+    documents upserts the same ids; a chunk repeated (same id) is stored once, the first one kept."""
+    from slmkit.config import BuildConfig
     from slmkit.config.data import NormalizeConfig, PiiConfig, SourceConfig
-    from .ingest import read_source
+
+    from .clean.dedup import dedup_records
+    from .clean.normalize import normalize_batch
+    from .clean.pii import pii_batch
+    from .read.sources import read_source
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", collection):
         raise SlmError(f"collection name {collection!r} is not allowed by ChromaDB",
@@ -48,8 +53,12 @@ def build_index(paths: list[str], collection: str, persist_dir: str | Path, chun
         if rows := sum(t.rows_in for t in res.tables):  # tables are only scanned, never turned into records here
             report.notes.append(f"{p}: {rows} table rows ignored (index takes documents)")
     if clean:
-        chunks = pii_step(normalize(chunks, NormalizeConfig(), report), PiiConfig(), report)
-    chunks = list({c["id"]: c for c in chunks}.values())
+        report.step("normalize", len(chunks), len(chunks), normalize_batch(chunks, NormalizeConfig()))
+        pii = PiiConfig()
+        kept, changed = pii_batch(chunks, pii, report.pii)
+        report.step(f"pii_{pii.action}", len(chunks), len(kept), changed)
+        chunks = kept
+    chunks, _ = dedup_records(chunks)
     if not chunks:
         reasons = "; ".join(f"{s['where']}: {s['reason']}" for s in report.skipped[:5]) or "no documents given"
         raise SlmError(f"nothing to index ({reasons})", "pass folders or files of TXT/Markdown/reST/PDF/HTML, or URLs")

@@ -1,4 +1,10 @@
-"""Map source rows to canonical chat records: pick columns, drop empties, dedup, detect the task."""
+"""Source rows -> canonical chat records: pick columns, drop empties, dedup by id, detect the task; record ids.
+
+A record is a chat record (`id`, `messages`, maybe `rejected`, `label`, `meta`) or a document chunk (`text`
+instead of `messages`, see chunk.py). `to_records` maps a list of rows at once; a table's rows stream through
+`table_stream.TableStream`, batch by batch, with the same RecordMaker. `map_texts`, `mark` and `refresh_id` are what
+the cleaning steps use to edit a record.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +93,7 @@ def _text(value: Any) -> str:
     return (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)).strip()
 
 
-def _parse_messages(value: Any, locator: str) -> list[dict[str, str]]:
+def parse_messages(value: Any, locator: str) -> list[dict[str, str]]:
     """An OpenAI-style messages list (or its JSON text) as [{'role', 'content'}]; [] when empty."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return []
@@ -109,7 +115,7 @@ def _draft(row: dict[str, Any], picked: dict, locator: str) -> _Draft | None:
     """The usable part of one row, or None when its input or output is empty."""
     system = _text(row.get(picked["system"])) if picked["system"] else ""
     if picked["messages"]:
-        msgs = _parse_messages(row.get(picked["messages"]), locator)
+        msgs = parse_messages(row.get(picked["messages"]), locator)
         if msgs and msgs[0]["role"] == "system":
             system, msgs = msgs[0]["content"], msgs[1:]
         has_user = any(m["role"] == "user" and m["content"].strip() for m in msgs)
@@ -138,6 +144,37 @@ def record_id(messages: list[dict[str, str]]) -> str:
     return hashlib.sha1(canon.encode("utf-8")).hexdigest()
 
 
+def refresh_id(rec: dict[str, Any]) -> None:
+    """Ids follow content, so splits and dedup see the cleaned text (a chunk's id is the sha1 of its text)."""
+    if "text" in rec:
+        rec["id"] = hashlib.sha1(rec["text"].encode("utf-8")).hexdigest()
+    else:
+        rec["id"] = record_id(rec["messages"] + ([{"rejected": rec["rejected"]}] if rec.get("rejected") else []))
+
+
+def map_texts(rec: dict[str, Any], fn: Callable[[str], str]) -> bool:
+    """Apply fn to every text field of the record in place; True when anything changed."""
+    changed = False
+    if "text" in rec:
+        new = fn(rec["text"])
+        changed, rec["text"] = new != rec["text"], new
+        return changed
+    for m in rec["messages"]:
+        new = fn(m["content"])
+        changed |= new != m["content"]
+        m["content"] = new
+    if rec.get("rejected"):
+        new = fn(rec["rejected"])
+        changed |= new != rec["rejected"]
+        rec["rejected"] = new
+    return changed
+
+
+def mark(rec: dict[str, Any], step: str) -> None:
+    """Note a step that changed the record in meta.transformations."""
+    rec["meta"].setdefault("transformations", []).append(step)
+
+
 def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
     system = draft.system or system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + draft.turns
@@ -151,20 +188,10 @@ def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
     return rec
 
 
-def dedup(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-    """Drop records whose id was already seen (keep the first); returns (kept, n_dropped)."""
-    seen: set[str] = set()
-    kept = []
-    for rec in records:
-        if rec["id"] not in seen:
-            seen.add(rec["id"])
-            kept.append(rec)
-    return kept, len(records) - len(kept)
-
-
 @dataclass
 class TaskDetector:
-    """detect_task over a stream of outputs; label counts are dropped once more than MAX_LABELS are distinct."""
+    """The task of a stream of outputs: 'classification' when they are short and few distinct (<= MAX_LABELS and
+    <= half the rows), else 'generation'; label counts are dropped once more than MAX_LABELS are distinct."""
 
     keep_all: bool = False  # explicit classification: count every label, however many
     rows: int = 0
@@ -188,14 +215,6 @@ class TaskDetector:
         return "classification" if self.rows and self.short and few else "generation"
 
 
-def detect_task(outputs: list[str]) -> str:
-    """'classification' when outputs are short and few distinct (≤50 and ≤ half the rows), else 'generation'."""
-    det = TaskDetector()
-    for out in outputs:
-        det.add(out)
-    return det.task()
-
-
 def drafts_of(pairs: Iterable[tuple[dict[str, Any], str]], picked: dict) -> tuple[list[_Draft], int]:
     """The usable drafts of (row, locator) pairs and how many rows were empty."""
     drafts, empty = [], 0
@@ -215,16 +234,15 @@ def no_usable_rows(source: str, n_rows: int, picked: dict) -> SlmError:
 
 
 class RecordMaker:
-    """Drafts -> records batch by batch, with dedup (data.dedup) and task detection carried across batches.
+    """Drafts -> records batch by batch, with exact dedup by id (data.dedup) and task detection across batches.
 
     `label_task` is the source's task when already known (explicit data.task, or a first pass): records of a
     classification source get their answer as label, as to_records() gives them.
     """
 
     def __init__(self, data: DataConfig, system_prompt: str | None, label_task: str | None = None):
-        from .dedup import ExactDedup, id_key
+        from .clean.dedup import ExactDedup
 
-        self._key = id_key
         self.prompt = system_prompt
         self.seen = ExactDedup() if data.dedup else None
         self.detector = TaskDetector(keep_all=data.task == "classification")
@@ -236,9 +254,9 @@ class RecordMaker:
         """Records of these drafts (duplicates of earlier ones dropped) and their outputs."""
         records = [_build(d, self.prompt) for d in drafts]
         if self.seen is not None:
-            keep = self.seen.keep([self._key(r["id"]) for r in records])
-            self.duplicates += len(records) - sum(keep)
-            records = [r for r, k in zip(records, keep) if k]
+            kept = self.seen.filter(records)
+            self.duplicates += len(records) - len(kept)
+            records = kept
         outputs = [r.pop("_output") for r in records]
         for rec, out in zip(records, outputs):
             self.detector.add(out)

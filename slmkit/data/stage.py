@@ -4,7 +4,7 @@
 
 Document sources (TXT/Markdown/reST/PDF/HTML/URLs, ChromaDB) become token chunks in chunks.jsonl;
 table and chat sources become chat records in the splits. Table rows stream through in batches
-(stream.py): memory holds one batch plus the compact cross-row state listed in docs/architecture.md.
+(build.py): memory holds one batch plus the compact cross-row state listed in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from slmkit.config import BuildConfig, SourceConfig
 from slmkit.io import atomic_write_jsonl, read_jsonl
 from slmkit.runs import RunDir
 
+from .build import Built, build
 from .card import write_card
-from .ingest import resolve_sources
+from .read.sources import resolve_sources
 from .report import Report
 from .split import SPLITS
-from .stream import Built, build
 
 log = logging.getLogger("slmkit.data")
 

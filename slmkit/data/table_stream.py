@@ -19,9 +19,9 @@ from typing import Any
 from slmkit.config import DataConfig
 from slmkit.errors import SlmError
 
-from .records import RecordMaker, _parse_messages, drafts_of, expand_labels, log_auto, no_usable_rows, pick_from
+from .read.chatlogs import convert_pairs, resolve_shape
+from .records import RecordMaker, drafts_of, expand_labels, log_auto, no_usable_rows, parse_messages, pick_from
 from .report import Report
-from .shapes import convert_pairs, resolve_shape
 
 BATCH = 2000
 Pairs = Iterable[tuple[dict[str, Any], str]]
@@ -89,7 +89,7 @@ class TableStream:
         for key, value in row.items():
             if (key == wanted or key.lower() == "messages") and key not in self._bad:
                 try:
-                    _parse_messages(value, loc)
+                    parse_messages(value, loc)
                 except SlmError as e:
                     self._bad[key] = e
 

@@ -1,4 +1,4 @@
-"""Row filters for synthetic data: MinHash near-duplicate detection and output format checks."""
+"""Row filters for synthetic data: near-duplicate detection (the data stage's MinHash) and output format checks."""
 
 from __future__ import annotations
 
@@ -12,41 +12,12 @@ NUM_PERM = 128
 SHINGLE = 5  # character 5-grams: robust to small rewordings of short prompts
 
 
-def _normalize(text: str) -> str:
-    return re.sub(r"\s+", " ", text.lower()).strip()
+def near_dups(threshold: float):
+    """The data stage's MinHash near-dedup over character 5-grams: `check(texts)` is None for each new text (then
+    remembered), else says which earlier one it repeats; `add(texts)` remembers texts unchecked (seeds)."""
+    from slmkit.data import NearDedup
 
-
-class NearDup:
-    """MinHash-LSH index (datasketch): `seen(text)` is True when `text` is a near-duplicate of one added before."""
-
-    def __init__(self, threshold: float):
-        from datasketch import MinHashLSH
-
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
-        self.n = 0
-
-    @staticmethod
-    def _minhash(text: str):
-        from datasketch import MinHash
-
-        t = _normalize(text)
-        grams = {t[i:i + SHINGLE] for i in range(max(len(t) - SHINGLE + 1, 1))}
-        mh = MinHash(num_perm=NUM_PERM, seed=1)
-        mh.update_batch([g.encode("utf-8") for g in grams])
-        return mh
-
-    def add(self, text: str) -> None:
-        self.lsh.insert(str(self.n), self._minhash(text))
-        self.n += 1
-
-    def seen(self, text: str, add: bool = True) -> bool:
-        mh = self._minhash(text)
-        if self.lsh.query(mh):
-            return True
-        if add:
-            self.lsh.insert(str(self.n), mh)
-            self.n += 1
-        return False
+    return NearDedup(threshold, NUM_PERM, SHINGLE, seed=1, shingle="chars")
 
 
 class FormatCheck:

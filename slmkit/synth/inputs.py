@@ -1,4 +1,8 @@
-"""Recipe inputs: seed/prompt tables (via slmkit.data readers), document files, and chunking."""
+"""Recipe inputs: seed/prompt tables, document chunks and stored collections, all read by the data stage.
+
+Tables go through slmkit.data's table readers; documents through its document reader (TXT/Markdown/reST/PDF/HTML)
+and its chunker, here in characters: `chunk_chars` long, `chunk_overlap` repeated, cut between words.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ from typing import Any
 
 from slmkit.config import DataConfig
 from slmkit.errors import SlmError
-
-DOC_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".pdf")
 
 
 def resolve(config_dir: Path, p: str) -> Path:
@@ -80,60 +82,48 @@ class Chunk:
     text: str
 
 
+def doc_suffixes() -> tuple[str, ...]:
+    """The document files the data stage reads (.txt .md .markdown .rst .pdf .html ...)."""
+    from slmkit.data import DOC_EXTENSIONS
+
+    return tuple(DOC_EXTENSIONS)
+
+
 def doc_files(config_dir: Path, specs: list[str], what: str) -> list[Path]:
+    suffixes = doc_suffixes()
     files: list[Path] = []
     for spec in specs:
         p = resolve(config_dir, spec)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in DOC_SUFFIXES and f.is_file()
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes and f.is_file()
                             and not f.name.upper().startswith(("LICENSE", "README")))
         elif p.is_file():
-            if p.suffix.lower() not in DOC_SUFFIXES:
-                raise SlmError(f"{what}: {p} is not a supported document ({', '.join(DOC_SUFFIXES)})",
+            if p.suffix.lower() not in suffixes:
+                raise SlmError(f"{what}: {p} is not a supported document ({', '.join(suffixes)})",
                                "convert it to text or markdown first")
             files.append(p)
         else:
             raise SlmError(f"{what}: {p} does not exist", "paths are relative to the config file's folder")
     if not files:
-        raise SlmError(f"{what}: no documents found in {', '.join(specs)}", f"add files ending in {', '.join(DOC_SUFFIXES)}")
+        raise SlmError(f"{what}: no documents found in {', '.join(specs)}", f"add files ending in {', '.join(suffixes)}")
     return files
 
 
 def read_doc(path: Path) -> str:
-    if path.suffix.lower() == ".pdf":
-        from pypdf import PdfReader
+    """The document's text as the data stage reads it (sections joined by a blank line); '' when it has none
+    (empty, binary, encrypted or image-only PDF: the reason is logged as a skip)."""
+    from slmkit.data import read_document
 
-        return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise SlmError(f"{path}: not valid UTF-8", "re-save the document as UTF-8") from None
+    doc = read_document(path)
+    return doc.text if doc is not None else ""
 
 
 def chunk_text(text: str, size: int, overlap: int) -> list[str]:
-    """Pack paragraphs into chunks of at most `size` chars; a new chunk starts with the last `overlap` chars
-    (from a word boundary) of the previous one; over-long paragraphs are cut at word boundaries."""
-    paras: list[str] = []
-    for p in (p.strip() for p in text.split("\n\n")):
-        while len(p) > size:
-            cut = p.rfind(" ", 0, size)
-            cut = cut if cut > size // 2 else size
-            paras.append(p[:cut].strip())
-            p = p[cut:].strip()
-        if p:
-            paras.append(p)
-    chunks: list[str] = []
-    cur = ""
-    for p in paras:
-        if cur and len(cur) + 2 + len(p) > size:
-            chunks.append(cur)
-            tail = cur[-overlap:] if overlap else ""
-            tail = tail[tail.find(" ") + 1:] if " " in tail else tail
-            cur = tail if tail and len(tail) + 2 + len(p) <= size else ""
-        cur = f"{cur}\n\n{p}" if cur else p
-    if cur:
-        chunks.append(cur)
-    return chunks
+    """`text` in chunks of at most `size` characters, cut between words, preferably at a paragraph or sentence end;
+    each chunk starts with the words of the last `overlap` characters of the one before (the data chunker)."""
+    from slmkit.data import split_chars
+
+    return [piece for piece, _ in split_chars(text, size, overlap)]
 
 
 def chunks(config_dir: Path, specs: list[str], size: int, overlap: int, limit: int | None, what: str) -> list[Chunk]:

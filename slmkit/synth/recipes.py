@@ -17,7 +17,7 @@ from typing import Any
 
 from slmkit.errors import SlmError
 from slmkit.synth import inputs, prompts
-from slmkit.synth.checks import FormatCheck, NearDup
+from slmkit.synth.checks import FormatCheck, near_dups
 from slmkit.config.synth import (AmplifyRecipe, CotRecipe, JudgeCheck, JudgeRecipe, QaFromDocsRecipe,
                                  RespondRecipe)
 from slmkit.synth.teacher import Reply, Request, Teacher
@@ -171,15 +171,23 @@ def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
     if not policy.ok:
         _fail(res, policy)
         return res
-    dedup = NearDup(r.near_dup_threshold)
-    for s in shown:
-        dedup.add(s["input"])
+    with near_dups(r.near_dup_threshold) as dedup:
+        dedup.add([s["input"] for s in shown])
+        _amp_batches(r, ctx, res, policy.text, shown, check, dedup)
+    res.dropped["over_n"] += max(len(res.rows) - r.n, 0)
+    res.rows = res.rows[:r.n]
+    return res
+
+
+def _amp_batches(r: AmplifyRecipe, ctx: Ctx, res: Result, policy: str, shown: list[dict], check: FormatCheck,
+                 dedup: Any) -> None:
+    """Waves of batch requests until n rows are made (or max_batches asked); each example must pass the format
+    check, be no near-duplicate of a seed or of an earlier example, and pass the judge."""
     max_batches = r.max_batches or 3 * math.ceil(r.n / r.batch_size)
     batch = 0
     while len(res.rows) < r.n and batch < max_batches and not ctx.teacher.stopped:
         wave = min(max_batches - batch, ctx.teacher.cfg.concurrency, math.ceil((r.n - len(res.rows)) / r.batch_size))
-        replies = ctx.teacher.complete([_amp_request(r, policy.text, shown, b, check)
-                                        for b in range(batch, batch + wave)])
+        replies = ctx.teacher.complete([_amp_request(r, policy, shown, b, check) for b in range(batch, batch + wave)])
         batch += wave
         fresh: list[tuple[dict, str]] = []
         for rep in replies:
@@ -188,10 +196,11 @@ def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
                 _fail(res, rep)
             elif found is None:
                 res.dropped["bad_json"] += 1
-            for ex in found or []:
-                if not check.ok(ex["output"]):
-                    res.dropped["format"] += 1
-                elif dedup.seen(ex["input"]):
+            well_formed = [ex for ex in found or [] if check.ok(ex["output"])]
+            if len(well_formed) < len(found or []):
+                res.dropped["format"] += len(found) - len(well_formed)
+            for ex, dupe in zip(well_formed, dedup.check([ex["input"] for ex in well_formed])):
+                if dupe is not None:
                     res.dropped["near_duplicate"] += 1
                 else:
                     fresh.append((ex, rep.key))
@@ -203,9 +212,6 @@ def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
                 continue
             extra = {"judge_score": score} if r.judge else {}
             res.rows.append(make_row(conv, r.label, ctx.teacher.label, key, f"synth:{r.label}#batch", **extra))
-    res.dropped["over_n"] += max(len(res.rows) - r.n, 0)
-    res.rows = res.rows[:r.n]
-    return res
 
 
 # ----------------------------------------------------------------------------- qa_from_docs

@@ -227,6 +227,19 @@ def test_license_from_config_or_none(tmp_path):
     assert summary["license"] == "Apache License 2.0 (LICENSE)"
 
 
+def test_licence_warning_names_a_data_path_source(tmp_path, tiny_model_dir):
+    """The export licence check reads the data stage's summary: a source given as data.path is named by its file."""
+    from slmkit.export.licence import check_licences
+    from slmkit.runs import RunDir
+
+    p = write(tmp_path / "d.csv", csv_text([(f"q{i}", "a" if i % 2 else "b") for i in range(20)]))
+    run = RunDir(tmp_path / "run")
+    summary = prepare(build_cfg(p), run.data_dir)
+    run.manifest("data").write_text(json.dumps({"summary": summary}))
+    warnings = check_licences(str(tiny_model_dir), run.root)["warnings"]
+    assert f"data source {p} has an unknown licence (none given)" in warnings, warnings
+
+
 def raises(cfg: BuildConfig, tmp_path: Path) -> SlmError:
     with pytest.raises(SlmError) as exc:
         prepare(cfg, tmp_path / "out")

@@ -9,16 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from slmkit.config import DataConfig
-from slmkit.data.clean import (decontaminate, exact_dedup, length_filter, near_dedup, normalize, normalize_text,
-                               pii_step)
-from slmkit.config import BuildConfig
-from slmkit.config.data import DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
-from slmkit.data.pii import find_pii, iban_ok, luhn_ok, redact
+from slmkit.config import BuildConfig, DataConfig, SplitConfig
+from slmkit.config.data import CleanConfig, DecontamConfig, DedupConfig, LengthConfig, NormalizeConfig, PiiConfig
+from slmkit.data.clean import Cleaner
+from slmkit.data.clean.dedup import HeldNgrams
+from slmkit.data.clean.normalize import normalize_text
+from slmkit.data.clean.pii import find_pii, iban_ok, luhn_ok, redact
+from slmkit.data.clean.steps import register_step, registered
 from slmkit.data.records import to_records
-from slmkit.data.registry import register_step, registered
 from slmkit.data.report import Report
+from slmkit.data.split import SPLITS, SplitFiles, split_of
 from slmkit.errors import SlmError
+from slmkit.io import read_jsonl
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 ALPACA = FIX / "alpaca" / "alpaca_40.json"
@@ -41,6 +43,13 @@ PLANTED = [
     ("bearer_token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
 ]
 TEMPLATES = ["Please contact {v} about the order.", "my details: {v}, thanks", "{v}", "Sent from {v}."]
+
+
+def clean_only(records: list[dict], report: Report, tok=None, **steps) -> list[dict]:
+    """The streaming Cleaner with only the steps given turned on (normalize, pii, dedup; length with `tok`)."""
+    off = {"normalize": {"enabled": False}, "pii": {"enabled": False}, "dedup": {"exact": False, "near": False}}
+    with Cleaner(CleanConfig.model_validate({**off, **steps}), tok, report) as cleaner:
+        return cleaner(records)
 
 
 def _sentence(kind: str, value: str, i: int) -> str:
@@ -76,7 +85,7 @@ def test_pii_on_records_counts_types_and_marks_provenance():
         [{"text": "nothing to see here", "label": "y"}]
     records, _ = to_records(rows, DataConfig())
     report = Report()
-    out = pii_step(records, PiiConfig(), report)
+    out = clean_only(records, report, pii=PiiConfig())
     expected = {}
     for k, _ in PLANTED:
         expected[k] = expected.get(k, 0) + 1
@@ -84,7 +93,7 @@ def test_pii_on_records_counts_types_and_marks_provenance():
     assert all(v not in json.dumps(out) for _, v in PLANTED)
     assert out[0]["meta"]["pii_redacted"] == ["email"] and "pii_redact" in out[0]["meta"]["transformations"]
     assert out[-1]["meta"]["pii_redacted"] == []
-    dropped = pii_step(to_records(rows, DataConfig())[0], PiiConfig(action="drop", types=["email"]), Report())
+    dropped = clean_only(to_records(rows, DataConfig())[0], Report(), pii=PiiConfig(action="drop", types=["email"]))
     assert len(dropped) == len(rows) - 2
 
 
@@ -94,7 +103,7 @@ def test_normalize_unicode_and_whitespace():
     assert normalize_text("café", cfg) == normalize_text("cafe\u0301", cfg) == "café"
     records, _ = to_records([{"text": "a  b", "label": "x"}, {"text": "c", "label": "y"}], DataConfig())
     report = Report()
-    normalize(records, cfg, report)
+    clean_only(records, report, normalize=cfg)
     assert report.steps["normalize"]["changed"] == 1 and records[0]["messages"][0]["content"] == "a b"
 
 
@@ -110,7 +119,7 @@ def test_exact_dedup_after_normalisation():
     records = to_records(planted, DataConfig())[0]
     assert len(records) == len(rows) + 1  # differs before normalisation
     report = Report()
-    out = exact_dedup(normalize(records, NormalizeConfig(), report), report)
+    out = clean_only(records, report, normalize=NormalizeConfig(), dedup=DedupConfig(near=False))
     assert len(out) == len(rows) and report.steps["exact_dedup"]["dropped"] == 1
 
 
@@ -129,13 +138,13 @@ def test_near_dedup_catches_planted_near_duplicates_only():
     planted = [{"input": r["input"], "output": _mutate(r["output"], rng)} for r in base[:5]]
     records = to_records(base + planted, DataConfig())[0]
     report = Report()
-    kept = near_dedup(records, DedupConfig(num_perm=256), report)
+    kept = clean_only(records, report, dedup=DedupConfig(exact=False, num_perm=256))
     assert report.steps["near_dedup"]["dropped"] == 5
     kept_ids = {r["id"] for r in kept}
     assert all(r["id"] in kept_ids for r in records[:len(base)])  # originals (first seen) kept
     dropped = [r for r in records[len(base):]]
     assert all(r["meta"]["near_duplicate_of"] == records[i]["id"] for i, r in enumerate(dropped))
-    strict = near_dedup(to_records(base + planted, DataConfig())[0], DedupConfig(threshold=1.0), Report())
+    strict = clean_only(to_records(base + planted, DataConfig())[0], Report(), dedup=DedupConfig(exact=False, threshold=1.0))
     assert len(strict) == len(base) + 5
 
 
@@ -147,13 +156,27 @@ def test_length_filter_uses_model_tokens(tiny_model_dir):
             {"text": "hi", "label": "c"}]
     records = to_records(rows, DataConfig())[0]
     report = Report()
-    kept = length_filter(records, LengthConfig(min_tokens=3, max_tokens=20), tok, report)
+    kept = clean_only(records, report, tok, length=LengthConfig(min_tokens=3, max_tokens=20))
     assert [r["messages"][0]["content"] for r in kept] == ["play some music"]
     assert records[0]["meta"]["tokens"] == 4 and records[1]["meta"]["tokens"] == 41
     assert report.steps["length_filter"] == {"in": 3, "out": 1, "dropped": 2, "changed": 0}
 
 
-def test_decontamination_drops_train_rows_overlapping_eval():
+def decontaminate(groups: dict[str, list[dict]], cfg: DecontamConfig, report: Report, out: Path) -> dict[str, list[dict]]:
+    """The split files' decontamination over records placed by hand: each record's group lands in its split."""
+    split = SplitConfig(val=0.3, test=0.3)
+    place = {s: next(g for g in map(str, range(1000)) if split_of(g, split) == s) for s in SPLITS}
+    with SplitFiles(out, split, HeldNgrams(cfg.ngram) if cfg.enabled else None) as files:
+        for name, records in groups.items():
+            for rec in records:
+                rec["meta"]["group"] = place[name]
+            files.add(records)
+        files.finish(None, False, report)
+        files.commit()
+    return {s: read_jsonl(out / f"{s}.jsonl") for s in SPLITS}
+
+
+def test_decontamination_drops_train_rows_overlapping_eval(tmp_path):
     text = ("the quick brown fox jumps over the lazy dog while the cat watches from the warm window sill "
             "in the late afternoon sun")
     mk = lambda t: {"id": t, "messages": [{"role": "system", "content": "shared system prompt words"},  # noqa: E731
@@ -163,10 +186,10 @@ def test_decontamination_drops_train_rows_overlapping_eval():
                         mk("shared system prompt words")],
               "val": [mk(text)], "test": [mk("shared system prompt words")]}
     report = Report()
-    out = decontaminate(groups, DecontamConfig(ngram=13), report)
+    out = decontaminate(groups, DecontamConfig(ngram=13), report, tmp_path / "a")
     assert [r["id"] for r in out["train"]] == ["an unrelated training sentence"]
     assert report.steps["decontaminate"]["dropped"] == 2
-    assert decontaminate(groups, DecontamConfig(enabled=False), Report())["train"] == groups["train"]
+    assert decontaminate(groups, DecontamConfig(enabled=False), Report(), tmp_path / "b")["train"] == groups["train"]
 
 
 @register_step("drop_if_contains")
@@ -185,7 +208,7 @@ def test_user_step_from_yaml_config(tmp_path, tiny_model_dir):
     csv.write_text("text,intent\n" + "\n".join(f"row {i} {'banana' if i % 5 == 0 else 'apple'},lab{i % 3}"
                                                for i in range(30)) + "\n")
     steps_file = tmp_path / "my_steps.py"
-    steps_file.write_text("from slmkit.data.registry import register_step\n\n"
+    steps_file.write_text("from slmkit.data.clean.steps import register_step\n\n"
                           "@register_step('tag_source')\n"
                           "def tag(record, tag='x'):\n    record['meta']['tag'] = tag\n    return record\n")
     cfg = BuildConfig(config_dir=str(tmp_path), model={"base_model": str(tiny_model_dir)},

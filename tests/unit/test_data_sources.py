@@ -16,7 +16,7 @@ import pytest
 
 from slmkit.data import inspect, prepare
 from slmkit.config import BuildConfig
-from slmkit.data.docs import markdown_sections, rst_sections
+from slmkit.data.read.documents import markdown_sections, rst_sections
 from slmkit.errors import SlmError
 from slmkit.io import read_jsonl, sha256_file
 

@@ -16,8 +16,7 @@ import pytest
 
 from slmkit.config import BuildConfig
 from slmkit.data import iter_table, prepare, read_table
-from slmkit.data.dedup import ExactDedup, HeldNgrams, NearDedup
-from slmkit.data.hashindex import HashIndex
+from slmkit.data.clean.dedup import ExactDedup, HashIndex, HeldNgrams, NearDedup
 from slmkit.errors import SlmError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +71,7 @@ def _reference_kept(texts: list[str], threshold: float, num_perm: int) -> list[i
     """The previous in-memory algorithm: datasketch MinHashLSH plus a check on the full signature."""
     from datasketch import MinHash, MinHashLSH
 
-    from slmkit.data.dedup import shingles
+    from slmkit.data.clean.dedup import shingles
 
     lsh = MinHashLSH(threshold=min(threshold, 0.95), num_perm=num_perm)
     sigs, kept = {}, []
@@ -112,7 +111,7 @@ def test_held_ngrams_match_set_disjointness():
 def test_small_batches_give_the_same_files(tmp_path, tiny_model_dir, monkeypatch):
     """Cross-batch state (dedup indexes, task detection, labels, decontamination) is exact: 7-row batches
     write byte-identical files to one-batch runs."""
-    from slmkit.data import splitfiles, tables
+    from slmkit.data import split, table_stream
 
     rows = [r for r in EXAMPLE.read_text().splitlines()]
     csv = tmp_path / "d.csv"
@@ -120,8 +119,8 @@ def test_small_batches_give_the_same_files(tmp_path, tiny_model_dir, monkeypatch
     cfg = BuildConfig(model={"base_model": str(tiny_model_dir)},
                       data={"path": str(csv), "system_prompt": "One of: {labels}", "clean": {"decontaminate": {"ngram": 4}}})
     big = prepare(cfg, tmp_path / "big")
-    monkeypatch.setattr(tables, "BATCH", 7)
-    monkeypatch.setattr(splitfiles, "BATCH", 3)
+    monkeypatch.setattr(table_stream, "BATCH", 7)
+    monkeypatch.setattr(split, "BATCH", 3)
     small = prepare(cfg, tmp_path / "small")
     assert small == big and big["dropped"]["duplicate"] >= 39 and big["dropped"]["near_duplicate"] >= 20
     assert big["dropped"]["contaminated"] > 0 and big["task"] == "classification"

@@ -1,14 +1,21 @@
 """PII and secret detection with checksums where the format has one (Luhn, IBAN mod-97, IP parsing).
 
-`find_pii(text)` returns non-overlapping spans; `redact(text)` replaces them with `[TYPE]`.
+`find_pii(text)` returns non-overlapping spans; `redact(text)` replaces them with `[TYPE]`; `pii_batch` redacts
+(or drops, or only counts) the PII of a batch of records, the cleaning step.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+from slmkit.config.data import PiiConfig
+
+from ..records import map_texts, mark
 
 
 @dataclass(frozen=True)
@@ -153,3 +160,28 @@ def redact(text: str, types: Iterable[str] | None = None, placeholder: str = "[{
         last = s.end
     out.append(text[last:])
     return "".join(out), spans
+
+
+def pii_batch(records: list[dict[str, Any]], cfg: PiiConfig, counts: Counter) -> tuple[list[dict[str, Any]], int]:
+    """Redact (or drop, or only count) PII; per-type counts go to `counts`, types to meta.pii_redacted.
+    Returns the records kept and how many had PII."""
+    kept, changed = [], 0
+    for rec in records:
+        found: list[str] = []
+
+        def _one(text: str) -> str:
+            new, spans = redact(text, cfg.types, cfg.placeholder)
+            found.extend(s.type for s in spans)
+            return new if cfg.action == "redact" else text
+
+        map_texts(rec, _one)
+        counts.update(found)
+        if found:
+            changed += 1
+            rec["meta"]["pii_redacted"] = sorted(set(rec["meta"].get("pii_redacted") or []) | set(found))
+            if cfg.action == "redact":
+                mark(rec, "pii_redact")
+            if cfg.action == "drop":
+                continue
+        kept.append(rec)
+    return kept, changed

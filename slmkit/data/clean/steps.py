@@ -1,6 +1,6 @@
-"""User preprocessing steps, registered by name in Python and named in YAML.
+"""User cleaning steps: Python functions registered by name, named in YAML, run over each batch of records.
 
-    from slmkit.data.registry import register_step
+    from slmkit.data import register_step
 
     @register_step("strip_signature")
     def strip_signature(record, marker="--"):
@@ -23,8 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
-
-from .report import Report
 
 Step = Callable[..., "dict[str, Any] | None"]
 _STEPS: dict[str, Step] = {}
@@ -88,14 +86,3 @@ def run_step(fn: Step, step: Any, records: list[dict[str, Any]]) -> list[dict[st
             out["meta"].setdefault("transformations", []).append(step.name)
             kept.append(out)
     return kept
-
-
-def apply_steps(records: list[dict[str, Any]], steps: list[Any], imports: list[str], report: Report,
-                base_dir: str | None = None) -> list[dict[str, Any]]:
-    """Run each configured step over every record, in order; a step returning None drops the record."""
-    import_steps(imports, base_dir)
-    for step in steps:
-        kept = run_step(get_step(step.name), step, records)
-        report.step(f"step:{step.name}", len(records), len(kept))
-        records = kept
-    return records

@@ -1,4 +1,4 @@
-"""Row shapes of common datasets, turned into rows with a `messages` column (and `rejected` for preferences).
+"""Chat-log and dataset row shapes turned into rows with a `messages` column (and `rejected` for preferences).
 
 OpenAI `messages` rows pass through; ShareGPT `conversations`, Alpaca instruction/input/output, SQuAD
 articles and preference pairs (prompt/chosen/rejected, HH-RLHF transcripts) are converted.
@@ -125,13 +125,3 @@ def resolve_shape(first: dict[str, Any] | None, shape: str = "auto", where: str 
 def convert_pairs(pairs: Pairs, shape: str) -> Iterable[tuple[dict[str, Any], str]]:
     """(row, locator) pairs in the canonical table shape, converted lazily; `shape` as resolve_shape gives it."""
     return pairs if shape in ("table", "openai") else CONVERTERS[shape](pairs)
-
-
-def convert(rows: Rows, locators: list[str], shape: str = "auto", where: str = "data") -> tuple[Rows, list[str], str]:
-    """Rows in the canonical table shape and the shape that was used (auto-detected unless given)."""
-    if shape == "auto":
-        shape = resolve_shape(rows[0] if rows else None, shape, where)
-    if shape in ("table", "openai"):
-        return rows, locators, shape
-    pairs = list(CONVERTERS[shape](zip(rows, locators)))
-    return [r for r, _ in pairs], [loc for _, loc in pairs], shape

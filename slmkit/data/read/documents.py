@@ -13,7 +13,8 @@ from pathlib import Path
 from urllib.parse import urljoin, urlparse
 
 from slmkit.config.data import FetchConfig, LimitsConfig
-from .report import Report
+
+from ..report import Report
 
 DOC_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
                   ".pdf": "pdf", ".html": "html", ".htm": "html"}
@@ -36,6 +37,11 @@ class Document:
     kind: str
     sections: list[Section] = field(default_factory=list)
     title: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The sections' text, one blank line between them (headings stay in their section's text)."""
+        return "\n\n".join(s.text for s in self.sections)
 
 
 def decode_text(raw: bytes, where: str, limits: LimitsConfig, report: Report) -> str | None:
@@ -150,8 +156,13 @@ def html_sections(html: str, url: str | None = None) -> list[Section]:
     return markdown_sections(text)
 
 
-def read_document(path: Path, kind: str, limits: LimitsConfig, report: Report) -> Document | None:
-    """A document from a file of `kind` (text, markdown, rst, pdf, html), or None when skipped."""
+def read_document(path: Path, kind: str | None = None, limits: LimitsConfig | None = None,
+                  report: Report | None = None) -> Document | None:
+    """A document from a file of `kind` (text, markdown, rst, pdf, html; default: what its suffix says, see
+    DOC_EXTENSIONS), or None when skipped (the reason goes to `report`, and to the log)."""
+    path = Path(path)
+    kind = kind or DOC_EXTENSIONS.get(path.suffix.lower(), "text")
+    limits, report = limits or LimitsConfig(), report if report is not None else Report()
     where = str(path)
     size = path.stat().st_size
     if size > limits.max_file_bytes:

@@ -1,11 +1,11 @@
-"""Turn each configured source into records (tables, chat logs) or document chunks, with provenance.
+"""Resolve the configured sources and read each one into document chunks and opened tables, with provenance.
 
-Documents are read and chunked here (in memory); tables are opened (scanned, columns picked) and their
-records stream later, batch by batch, from each SourceResult's `tables`.
+Documents are read (read/documents.py) and chunked (chunk.py) here, in memory; tables are opened (scanned,
+columns picked: table_stream.py) and their records stream later, batch by batch, from each SourceResult's `tables`.
 
 A source is a file, a folder (documents and tables inside, walked in sorted order), an http(s) URL, a
-saved Hugging Face dataset, or a ChromaDB folder. Without data.sources and data.path, a SageMaker
-training job's SM_CHANNEL_TRAIN folder is used.
+saved Hugging Face dataset, or a ChromaDB folder (read/stores.py). Without data.sources and data.path, a SageMaker
+training job's SM_CHANNEL_TRAIN folder is used. A source's licence is data.license, else a LICENSE file beside it.
 """
 
 from __future__ import annotations
@@ -13,21 +13,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from slmkit.config import BuildConfig, resolve_path
+from slmkit.config.data import ChunkConfig, SourceConfig
 from slmkit.errors import SlmError
 from slmkit.io import sha256_file
 
-from .chunk import chunk_document
-from slmkit.config.data import ChunkConfig, SourceConfig
-from .docs import DOC_EXTENSIONS, Document, fetch_url, read_document
-from .report import Report
-from .sources import EXTENSIONS, find_license, iter_table, table_suffix
-from .tables import RowsFn, TableStream
+from ..chunk import chunk_document
+from ..report import Report
+from ..table_stream import RowsFn, TableStream
+from .documents import DOC_EXTENSIONS, Document, fetch_url, read_document
+from .stores import chroma_chunks, hf_rows, is_chroma, is_hf_dataset
+from .tables import EXTENSIONS, iter_table, table_suffix
 
 log = logging.getLogger("slmkit.data")
 SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "squad": "squad",
@@ -36,7 +36,7 @@ SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "
 
 @dataclass
 class SourceResult:
-    """One source: its document chunks (in memory) and its tables, whose records stream (see tables.py)."""
+    """One source: its document chunks (in memory) and its tables, whose records stream (see table_stream.py)."""
 
     name: str
     type: str
@@ -90,9 +90,9 @@ def source_kind(src: SourceConfig, path: Path) -> str:
     if src.type != "auto" and src.type not in SHAPE_TYPES and src.type not in EXTENSIONS.values():
         return src.type
     if path.is_dir():
-        if (path / "chroma.sqlite3").is_file():
+        if is_chroma(path):
             return "chroma"
-        if any((path / f).is_file() for f in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        if is_hf_dataset(path):
             return "hf_dataset"
         return "folder"
     return DOC_EXTENSIONS.get(path.suffix.lower(), "table")
@@ -118,9 +118,10 @@ def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
     if kind == "folder":
         _read_folder(res, path, src, cfg, tok, report, chunk)
     elif kind == "chroma":
-        _read_chroma(res, path, src)
+        res.chunks = chroma_chunks(path, src)
+        res.rows_in = len(res.chunks)
     elif kind == "hf_dataset":
-        _add_table(res, path, src, cfg, report, rows=lambda _rep: _hf_rows(path, src))
+        _add_table(res, path, src, cfg, report, rows=lambda _rep: hf_rows(path, src))
     elif kind in DOC_EXTENSIONS.values():
         doc = read_document(path, kind, cfg.data.limits, report)
         if doc is not None:
@@ -191,44 +192,6 @@ def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildC
             report.skip(str(f), f"unsupported file type {ext or '(none)'!r}")
 
 
-def _hf_rows(path: Path, src: SourceConfig) -> Iterator[tuple[dict[str, Any], str]]:
-    """Rows of a dataset saved with save_to_disk, 10,000 at a time (Arrow, memory-mapped)."""
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise SlmError(f"{path}: not a dataset saved with save_to_disk ({str(e)[:160]})",
-                       "save it with Dataset.save_to_disk(PATH), or point at a file") from None
-    split = None
-    if isinstance(ds, datasets.DatasetDict):
-        split = src.split or ("train" if "train" in ds else next(iter(ds)))
-        if split not in ds:
-            raise SlmError(f"{path}: no split {split!r} (splits: {', '.join(ds)})", "set the source's split")
-        ds = ds[split]
-    tag = f"split={split}&" if split else ""
-    n = 0
-    for batch in ds.iter(batch_size=10_000):
-        for row in _unbatch(batch):
-            n += 1
-            yield row, f"{path}#{tag}row={n}"
-
-
-def _unbatch(batch: dict[str, list]) -> list[dict]:
-    keys = list(batch)
-    return [dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys))]
-
-
-def _read_chroma(res: SourceResult, path: Path, src: SourceConfig) -> None:
-    """Stored chunks of a collection become document chunks again (no re-chunking)."""
-    from slmkit.chroma import read_collection
-
-    for c in read_collection(path, src.collection):
-        c["meta"]["license"] = src.license or c["meta"].get("license")
-        res.chunks.append(c)
-    res.rows_in = len(res.chunks)
-
-
 def source_fingerprint(cfg: BuildConfig) -> str:
     """sha256 over every source's content (files, folders) or its address (URLs, collections)."""
     h = hashlib.sha256()
@@ -244,3 +207,17 @@ def source_fingerprint(cfg: BuildConfig) -> str:
             h.update(str(f.relative_to(path) if f != path else f.name).encode())
             h.update(sha256_file(f).encode())
     return h.hexdigest()
+
+
+def find_license(path: Path, configured: str | None = None) -> str | None:
+    """`data.license`, else the first line of a LICENSE*/LICENCE* file beside the data (with its name), else None."""
+    if configured:
+        return configured
+    candidates = sorted(p for p in path.parent.iterdir()
+                        if p.is_file() and p.name.lower().startswith(("license", "licence")))
+    for cand in candidates:
+        text = cand.read_text(encoding="utf-8", errors="replace")
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        if first:
+            return f"{first} ({cand.name})"
+    return None

@@ -22,7 +22,7 @@ from typing import Any
 from slmkit.config import DataConfig
 from slmkit.errors import SlmError
 
-from .report import Report
+from ..report import Report
 
 log = logging.getLogger("slmkit.data")
 
@@ -315,17 +315,3 @@ def read_table(path: str | Path, data: DataConfig | None = None, report: Report 
     """Rows of a table file and a locator for each; over-long JSONL lines go to `report` as skips."""
     pairs = list(iter_table(path, data, report, max_line, sheet))
     return [row for row, _ in pairs], [loc for _, loc in pairs]
-
-
-def find_license(path: Path, configured: str | None = None) -> str | None:
-    """`data.license`, else the first line of a LICENSE*/LICENCE* file beside the data (with its name), else None."""
-    if configured:
-        return configured
-    candidates = sorted(p for p in path.parent.iterdir()
-                        if p.is_file() and p.name.lower().startswith(("license", "licence")))
-    for cand in candidates:
-        text = cand.read_text(encoding="utf-8", errors="replace")
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        if first:
-            return f"{first} ({cand.name})"
-    return None
