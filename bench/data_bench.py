@@ -38,8 +38,10 @@ def real_rows() -> list[dict[str, str]]:
         out.append({"input": (r["instruction"] + "\n\n" + r["input"]).strip(), "output": r["output"]})
     gsm = SHARED / "gsm8k" / "train.jsonl"
     if gsm.is_file():
-        out += [{"input": json.loads(line)["question"], "output": json.loads(line)["answer"]}
-                for line in gsm.open().readlines()[:3000]]
+        out += [
+            {"input": json.loads(line)["question"], "output": json.loads(line)["answer"]}
+            for line in gsm.open().readlines()[:3000]
+        ]
     clinc = SHARED / "clinc150" / "data_full.json"
     if clinc.is_file():
         out += [{"input": t, "output": label} for t, label in json.loads(clinc.read_text())["train"][:5000]]
@@ -50,8 +52,12 @@ def make_file(n: int, path: Path, seed: int = 0) -> None:
     """n rows of JSONL, written as they are made (at most 50,000 kept to copy duplicates from)."""
     rng = random.Random(seed)
     base = real_rows()
-    pii = ["write to ana.lopez@example.org", "card 4111 1111 1111 1111", "call +1 415-555-0132",
-           "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx"]
+    pii = [
+        "write to ana.lopez@example.org",
+        "card 4111 1111 1111 1111",
+        "call +1 415-555-0132",
+        "key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx",
+    ]
     with path.open("w") as f:
         written: list[dict[str, str]] = []
         for i in range(n):
@@ -125,12 +131,19 @@ def child(path: Path, out: Path, tokenizer: str) -> dict:
     built = build(cfg, out)
     total = time.perf_counter() - t
     steps = built.report.steps
-    return {"seconds": total, "step_seconds": dict(built.report.seconds), "rows_out": dict(built.rows),
-            "exact_dups": steps.get("exact_dedup", {}).get("dropped", 0)
-            + sum(rep["dropped"]["duplicate"] for r in built.results for rep in r.reports),
-            "near_dups": steps.get("near_dedup", {}).get("dropped", 0),
-            "contaminated": steps.get("decontaminate", {}).get("dropped", 0), "pii": dict(built.report.pii),
-            "rss_base_mb": base, "rss_high_mb": sampler.stop(), "peak_rss_mb": peak_rss_mb()}
+    return {
+        "seconds": total,
+        "step_seconds": dict(built.report.seconds),
+        "rows_out": dict(built.rows),
+        "exact_dups": steps.get("exact_dedup", {}).get("dropped", 0)
+        + sum(rep["dropped"]["duplicate"] for r in built.results for rep in r.reports),
+        "near_dups": steps.get("near_dedup", {}).get("dropped", 0),
+        "contaminated": steps.get("decontaminate", {}).get("dropped", 0),
+        "pii": dict(built.report.pii),
+        "rss_base_mb": base,
+        "rss_high_mb": sampler.stop(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def run_size(n: int, work: Path, seed: int, tokenizer: str) -> dict:
@@ -138,7 +151,15 @@ def run_size(n: int, work: Path, seed: int, tokenizer: str) -> dict:
     t = time.perf_counter()
     make_file(n, path, seed)
     made = time.perf_counter() - t
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(path), str(work / f"out_{n}"), "--tokenizer", tokenizer]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        str(path),
+        str(work / f"out_{n}"),
+        "--tokenizer",
+        tokenizer,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"bench child failed:\n{proc.stderr[-3000:]}")
@@ -150,15 +171,19 @@ def run_size(n: int, work: Path, seed: int, tokenizer: str) -> dict:
 
 def show(res: dict) -> None:
     n, total = res["rows"], res["seconds"]
-    print(f"rows: {n} ({res['mb']:.1f} MB JSONL, written in {res['make_seconds']:.1f} s) -> "
-          f"train/val/test {'/'.join(str(v) for v in res['rows_out'].values())}; exact dups {res['exact_dups']}, "
-          f"near dups {res['near_dups']}, contaminated {res['contaminated']}, PII {res['pii']}")
+    print(
+        f"rows: {n} ({res['mb']:.1f} MB JSONL, written in {res['make_seconds']:.1f} s) -> "
+        f"train/val/test {'/'.join(str(v) for v in res['rows_out'].values())}; exact dups {res['exact_dups']}, "
+        f"near dups {res['near_dups']}, contaminated {res['contaminated']}, PII {res['pii']}"
+    )
     cleaning = sum(res["step_seconds"].values())
     for name, secs in [*res["step_seconds"].items(), ("read+records+split", total - cleaning)]:
         print(f"  {name:<20} {secs:7.2f} s  {n / max(secs, 1e-9):10.0f} rows/s")
     print(f"  {'total':<20} {total:7.2f} s  {n / total:10.0f} rows/s")
-    print(f"  RSS: {res['rss_base_mb']:.0f} MB after imports + tokenizer; {res['rss_high_mb']:.0f} MB highest while "
-          f"streaming (+{res['rss_high_mb'] - res['rss_base_mb']:.0f} MB); peak {res['peak_rss_mb']:.0f} MB")
+    print(
+        f"  RSS: {res['rss_base_mb']:.0f} MB after imports + tokenizer; {res['rss_high_mb']:.0f} MB highest while "
+        f"streaming (+{res['rss_high_mb'] - res['rss_base_mb']:.0f} MB); peak {res['peak_rss_mb']:.0f} MB"
+    )
 
 
 def main() -> None:
@@ -178,9 +203,11 @@ def main() -> None:
         show(res)
     if len(results) > 1:
         lo, hi = results[0], results[-1]
-        print(f"{hi['rows'] / lo['rows']:.0f}x the rows: peak RSS {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}x "
-              f"({lo['peak_rss_mb']:.0f} -> {hi['peak_rss_mb']:.0f} MB), growth while streaming "
-              f"+{lo['rss_high_mb'] - lo['rss_base_mb']:.0f} -> +{hi['rss_high_mb'] - hi['rss_base_mb']:.0f} MB")
+        print(
+            f"{hi['rows'] / lo['rows']:.0f}x the rows: peak RSS {hi['peak_rss_mb'] / lo['peak_rss_mb']:.2f}x "
+            f"({lo['peak_rss_mb']:.0f} -> {hi['peak_rss_mb']:.0f} MB), growth while streaming "
+            f"+{lo['rss_high_mb'] - lo['rss_base_mb']:.0f} -> +{hi['rss_high_mb'] - hi['rss_base_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -61,13 +61,16 @@ def decode_rate(backend, n: int) -> float | None:
             gen.append_tokens([ids])
             while not gen.is_done():
                 gen.generate_next_token()
+
         run(2)
         t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
     else:  # pt2: full recompute per token
+
         def run(k: int) -> None:
             seq = list(ids)
             for _ in range(k):
                 seq.append(int(backend.next_token_logits(seq).argmax()))
+
         t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
     # None when timer noise swamps the difference (tiny models in --smoke): no rate beats a made-up one
     return (n - 1) / (tn - t1) if tn > t1 else None
@@ -108,24 +111,54 @@ def main() -> None:
         "pt2": lambda: export_pt2(src, work / "pt2", 512).parent,
     }
     source = load_backend(str(src), name="pytorch fp32")
-    results = [{"format": "pytorch fp32 (safetensors)", "bytes": sum(_size(f) for f in Path(src).glob("*.safetensors")),
-                "export_s": 0.0, "decode_tok_s": decode_rate(source, n), "max_abs_logit_diff": 0.0, "runtime": "PyTorch"}]
+    results = [
+        {
+            "format": "pytorch fp32 (safetensors)",
+            "bytes": sum(_size(f) for f in Path(src).glob("*.safetensors")),
+            "export_s": 0.0,
+            "decode_tok_s": decode_rate(source, n),
+            "max_abs_logit_diff": 0.0,
+            "runtime": "PyTorch",
+        }
+    ]
     for name, build in builds.items():
         t0 = time.perf_counter()
         path = build()
         export_s = time.perf_counter() - t0
         backend = load_backend(str(path), name=name)
         diff = compare_logits(source, backend)["max_abs_diff"]
-        runtime = {"gguf": "transformers (dequantised fp32)", "onnx": "onnxruntime-genai", "pt2": "torch.export, no KV cache"}[backend.kind]
-        results.append({"format": name, "bytes": _size(path), "export_s": export_s, "decode_tok_s": decode_rate(backend, n),
-                        "max_abs_logit_diff": diff, "runtime": runtime})
-        print(f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {_rate(results[-1]['decode_tok_s'])} tok/s, diff {diff:.3g}", flush=True)
+        runtime = {
+            "gguf": "transformers (dequantised fp32)",
+            "onnx": "onnxruntime-genai",
+            "pt2": "torch.export, no KV cache",
+        }[backend.kind]
+        results.append(
+            {
+                "format": name,
+                "bytes": _size(path),
+                "export_s": export_s,
+                "decode_tok_s": decode_rate(backend, n),
+                "max_abs_logit_diff": diff,
+                "runtime": runtime,
+            }
+        )
+        print(
+            f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {_rate(results[-1]['decode_tok_s'])} tok/s, diff {diff:.3g}",
+            flush=True,
+        )
         del backend
-    lines = [f"Model: {'tiny random llama (smoke)' if args.smoke else 'SmolLM2-135M-Instruct'}, {n} new tokens, "
-             f"{torch.get_num_threads()} threads, CPU", "",
-             "| format | size (MB) | export (s) | decode tok/s | max abs logit diff | runtime |", "|---|---:|---:|---:|---:|---|"]
-    lines += [f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {_rate(r['decode_tok_s'])} | "
-              f"{r['max_abs_logit_diff']:.3g} | {r['runtime']} |" for r in results]
+    lines = [
+        f"Model: {'tiny random llama (smoke)' if args.smoke else 'SmolLM2-135M-Instruct'}, {n} new tokens, "
+        f"{torch.get_num_threads()} threads, CPU",
+        "",
+        "| format | size (MB) | export (s) | decode tok/s | max abs logit diff | runtime |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    lines += [
+        f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {_rate(r['decode_tok_s'])} | "
+        f"{r['max_abs_logit_diff']:.3g} | {r['runtime']} |"
+        for r in results
+    ]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "results.md").write_text("\n".join(lines) + "\n")

@@ -51,9 +51,22 @@ def _free_port() -> int:
 def start_server(target: str, backend: str, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     extra = ["--backend", "torch", "--no-pack-weights"] if backend == "torch-plain" else ["--backend", backend]
-    proc = subprocess.Popen([sys.executable, "-m", "slmkit.serve.cli", target, "--port", str(port), *extra,
-                             "--max-batch-size", str(max_batch), "--served-model-name", "bench"],
-                            env={**os.environ, "SLM_API_KEY": ""})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "slmkit.serve.cli",
+            target,
+            "--port",
+            str(port),
+            *extra,
+            "--max-batch-size",
+            str(max_batch),
+            "--served-model-name",
+            "bench",
+        ],
+        env={**os.environ, "SLM_API_KEY": ""},
+    )
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -67,8 +80,15 @@ def start_server(target: str, backend: str, max_batch: int) -> tuple[subprocess.
 
 
 async def one_request(client: httpx.AsyncClient, tokens: int, prompt: str = PROMPT) -> dict:
-    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "max_tokens": tokens,
-            "temperature": 0, "stream": True, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "bench",
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     start, first, used = time.perf_counter(), None, 0
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -107,15 +127,24 @@ def summarize(label: int | str, results: list[dict], wall: float) -> dict:
     if not ok:
         return row
     ttft, lat = [r["ttft"] for r in ok], [r["latency"] for r in ok]
-    return {**row, "tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
-            "ttft_p50": round(_pct(ttft, 50), 3), "ttft_p95": round(_pct(ttft, 95), 3),
-            "lat_p50": round(_pct(lat, 50), 3), "lat_p95": round(_pct(lat, 95), 3)}
+    return {
+        **row,
+        "tok_s": round(sum(r["tokens"] for r in ok) / wall, 1),
+        "ttft_p50": round(_pct(ttft, 50), 3),
+        "ttft_p95": round(_pct(ttft, 95), 3),
+        "lat_p50": round(_pct(lat, 50), 3),
+        "lat_p95": round(_pct(lat, 95), 3),
+    }
 
 
 # Mixed workload (--mixed): different prompts and reply lengths, all sent at once. A hand-built static batch pads
 # the prompts and decodes every row until the longest reply is done; continuous batching drops rows as they finish.
-MIXED_PROMPTS = [PROMPT, "What is the capital of France?", "List three uses of a paperclip, with one sentence on each.",
-                 "Explain, step by step and with an example, how a hash map resolves collisions."]
+MIXED_PROMPTS = [
+    PROMPT,
+    "What is the capital of France?",
+    "List three uses of a paperclip, with one sentence on each.",
+    "Explain, step by step and with an example, how a hash map resolves collisions.",
+]
 MIXED_TOKENS = [16, 32, 64, 128, 256]
 
 
@@ -168,7 +197,9 @@ def timed_generate(target: str, chats: list[list[dict]], tokens: int) -> float:
     enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.inference_mode():
         start = time.perf_counter()
-        model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        model.generate(
+            **enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=tok.pad_token_id
+        )
         return time.perf_counter() - start
 
 
@@ -213,8 +244,8 @@ def onnx_folder_for(target: str, given: str | None, work_dir: Path) -> str:
         return str(find_onnx_folder(target))
     except SlmError:
         pass
-    from slmkit.runs import resolve_target
     from slmkit.export.onnx import build_onnx
+    from slmkit.runs import resolve_target
 
     dest = work_dir / "onnx-int4"
     if not (dest / "genai_config.json").is_file():
@@ -235,10 +266,19 @@ def tiny_model(path: Path) -> Path:
 
     tok = make_tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -246,6 +286,7 @@ def tiny_model(path: Path) -> Path:
 
 def goal_ratios(servers: dict[str, list[dict]], baselines: dict[str, float], c_max: int) -> dict[str, float]:
     """Server throughput over its baseline, for the goals that the measured backends allow."""
+
     def tok_s(backend: str, c: int) -> float | None:
         return next((r.get("tok_s") for r in servers.get(backend, []) if r["concurrency"] == c), None)
 
@@ -264,14 +305,18 @@ def print_report(target: str, tokens: int, servers: dict[str, list[dict]], basel
     print("|---|---|---|---|---|---|---|---|")
     for backend, rows in servers.items():
         for r in rows:
-            print(f"| {backend} | {r['concurrency']} | {r.get('tok_s', '-')} | {r.get('ttft_p50', '-')} | "
-                  f"{r.get('ttft_p95', '-')} | {r.get('lat_p50', '-')} | {r.get('lat_p95', '-')} | {r['failed']} |")
+            print(
+                f"| {backend} | {r['concurrency']} | {r.get('tok_s', '-')} | {r.get('ttft_p50', '-')} | "
+                f"{r.get('ttft_p95', '-')} | {r.get('lat_p50', '-')} | {r.get('lat_p95', '-')} | {r['failed']} |"
+            )
     print("\nbaselines (tok/s): " + ", ".join(f"{k} {v}" for k, v in baselines.items()))
     for backend, rows in servers.items():  # continuous vs static batching on mixed lengths: context, not a goal
         for r in rows:
             static = baselines.get(f"generate_static_{str(r['concurrency']).replace('-', '_')}")
             if backend.startswith("torch") and isinstance(r["concurrency"], str) and static and r.get("tok_s"):
-                print(f"{backend} {r['concurrency']} / one static generate batch of the same jobs: {r['tok_s'] / static:.2f}x")
+                print(
+                    f"{backend} {r['concurrency']} / one static generate batch of the same jobs: {r['tok_s'] / static:.2f}x"
+                )
     for name, ratio in ratios.items():
         print(f"goal {name}: {ratio} (want >= {GOALS[name]}: {'met' if ratio >= GOALS[name] else 'missed'})")
 
@@ -279,15 +324,25 @@ def print_report(target: str, tokens: int, servers: dict[str, list[dict]], basel
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("target", nargs="?", default="default")
-    ap.add_argument("--backends", nargs="+", choices=["torch", "torch-plain", "onnx"], default=["torch", "onnx"],
-                    help="torch-plain: the torch server with --no-pack-weights, to show what packing buys")
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["torch", "torch-plain", "onnx"],
+        default=["torch", "onnx"],
+        help="torch-plain: the torch server with --no-pack-weights, to show what packing buys",
+    )
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--onnx-folder", default=None, help="ONNX export to use (default: the run's, or one built)")
     ap.add_argument("--work-dir", type=Path, default=None, help="where a missing ONNX export is built")
-    ap.add_argument("--mixed", type=int, default=0, metavar="N",
-                    help="also send N requests of mixed prompts and reply lengths (16-256 tokens) at once, next to "
-                         "one static generate batch of them")
+    ap.add_argument(
+        "--mixed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also send N requests of mixed prompts and reply lengths (16-256 tokens) at once, next to "
+        "one static generate batch of them",
+    )
     ap.add_argument("--smoke", action="store_true", help="tiny random model, 8 tokens, concurrency 1 and 2")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -297,8 +352,10 @@ def main() -> None:
     c_max = max(args.concurrency)
     onnx = onnx_folder_for(args.target, args.onnx_folder, work_dir) if "onnx" in args.backends else None
 
-    servers = {b: measure_server(onnx if b == "onnx" else args.target, b, args.concurrency, args.tokens, args.mixed)
-               for b in args.backends}
+    servers = {
+        b: measure_server(onnx if b == "onnx" else args.target, b, args.concurrency, args.tokens, args.mixed)
+        for b in args.backends
+    }
     baselines: dict[str, float] = {}
     if {"torch", "torch-plain"} & set(args.backends):
         baselines["generate_1"] = generate_baseline(args.target, 1, args.tokens)
@@ -313,9 +370,18 @@ def main() -> None:
     if args.out:
         from slmkit.io import atomic_write_json
 
-        atomic_write_json(args.out, {"target": args.target, "onnx_folder": onnx, "tokens": args.tokens,
-                                     "server": servers, "baselines": baselines, "goal_ratios": ratios,
-                                     "goals": GOALS})
+        atomic_write_json(
+            args.out,
+            {
+                "target": args.target,
+                "onnx_folder": onnx,
+                "tokens": args.tokens,
+                "server": servers,
+                "baselines": baselines,
+                "goal_ratios": ratios,
+                "goals": GOALS,
+            },
+        )
 
 
 if __name__ == "__main__":

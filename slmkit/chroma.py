@@ -42,7 +42,9 @@ def clean_meta(meta: dict[str, Any]) -> dict[str, Any]:
     for k, v in meta.items():
         if v is None:
             continue
-        out[k] = ",".join(map(str, v)) if isinstance(v, list) else v if isinstance(v, (str, int, float, bool)) else str(v)
+        out[k] = (
+            ",".join(map(str, v)) if isinstance(v, list) else v if isinstance(v, (str, int, float, bool)) else str(v)
+        )
     return out
 
 
@@ -52,10 +54,14 @@ def upsert(col, model, chunks: list[dict[str, Any]], batch_size: int, show_progr
     with Progress(disable=not show_progress, transient=True) as bar:
         task = bar.add_task("embedding chunks", total=len(chunks))
         for i in range(0, len(chunks), batch_size):
-            part = chunks[i:i + batch_size]
+            part = chunks[i : i + batch_size]
             emb = model.encode([c["text"] for c in part], batch_size=batch_size, normalize_embeddings=True)
-            col.upsert(ids=[c["id"] for c in part], embeddings=emb.tolist(), documents=[c["text"] for c in part],
-                       metadatas=[clean_meta(c["meta"]) for c in part])
+            col.upsert(
+                ids=[c["id"] for c in part],
+                embeddings=emb.tolist(),
+                documents=[c["text"] for c in part],
+                metadatas=[clean_meta(c["meta"]) for c in part],
+            )
             bar.advance(task, len(part))
 
 
@@ -70,15 +76,21 @@ def collection_names(persist_dir: Path) -> list[str]:
 def get_collection(persist_dir: str | Path, collection: str | None):
     persist_dir = Path(persist_dir)
     if not (persist_dir / "chroma.sqlite3").is_file():
-        raise SlmError(f"{persist_dir}: not a ChromaDB folder (no chroma.sqlite3)", "run `slm index DOCS --collection NAME` first")
+        raise SlmError(
+            f"{persist_dir}: not a ChromaDB folder (no chroma.sqlite3)", "run `slm index DOCS --collection NAME` first"
+        )
     names = collection_names(persist_dir)
     if collection is None:
         if len(names) != 1:
-            raise SlmError(f"{persist_dir}: choose a collection ({', '.join(names) or 'none'})", "set the source's collection")
+            raise SlmError(
+                f"{persist_dir}: choose a collection ({', '.join(names) or 'none'})", "set the source's collection"
+            )
         collection = names[0]
     if collection not in names:
-        raise SlmError(f"{persist_dir}: no collection {collection!r} (collections: {', '.join(names) or 'none'})",
-                       "check the name given to `slm index --collection`")
+        raise SlmError(
+            f"{persist_dir}: no collection {collection!r} (collections: {', '.join(names) or 'none'})",
+            "check the name given to `slm index --collection`",
+        )
     return client(persist_dir).get_collection(collection, embedding_function=None)
 
 
@@ -101,8 +113,10 @@ def query(persist_dir: str | Path, collection: str, text: str, k: int = 3) -> li
     col = get_collection(persist_dir, collection)
     emb = embedding_model().encode([text], normalize_embeddings=True).tolist()
     res = col.query(query_embeddings=emb, n_results=k, include=["documents", "metadatas", "distances"])
-    return [{"id": i, "text": d, "meta": m, "distance": dist}
-            for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])]
+    return [
+        {"id": i, "text": d, "meta": m, "distance": dist}
+        for i, d, m, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0])
+    ]
 
 
 def collection_digest(persist_dir: str | Path, collection: str) -> str:

@@ -22,26 +22,54 @@ from slmkit.errors import SlmError
 from slmkit.eval import cli as eval_cli
 from slmkit.export import cli as export_cli
 from slmkit.log import setup_logging
+from slmkit.options import (
+    FailCollapseOpt,
+    ForceOpt,
+    LogFmtOpt,
+    ModelOpt,
+    NameOpt,
+    OutOpt,
+    ProgOpt,
+    ResumeOpt,
+    SetOpt,
+    StepsOpt,
+    run_app,
+)
 from slmkit.runs import RunDir
-from slmkit.options import (FailCollapseOpt, ForceOpt, LogFmtOpt, ModelOpt, NameOpt, OutOpt, ProgOpt, ResumeOpt, SetOpt,
-                            StepsOpt, run_app)
 from slmkit.serve import cli as serve_cli
 from slmkit.synth import cli as synth_cli
 from slmkit.train import cli as train_cli
 
 out = Console()
-SHOW = {"data": data_cli.show, "synth": synth_cli.show, "train": train_cli.show, "distill": distill_cli.show,
-        "eval": eval_cli.show}  # what each stage command prints after its one-line status
+SHOW = {
+    "data": data_cli.show,
+    "synth": synth_cli.show,
+    "train": train_cli.show,
+    "distill": distill_cli.show,
+    "eval": eval_cli.show,
+}  # what each stage command prints after its one-line status
 
 
-def _stage_cmd(stage: str, config: Path, sets, name=None, output_dir=None, base_model=None, max_steps=None,
-               force: bool = False, log_format: str = "text", progress: bool = True, resume: bool = False) -> dict:
+def _stage_cmd(
+    stage: str,
+    config: Path,
+    sets,
+    name=None,
+    output_dir=None,
+    base_model=None,
+    max_steps=None,
+    force: bool = False,
+    log_format: str = "text",
+    progress: bool = True,
+    resume: bool = False,
+) -> dict:
     """One stage under the pipeline's manifest. A stage the config does not list (`slm distill` on a config without
     distill in `stages`) runs as if it were listed, so a later `slm build` of that config finds it done."""
     from slmkit.pipeline import fingerprints, run_stage
 
-    cfg = load_config(config, flag_overrides(sets, name=name, output_dir=output_dir, base_model=base_model,
-                                             max_steps=max_steps))
+    cfg = load_config(
+        config, flag_overrides(sets, name=name, output_dir=output_dir, base_model=base_model, max_steps=max_steps)
+    )
     if stage not in cfg.stages:
         cfg = cfg.model_copy(update={"stages": [s for s in STAGE_ORDER if s in (*cfg.stages, stage)]})
     if stage == "synth":
@@ -55,18 +83,27 @@ def _stage_cmd(stage: str, config: Path, sets, name=None, output_dir=None, base_
     return outcome.summary
 
 
-def build(config: Path, force: bool = ForceOpt,
-          dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, run nothing"),
-          resume: bool = ResumeOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-          output_dir: Optional[str] = OutOpt, base_model: Optional[str] = ModelOpt,
-          max_steps: Optional[int] = StepsOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt,
-          fail_on_collapse: bool = FailCollapseOpt) -> None:
+def build(
+    config: Path,
+    force: bool = ForceOpt,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan, run nothing"),
+    resume: bool = ResumeOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    base_model: Optional[str] = ModelOpt,
+    max_steps: Optional[int] = StepsOpt,
+    log_format: str = LogFmtOpt,
+    progress: bool = ProgOpt,
+    fail_on_collapse: bool = FailCollapseOpt,
+) -> None:
     """Run the config's stages ([synth ->] data -> train [-> distill] -> eval -> export) in runs/<name>/."""
     from slmkit.pipeline import build as run_build
     from slmkit.pipeline import plan
 
-    cfg = load_config(config, flag_overrides(sets, name=name, output_dir=output_dir, base_model=base_model,
-                                             max_steps=max_steps))
+    cfg = load_config(
+        config, flag_overrides(sets, name=name, output_dir=output_dir, base_model=base_model, max_steps=max_steps)
+    )
     if dry_run:
         setup_logging(log_format)
         _print_plan(plan(cfg), log_format)
@@ -95,26 +132,45 @@ def _print_plan(p: dict, log_format: str) -> None:
     for s in p["stages"]:
         out.print(f"  {s['stage']:<7} {s['action']}")
     if "synth" in p:
-        out.print(f"synth: {p['synth']['calls']} teacher calls, {p['synth']['cached']} cached, "
-                  f"+ up to {p['synth']['more_at_most']} more depending on replies")
+        out.print(
+            f"synth: {p['synth']['calls']} teacher calls, {p['synth']['cached']} cached, "
+            f"+ up to {p['synth']['more_at_most']} more depending on replies"
+        )
     if "rows" in p:
-        out.print(f"rows: {p['rows']} ({p['task']}), ~{p['train_rows_est']} train rows, ~{p['tokens_per_row']} tokens/row")
-        out.print(f"train: {p['train_steps']} steps, ~{p['train_tokens']} tokens, ~{p['train_tokens_per_s_est']} tok/s "
-                  f"on this machine -> ~{p['train_minutes_est']} min")
+        out.print(
+            f"rows: {p['rows']} ({p['task']}), ~{p['train_rows_est']} train rows, ~{p['tokens_per_row']} tokens/row"
+        )
+        out.print(
+            f"train: {p['train_steps']} steps, ~{p['train_tokens']} tokens, ~{p['train_tokens_per_s_est']} tok/s "
+            f"on this machine -> ~{p['train_minutes_est']} min"
+        )
     else:
         out.print("rows: known after the synth stage has run")
     out.print(f"run dir: {p['run_dir']}")
 
 
-def data(config: Path, force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-         output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt) -> None:
+def data(
+    config: Path,
+    force: bool = ForceOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+) -> None:
     """Read, clean and split the data into runs/<name>/data/."""
     _stage_cmd("data", config, sets, name, output_dir, force=force, log_format=log_format, progress=False)
 
 
-def synth(config: Path, dry_run: bool = typer.Option(False, "--dry-run", help="Count the calls, call nothing"),
-          force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-          output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
+def synth(
+    config: Path,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Count the calls, call nothing"),
+    force: bool = ForceOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+    progress: bool = ProgOpt,
+) -> None:
     """A teacher model writes training rows (cot, amplify, qa_from_docs, respond, judge), cached and budgeted."""
     if dry_run:
         cfg = load_config(config, flag_overrides(sets, name=name, output_dir=output_dir))
@@ -125,33 +181,72 @@ def synth(config: Path, dry_run: bool = typer.Option(False, "--dry-run", help="C
     _stage_cmd("synth", config, sets, name, output_dir, force=force, log_format=log_format, progress=progress)
 
 
-def train(config: Path, force: bool = ForceOpt, resume: bool = ResumeOpt, sets: Optional[list[str]] = SetOpt,
-          name: Optional[str] = NameOpt, output_dir: Optional[str] = OutOpt, base_model: Optional[str] = ModelOpt,
-          max_steps: Optional[int] = StepsOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt) -> None:
+def train(
+    config: Path,
+    force: bool = ForceOpt,
+    resume: bool = ResumeOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    base_model: Optional[str] = ModelOpt,
+    max_steps: Optional[int] = StepsOpt,
+    log_format: str = LogFmtOpt,
+    progress: bool = ProgOpt,
+) -> None:
     """Fine-tune (LoRA or full) on the run's data."""
-    _stage_cmd("train", config, sets, name, output_dir, base_model, max_steps, force or resume, log_format, progress,
-               resume)
+    _stage_cmd(
+        "train", config, sets, name, output_dir, base_model, max_steps, force or resume, log_format, progress, resume
+    )
 
 
-def distill(config: Path, force: bool = ForceOpt, resume: bool = ResumeOpt, sets: Optional[list[str]] = SetOpt,
-            name: Optional[str] = NameOpt, output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt,
-            progress: bool = ProgOpt) -> None:
+def distill(
+    config: Path,
+    force: bool = ForceOpt,
+    resume: bool = ResumeOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+    progress: bool = ProgOpt,
+) -> None:
     """Distill the teacher into the student (online, offline cache, or on-policy) into runs/<name>/distill/."""
-    _stage_cmd("distill", config, sets, name, output_dir, force=force or resume, log_format=log_format,
-               progress=progress, resume=resume)
+    _stage_cmd(
+        "distill",
+        config,
+        sets,
+        name,
+        output_dir,
+        force=force or resume,
+        log_format=log_format,
+        progress=progress,
+        resume=resume,
+    )
 
 
-def eval_(config: Path, force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-          output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt, progress: bool = ProgOpt,
-          fail_on_collapse: bool = FailCollapseOpt) -> None:
+def eval_(
+    config: Path,
+    force: bool = ForceOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+    progress: bool = ProgOpt,
+    fail_on_collapse: bool = FailCollapseOpt,
+) -> None:
     """Score base and trained model on the test split."""
     summary = _stage_cmd("eval", config, sets, name, output_dir, force=force, log_format=log_format, progress=progress)
     if fail_on_collapse:
         eval_cli.fail_on_collapse(summary)
 
 
-def export(config: Path, force: bool = ForceOpt, sets: Optional[list[str]] = SetOpt, name: Optional[str] = NameOpt,
-           output_dir: Optional[str] = OutOpt, log_format: str = LogFmtOpt) -> None:
+def export(
+    config: Path,
+    force: bool = ForceOpt,
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+) -> None:
     """Write the merged model folder with tokenizer, chat template and model card, and verify it."""
     _stage_cmd("export", config, sets, name, output_dir, force=force, log_format=log_format, progress=False)
 
@@ -210,8 +305,11 @@ class _DefaultGroup(TyperGroup):
 
 
 # The whole command line: (group, name, function). Group None is `slm NAME`; a group is `slm GROUP NAME`.
-GROUPS = {"data": ("Prepare the data (`slm data CONFIG`) or inspect it (`slm data inspect PATH_OR_RUN`).", _DefaultGroup),
-          "config": ("Inspect configuration.", None), "models": ("The local registry of finished runs.", None)}
+GROUPS = {
+    "data": ("Prepare the data (`slm data CONFIG`) or inspect it (`slm data inspect PATH_OR_RUN`).", _DefaultGroup),
+    "config": ("Inspect configuration.", None),
+    "models": ("The local registry of finished runs.", None),
+}
 COMMANDS = [
     (None, "build", build),
     ("data", "run", data),
@@ -236,8 +334,12 @@ COMMANDS = [
 
 
 def make_app() -> typer.Typer:
-    root = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                       help="slmkit: turn your data into a small, specialised language model.")
+    root = typer.Typer(
+        add_completion=False,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        help="slmkit: turn your data into a small, specialised language model.",
+    )
     groups = {}
     for group, (help_, cls) in GROUPS.items():
         groups[group] = typer.Typer(no_args_is_help=True, help=help_, **({"cls": cls} if cls else {}))

@@ -52,8 +52,8 @@ def batch_order(lengths: list[int], batch_size: int, seed: int, epoch: int) -> l
     mega = batch_size * 32
     batches: list[list[int]] = []
     for i in range(0, len(perm), mega):
-        chunk = sorted(perm[i:i + mega], key=lambda j: -lengths[j])
-        batches += [chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size)]
+        chunk = sorted(perm[i : i + mega], key=lambda j: -lengths[j])
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
     order = torch.randperm(len(batches), generator=g).tolist()
     return [batches[o] for o in order]
 

@@ -96,6 +96,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise SlmError(f"{path}:{lineno}: malformed JSON line ({e.msg})",
-                               "fix or remove that line; each line must be one JSON object") from None
+                raise SlmError(
+                    f"{path}:{lineno}: malformed JSON line ({e.msg})",
+                    "fix or remove that line; each line must be one JSON object",
+                ) from None
     return rows

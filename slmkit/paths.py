@@ -35,11 +35,17 @@ def check_writable_output(path: Path) -> Path:
     resolved = path.expanduser().resolve()
     text = str(resolved)
     if any(text == d or text.startswith(d + "/") for d in SYSTEM_DIRS):
-        raise SlmError(f"output path {resolved} is inside a system folder", "set output_dir to a folder you own, e.g. runs/")
+        raise SlmError(
+            f"output path {resolved} is inside a system folder", "set output_dir to a folder you own, e.g. runs/"
+        )
     try:
         resolved.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise SlmError(f"cannot create output folder {resolved}: {e.strerror}", "choose a writable output_dir") from None
+        raise SlmError(
+            f"cannot create output folder {resolved}: {e.strerror}", "choose a writable output_dir"
+        ) from None
     if not os.access(resolved, os.W_OK | os.X_OK):
-        raise SlmError(f"output folder {resolved} is not writable", "choose a writable output_dir or fix its permissions")
+        raise SlmError(
+            f"output folder {resolved} is not writable", "choose a writable output_dir or fix its permissions"
+        )
     return resolved

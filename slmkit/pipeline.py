@@ -28,12 +28,12 @@ log = logging.getLogger("slmkit")
 
 # The stages, in the order data flows through them (`slm build` always runs them in this order).
 STAGES: dict[str, str] = {
-    "synth": "slmkit.synth.stage",      # teacher-written rows -> synth/rows.jsonl
-    "data": "slmkit.data.stage",        # sources (+ synth rows) -> data/{train,val,test}.jsonl
-    "train": "slmkit.train.stage",      # SFT -> train/final
+    "synth": "slmkit.synth.stage",  # teacher-written rows -> synth/rows.jsonl
+    "data": "slmkit.data.stage",  # sources (+ synth rows) -> data/{train,val,test}.jsonl
+    "train": "slmkit.train.stage",  # SFT -> train/final
     "distill": "slmkit.distill.stage",  # teacher -> student -> distill/final
-    "eval": "slmkit.eval.stage",        # test split -> eval/metrics.json
-    "export": "slmkit.export.stage",    # the run's model -> export/*
+    "eval": "slmkit.eval.stage",  # test split -> eval/metrics.json
+    "export": "slmkit.export.stage",  # the run's model -> export/*
 }
 assert tuple(STAGES) == STAGE_ORDER
 
@@ -61,10 +61,17 @@ def fingerprints(cfg: BuildConfig) -> dict[str, str]:
     fp["train"] = fingerprint("train", {"model": dump["model"], "train": dump["train"]}, {"data": fp["data"]})
     if "distill" in cfg.stages:
         teacher = {"train": fp["train"]} if cfg.distill.teacher == "train" else {}
-        fp["distill"] = fingerprint("distill", {"model": dump["model"], "distill": dump["distill"]}, {"data": fp["data"], **teacher})
-    fp["eval"] = fingerprint("eval", {"model": dump["model"], "eval": dump["eval"]},
-                             {"data": fp["data"], "train": fp["train"], **_pick(fp, "distill"), **_rag_input(cfg)})
-    fp["export"] = fingerprint("export", dump["export"], {"train": fp["train"], "eval": fp["eval"], **_pick(fp, "distill")})
+        fp["distill"] = fingerprint(
+            "distill", {"model": dump["model"], "distill": dump["distill"]}, {"data": fp["data"], **teacher}
+        )
+    fp["eval"] = fingerprint(
+        "eval",
+        {"model": dump["model"], "eval": dump["eval"]},
+        {"data": fp["data"], "train": fp["train"], **_pick(fp, "distill"), **_rag_input(cfg)},
+    )
+    fp["export"] = fingerprint(
+        "export", dump["export"], {"train": fp["train"], "eval": fp["eval"], **_pick(fp, "distill")}
+    )
     return fp
 
 
@@ -92,8 +99,15 @@ class StageOutcome:
     seconds: float
 
 
-def run_stage(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str], force: bool = False,
-              resume: bool = False, show_progress: bool = True) -> StageOutcome:
+def run_stage(
+    cfg: BuildConfig,
+    run_dir: RunDir,
+    stage: str,
+    fp: dict[str, str],
+    force: bool = False,
+    resume: bool = False,
+    show_progress: bool = True,
+) -> StageOutcome:
     """Run one stage under its manifest unless it is already done with the same fingerprint."""
     run_dir = RunDir.of_config(cfg, run_dir)
     if not force and is_done(run_dir, stage, fp[stage]):
@@ -102,7 +116,9 @@ def run_stage(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str],
     _require_upstream(cfg, run_dir, stage, fp)
     dump = cfg.model_dump(mode="json")
     t0 = time.monotonic()
-    with stage_manifest(run_dir, stage, fp[stage], dump.get(stage), {k: fp[k] for k in STAGES if k != stage and k in fp}) as summary:
+    with stage_manifest(
+        run_dir, stage, fp[stage], dump.get(stage), {k: fp[k] for k in STAGES if k != stage and k in fp}
+    ) as summary:
         summary.update(_dispatch(cfg, run_dir, stage, resume, show_progress))
     return StageOutcome(stage, "ran", summary, time.monotonic() - t0)
 
@@ -110,26 +126,32 @@ def run_stage(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str],
 def upstream(cfg: BuildConfig, stage: str) -> list[str]:
     """Stages whose outputs `stage` reads, for this config."""
     distills = "distill" in cfg.stages
-    return {"synth": [],
-            "data": ["synth"] if "synth" in cfg.stages else [],
-            "train": ["data"],
-            "distill": ["data"] + (["train"] if cfg.distill.teacher == "train" else []),
-            "eval": ["data"] + (["distill"] if distills else []),
-            "export": ["distill" if distills else "train"]}[stage]
+    return {
+        "synth": [],
+        "data": ["synth"] if "synth" in cfg.stages else [],
+        "train": ["data"],
+        "distill": ["data"] + (["train"] if cfg.distill.teacher == "train" else []),
+        "eval": ["data"] + (["distill"] if distills else []),
+        "export": ["distill" if distills else "train"],
+    }[stage]
 
 
 def _require_upstream(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str]) -> None:
     for up in upstream(cfg, stage):
         if not is_done(run_dir, up, fp[up]):
-            raise SlmError(f"stage '{stage}' needs stage '{up}' done for this config, and it is not",
-                           f"run `slm {up}` with the same config first, or `slm build`")
+            raise SlmError(
+                f"stage '{stage}' needs stage '{up}' done for this config, and it is not",
+                f"run `slm {up}` with the same config first, or `slm build`",
+            )
 
 
 def _dispatch(cfg: BuildConfig, run_dir: RunDir, stage: str, resume: bool, show_progress: bool) -> dict:
     return stage_module(stage).run(cfg, run_dir, resume=resume, show_progress=show_progress)
 
 
-def build(cfg: BuildConfig, force: bool = False, resume: bool = False, show_progress: bool = True) -> list[StageOutcome]:
+def build(
+    cfg: BuildConfig, force: bool = False, resume: bool = False, show_progress: bool = True
+) -> list[StageOutcome]:
     """Run the configured stages in order; register the finished model."""
     run_dir = RunDir.of(cfg)
     import yaml
@@ -139,8 +161,17 @@ def build(cfg: BuildConfig, force: bool = False, resume: bool = False, show_prog
     outcomes = []
     for stage in cfg.stages:
         # A rerun upstream invalidates downstream via fingerprints; --force applies to every stage.
-        outcomes.append(run_stage(cfg, run_dir, stage, fp, force=force, resume=resume and stage in ("train", "distill"),
-                                  show_progress=show_progress))
+        outcomes.append(
+            run_stage(
+                cfg,
+                run_dir,
+                stage,
+                fp,
+                force=force,
+                resume=resume and stage in ("train", "distill"),
+                show_progress=show_progress,
+            )
+        )
     _register(cfg, run_dir, fp)
     return outcomes
 
@@ -150,13 +181,18 @@ def _register(cfg: BuildConfig, run_dir: RunDir, fp: dict[str, str]) -> None:
     final_stage = "distill" if "distill" in cfg.stages else "train"
     if not is_done(run_dir, final_stage, fp[final_stage]):
         return
-    metrics = (read_manifest(run_dir, "eval") or {}).get("summary", {}).get("models", {}) if is_done(run_dir, "eval", fp["eval"]) else {}
+    metrics = (
+        (read_manifest(run_dir, "eval") or {}).get("summary", {}).get("models", {})
+        if is_done(run_dir, "eval", fp["eval"])
+        else {}
+    )
     path = run_dir.merged if is_done(run_dir, "export", fp["export"]) else run_dir.final_model
     data = read_manifest(run_dir, "data")["summary"]
     register_model(cfg.name, cfg.model.base_model, data.get("source_sha256", ""), metrics, path)
 
 
 # ----------------------------------------------------------------------------- dry run
+
 
 def plan(cfg: BuildConfig) -> dict:
     """What `slm build` would do: stages and skips, row and token counts, a time estimate. Runs nothing."""
@@ -177,13 +213,21 @@ def plan(cfg: BuildConfig) -> dict:
     records = [r for split in groups.values() for r in split]
     tokens_per_row = _tokens_per_row(cfg, records)
     train_rows = len(groups["train"])
-    steps = cfg.train.max_steps or math.ceil(cfg.train.epochs * math.ceil(train_rows / cfg.train.batch_size) / cfg.train.grad_accum)
+    steps = cfg.train.max_steps or math.ceil(
+        cfg.train.epochs * math.ceil(train_rows / cfg.train.batch_size) / cfg.train.grad_accum
+    )
     train_tokens = int(steps * cfg.train.batch_size * cfg.train.grad_accum * tokens_per_row)
     tok_s = estimate_train_tokens_per_s(cfg)
-    return out | {"rows": len(records), "task": summary["task"],
-                  "train_rows_est": train_rows, "tokens_per_row": round(tokens_per_row, 1), "train_steps": steps,
-                  "train_tokens": train_tokens, "train_tokens_per_s_est": round(tok_s),
-                  "train_minutes_est": round(train_tokens / tok_s / 60, 1)}
+    return out | {
+        "rows": len(records),
+        "task": summary["task"],
+        "train_rows_est": train_rows,
+        "tokens_per_row": round(tokens_per_row, 1),
+        "train_steps": steps,
+        "train_tokens": train_tokens,
+        "train_tokens_per_s_est": round(tok_s),
+        "train_minutes_est": round(train_tokens / tok_s / 60, 1),
+    }
 
 
 def _tokens_per_row(cfg: BuildConfig, records: list[dict]) -> float:

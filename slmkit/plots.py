@@ -16,8 +16,9 @@ FIGSIZE = (8.0, 5.0)  # inches
 DPI = 100  # so every PNG is 800x500 pixels
 
 
-def loss_curve(series: dict[str, list[tuple[int, float]]], path: str | Path,
-               title: str = "Training loss", ylabel: str = "loss") -> Path:
+def loss_curve(
+    series: dict[str, list[tuple[int, float]]], path: str | Path, title: str = "Training loss", ylabel: str = "loss"
+) -> Path:
     """One line per named series of (step, loss) points."""
     drawn = {name: sorted(points) for name, points in series.items() if points}
     if not drawn:
@@ -33,8 +34,12 @@ def loss_curve(series: dict[str, list[tuple[int, float]]], path: str | Path,
     return _save(fig, path)
 
 
-def metric_bars(metrics: dict[str, dict[str, float]], path: str | Path,
-                keys: list[str] | None = None, title: str = "Evaluation metrics") -> Path:
+def metric_bars(
+    metrics: dict[str, dict[str, float]],
+    path: str | Path,
+    keys: list[str] | None = None,
+    title: str = "Evaluation metrics",
+) -> Path:
     """Grouped bars: one group per metric, one bar per model, each bar labelled with its value.
 
     Keys missing from any model are skipped. Without explicit `keys`, only metrics that lie in
@@ -48,8 +53,10 @@ def metric_bars(metrics: dict[str, dict[str, float]], path: str | Path,
     if keys is None:
         shown = [k for k in shown if all(0.0 <= metrics[m][k] <= 1.0 for m in models)]
     if not shown:
-        raise SlmError(f"no metric is shared by all models ({', '.join(models)})",
-                       "evaluate every model on the same task, or pass keys explicitly")
+        raise SlmError(
+            f"no metric is shared by all models ({', '.join(models)})",
+            "evaluate every model on the same task, or pass keys explicitly",
+        )
     fig, ax = _new_figure(title)
     width = 0.8 / len(models)
     for i, model in enumerate(models):
@@ -66,8 +73,7 @@ def metric_bars(metrics: dict[str, dict[str, float]], path: str | Path,
     return _save(fig, path)
 
 
-def length_histogram(lengths: list[int], path: str | Path,
-                     title: str = "Tokens per example") -> Path:
+def length_histogram(lengths: list[int], path: str | Path, title: str = "Tokens per example") -> Path:
     """Histogram of example lengths, with the mean marked."""
     if not lengths:
         raise SlmError("no lengths to plot", "the dataset appears to be empty")

@@ -12,8 +12,8 @@ import json
 import sqlite3
 import time
 from contextlib import closing, contextmanager
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -230,8 +230,17 @@ def stage_manifest(run_dir: Path, stage: str, fp: str, config: Any, inputs: dict
     """
     from slmkit.hardware import versions
 
-    manifest = {"stage": stage, "status": "running", "fingerprint": fp, "inputs": inputs, "config": config,
-                "versions": versions(), "started": _now(), "finished": None, "summary": {}}
+    manifest = {
+        "stage": stage,
+        "status": "running",
+        "fingerprint": fp,
+        "inputs": inputs,
+        "config": config,
+        "versions": versions(),
+        "started": _now(),
+        "finished": None,
+        "summary": {},
+    }
     path = RunDir(run_dir).manifest(stage)
     atomic_write_json(path, manifest)
     t0 = time.monotonic()
@@ -247,6 +256,7 @@ def stage_manifest(run_dir: Path, stage: str, fp: str, config: Any, inputs: dict
 
 
 # ----------------------------------------------------------------------------- registry
+
 
 def registry_path() -> Path:
     return data_dir() / "registry.sqlite"
@@ -264,15 +274,21 @@ def _connect() -> sqlite3.Connection:
 
 def register_model(name: str, base_model: str, data_hash: str, metrics: dict, path: Path) -> None:
     with closing(_connect()) as con, con:
-        con.execute("INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
-                    (name, base_model, data_hash, json.dumps(metrics), str(Path(path).resolve()), _now()))
+        con.execute(
+            "INSERT OR REPLACE INTO models VALUES (?, ?, ?, ?, ?, ?)",
+            (name, base_model, data_hash, json.dumps(metrics), str(Path(path).resolve()), _now()),
+        )
 
 
 def list_models() -> list[dict]:
     with closing(_connect()) as con:
-        rows = con.execute("SELECT name, base_model, data_hash, metrics, path, created FROM models ORDER BY created DESC").fetchall()
-    return [dict(zip(("name", "base_model", "data_hash", "metrics", "path", "created"), r)) | {"metrics": json.loads(r[3])}
-            for r in rows]
+        rows = con.execute(
+            "SELECT name, base_model, data_hash, metrics, path, created FROM models ORDER BY created DESC"
+        ).fetchall()
+    return [
+        dict(zip(("name", "base_model", "data_hash", "metrics", "path", "created"), r)) | {"metrics": json.loads(r[3])}
+        for r in rows
+    ]
 
 
 def get_model(name: str) -> dict | None:

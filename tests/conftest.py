@@ -11,11 +11,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "intent-router"
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-WORDS = ("what is the weather today set an alarm for six play some music book a flight to paris translate hello "
-         "into french classify request reply with one intent weather alarm play_music book_flight translate "
-         "tomorrow please me my at in a of").split()
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+WORDS = (
+    "what is the weather today set an alarm for six play some music book a flight to paris translate hello "
+    "into french classify request reply with one intent weather alarm play_music book_flight translate "
+    "tomorrow please me my at in a of"
+).split()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -41,8 +45,9 @@ def make_tiny_tokenizer():
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.add_special_tokens(specials)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  bos_token="<|im_start|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, unk_token="<unk>", eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -54,10 +59,20 @@ def make_tiny_model_dir(path: Path, seed: int = 0) -> Path:
 
     tok = make_tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=True, initializer_range=0.3)  # wide enough for confident logits
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=0.3,
+    )  # wide enough for confident logits
     LlamaForCausalLM(cfg).save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return path
@@ -68,11 +83,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_llama"))
 
 
-TINY_ROWS = [("what is the weather today", "weather"), ("set an alarm for six", "alarm"),
-             ("play some music", "play_music"), ("book a flight to paris", "book_flight"),
-             ("translate hello into french", "translate"), ("what is the weather tomorrow", "weather"),
-             ("set my alarm at six please", "alarm"), ("play music for me", "play_music"),
-             ("book me a flight", "book_flight"), ("translate hello", "translate")]
+TINY_ROWS = [
+    ("what is the weather today", "weather"),
+    ("set an alarm for six", "alarm"),
+    ("play some music", "play_music"),
+    ("book a flight to paris", "book_flight"),
+    ("translate hello into french", "translate"),
+    ("what is the weather tomorrow", "weather"),
+    ("set my alarm at six please", "alarm"),
+    ("play music for me", "play_music"),
+    ("book me a flight", "book_flight"),
+    ("translate hello", "translate"),
+]
 
 
 @pytest.fixture()
@@ -88,11 +110,18 @@ def tiny_csv(tmp_path) -> Path:
 def tiny_config(tmp_path: Path, model_dir: Path, csv: Path, **train) -> "BuildConfig":  # noqa: F821
     from slmkit.config import load_config
 
-    overrides = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "model": {"base_model": str(model_dir)},
-                 "data": {"path": str(csv), "system_prompt": "classify request reply with one intent",
-                          "split": {"val": 0.1, "test": 0.2}},
-                 "train": {"max_steps": 6, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "lr": 1e-2, **train},
-                 "eval": {"max_new_tokens": 4, "batch_size": 8}}
+    overrides = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"base_model": str(model_dir)},
+        "data": {
+            "path": str(csv),
+            "system_prompt": "classify request reply with one intent",
+            "split": {"val": 0.1, "test": 0.2},
+        },
+        "train": {"max_steps": 6, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "lr": 1e-2, **train},
+        "eval": {"max_new_tokens": 4, "batch_size": 8},
+    }
     return load_config(None, overrides, environ={})
 
 
@@ -106,11 +135,20 @@ def save_onnx_ready_llama(path: Path, tok, seed: int = 0, initializer_range: flo
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                      tie_word_embeddings=True, initializer_range=initializer_range)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
-

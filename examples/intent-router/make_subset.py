@@ -14,8 +14,20 @@ import io
 import json
 from pathlib import Path
 
-INTENTS = ["alarm", "balance", "book_flight", "change_volume", "play_music", "recipe", "report_lost_card",
-           "schedule_meeting", "tell_joke", "tire_pressure", "translate", "weather"]
+INTENTS = [
+    "alarm",
+    "balance",
+    "book_flight",
+    "change_volume",
+    "play_music",
+    "recipe",
+    "report_lost_card",
+    "schedule_meeting",
+    "tell_joke",
+    "tire_pressure",
+    "translate",
+    "weather",
+]
 TAKE = {"train": 36, "test": 12}
 
 

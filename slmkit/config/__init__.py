@@ -15,8 +15,20 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from slmkit.config.base import ColumnMap, _Strict
-from slmkit.config.data import (ChunkConfig, CleanConfig, DataConfig, DecontamConfig, DedupConfig, FetchConfig,
-                                LengthConfig, LimitsConfig, NormalizeConfig, PiiConfig, SourceConfig, SplitConfig)
+from slmkit.config.data import (
+    ChunkConfig,
+    CleanConfig,
+    DataConfig,
+    DecontamConfig,
+    DedupConfig,
+    FetchConfig,
+    LengthConfig,
+    LimitsConfig,
+    NormalizeConfig,
+    PiiConfig,
+    SourceConfig,
+    SplitConfig,
+)
 from slmkit.config.distill import DistillConfig, DistillTrainConfig, KDLoss, PruneSpec, StudentConfig
 from slmkit.config.eval import EvalConfig, EvalRagConfig
 from slmkit.config.export import ExportConfig
@@ -26,11 +38,41 @@ from slmkit.config.synth import SynthConfig, TeacherConfig
 from slmkit.config.train import LoraConfig, TrainConfig
 from slmkit.errors import SlmError
 
-__all__ = ["BuildConfig", "ChunkConfig", "CleanConfig", "ColumnMap", "DataConfig", "DecontamConfig", "DedupConfig",
-           "DistillConfig", "DistillTrainConfig", "EvalConfig", "EvalRagConfig", "ExportConfig", "FetchConfig",
-           "KDLoss", "LengthConfig", "LimitsConfig", "LoraConfig", "ModelConfig", "NormalizeConfig", "PiiConfig",
-           "PruneSpec", "STAGE_ORDER", "ServeConfig", "SourceConfig", "SplitConfig", "StudentConfig", "SynthConfig",
-           "TeacherConfig", "TrainConfig", "flag_overrides", "load_config", "redact", "resolve_path"]
+__all__ = [
+    "BuildConfig",
+    "ChunkConfig",
+    "CleanConfig",
+    "ColumnMap",
+    "DataConfig",
+    "DecontamConfig",
+    "DedupConfig",
+    "DistillConfig",
+    "DistillTrainConfig",
+    "EvalConfig",
+    "EvalRagConfig",
+    "ExportConfig",
+    "FetchConfig",
+    "KDLoss",
+    "LengthConfig",
+    "LimitsConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "NormalizeConfig",
+    "PiiConfig",
+    "PruneSpec",
+    "STAGE_ORDER",
+    "ServeConfig",
+    "SourceConfig",
+    "SplitConfig",
+    "StudentConfig",
+    "SynthConfig",
+    "TeacherConfig",
+    "TrainConfig",
+    "flag_overrides",
+    "load_config",
+    "redact",
+    "resolve_path",
+]
 
 
 Stage = Literal["synth", "data", "train", "distill", "eval", "export"]
@@ -42,7 +84,8 @@ class BuildConfig(_Strict):
     output_dir: str = "runs"
     stages: list[Stage] = Field(
         default_factory=lambda: ["data", "train", "eval", "export"],
-        description="stages `slm build` runs, always in the order synth, data, train, distill, eval, export")
+        description="stages `slm build` runs, always in the order synth, data, train, distill, eval, export",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -118,8 +161,14 @@ def cli_overrides(pairs: list[str]) -> dict:
     return tree
 
 
-def flag_overrides(sets: list[str] | None = None, *, name: str | None = None, output_dir: str | None = None,
-                   base_model: str | None = None, max_steps: int | None = None) -> dict:
+def flag_overrides(
+    sets: list[str] | None = None,
+    *,
+    name: str | None = None,
+    output_dir: str | None = None,
+    base_model: str | None = None,
+    max_steps: int | None = None,
+) -> dict:
     """CLI flags, the top layer of the precedence chain: named flags, then --set pairs (which win)."""
     named: dict = {k: v for k, v in {"name": name, "output_dir": output_dir}.items() if v is not None}
     if base_model is not None:
@@ -132,7 +181,9 @@ def flag_overrides(sets: list[str] | None = None, *, name: str | None = None, ou
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise SlmError(f"config file not found: {path}", "pass the path of a YAML file, e.g. examples/intent-router/build.yaml")
+        raise SlmError(
+            f"config file not found: {path}", "pass the path of a YAML file, e.g. examples/intent-router/build.yaml"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -142,8 +193,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None,
-                environ: dict[str, str] | None = None) -> BuildConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict | None = None, environ: dict[str, str] | None = None
+) -> BuildConfig:
     """defaults < YAML < env SLM_* < CLI overrides, validated once."""
     merged: dict = {}
     if path is not None:
@@ -157,8 +209,11 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None,
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         src = f"{path}: " if path else ""
-        hint = "remove or rename that key; `slm config show` prints every valid key" if err["type"] == "extra_forbidden" \
+        hint = (
+            "remove or rename that key; `slm config show` prints every valid key"
+            if err["type"] == "extra_forbidden"
             else "fix the value; `slm config show` prints the merged config"
+        )
         raise SlmError(f"{src}config field '{where}': {err['msg']}", hint) from None
 
 

@@ -8,11 +8,42 @@ from pydantic import Field, field_validator
 
 from slmkit.config.base import ColumnMap, _Strict
 
-SOURCE_TYPES = ("auto", "csv", "tsv", "json", "jsonl", "parquet", "excel", "text", "markdown", "rst", "pdf",
-                "html", "url", "folder", "openai", "sharegpt", "alpaca", "squad", "preference", "hf_dataset",
-                "chroma")
-PII_TYPES = ("email", "phone", "credit_card", "iban", "ipv4", "ipv6", "us_ssn", "api_key", "aws_key",
-             "bearer_token", "secret")
+SOURCE_TYPES = (
+    "auto",
+    "csv",
+    "tsv",
+    "json",
+    "jsonl",
+    "parquet",
+    "excel",
+    "text",
+    "markdown",
+    "rst",
+    "pdf",
+    "html",
+    "url",
+    "folder",
+    "openai",
+    "sharegpt",
+    "alpaca",
+    "squad",
+    "preference",
+    "hf_dataset",
+    "chroma",
+)
+PII_TYPES = (
+    "email",
+    "phone",
+    "credit_card",
+    "iban",
+    "ipv4",
+    "ipv6",
+    "us_ssn",
+    "api_key",
+    "aws_key",
+    "bearer_token",
+    "secret",
+)
 
 
 class SourceConfig(_Strict):
@@ -77,7 +108,9 @@ class CleanConfig(_Strict):
     decontaminate: DecontamConfig = Field(default_factory=DecontamConfig)
     steps: list[StepConfig] = Field(default_factory=list, description="user steps registered with @register_step")
     imports: list[str] = Field(default_factory=list, description="modules or .py files that register steps")
-    tokenizer: str | None = Field(None, description="model whose tokens lengths are counted in (default: model.base_model)")
+    tokenizer: str | None = Field(
+        None, description="model whose tokens lengths are counted in (default: model.base_model)"
+    )
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -120,7 +153,9 @@ class DataConfig(_Strict):
     format: Literal["auto", "csv", "tsv", "json", "jsonl"] = "auto"
     json_field: str | None = Field(None, description="for JSON: the key holding the list of rows")
     columns: ColumnMap = Field(default_factory=ColumnMap)
-    system_prompt: str | None = Field(None, description="system message for every row; {labels} expands to the label list")
+    system_prompt: str | None = Field(
+        None, description="system message for every row; {labels} expands to the label list"
+    )
     task: Literal["auto", "classification", "generation"] = "auto"
     dedup: bool = True
     max_rows: int | None = Field(None, gt=0)

@@ -9,7 +9,6 @@ from pydantic import Field, model_validator
 from slmkit.config.base import _Strict
 from slmkit.config.train import TrainConfig
 
-
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl"]
 
 
@@ -39,7 +38,9 @@ class DistillTrainConfig(TrainConfig):
 
 
 class DistillConfig(_Strict):
-    teacher: str = Field("train", description="'train' = this run's fine-tuned model (train/final), or a model name/folder")
+    teacher: str = Field(
+        "train", description="'train' = this run's fine-tuned model (train/final), or a model name/folder"
+    )
     student: StudentConfig = Field(default_factory=lambda: StudentConfig(prune=PruneSpec(ratio=0.5)))
     mode: Literal["online", "offline", "on_policy"] = "online"
     loss: KDLoss = "forward_kl"
@@ -48,13 +49,16 @@ class DistillConfig(_Strict):
     temperature: float = Field(1.0, gt=0)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the label cross-entropy; 1 - alpha goes to KD")
     kd_positions: Literal["assistant", "all"] = Field(
-        "assistant", description="tokens the KD loss covers: the assistant reply, or every token (prompt too; "
-                                 "Minitron-style, helps a pruned student recover)")
+        "assistant",
+        description="tokens the KD loss covers: the assistant reply, or every token (prompt too; "
+        "Minitron-style, helps a pruned student recover)",
+    )
     top_k: int = Field(64, gt=0, description="offline cache: teacher log-probs kept per token")
     lmbda: float = Field(0.5, ge=0, le=1, description="on_policy: share of batches built from student generations")
     max_new_tokens: int = Field(32, gt=0, description="on_policy / sequence-level: tokens generated per prompt")
     cache_dir: str | None = Field(None, description="offline cache folder (default <run>/distill/cache)")
     cache_shard_rows: int = Field(256, gt=0)
     tokenizer_mismatch: Literal["error", "sequence"] = Field(
-        "error", description="'sequence': train on teacher-generated replies when tokenizers differ")
+        "error", description="'sequence': train on teacher-generated replies when tokenizers differ"
+    )
     train: DistillTrainConfig = Field(default_factory=DistillTrainConfig)

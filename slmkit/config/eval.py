@@ -10,10 +10,16 @@ from slmkit.config.base import _Strict
 
 
 class EvalRagConfig(_Strict):
-    collection: str | None = Field(None, description="ChromaDB collection from `slm index`; setting it turns RAG mode on")
-    persist_dir: str | None = Field(None, description="its ChromaDB folder, relative to the config file; default <run>/index")
+    collection: str | None = Field(
+        None, description="ChromaDB collection from `slm index`; setting it turns RAG mode on"
+    )
+    persist_dir: str | None = Field(
+        None, description="its ChromaDB folder, relative to the config file; default <run>/index"
+    )
     top_k: int = Field(3, gt=0, description="retrieved chunks put before each prompt")
-    compare_without: bool = Field(True, description="also score each model without retrieval: '<name>' beside '<name>+rag'")
+    compare_without: bool = Field(
+        True, description="also score each model without retrieval: '<name>' beside '<name>+rag'"
+    )
 
 
 class EvalConfig(_Strict):
@@ -22,4 +28,6 @@ class EvalConfig(_Strict):
     max_examples: int | None = Field(None, gt=0)
     compare_base: bool = True
     task: Literal["auto", "classification", "extraction", "qa", "generation", "math"] = "auto"
-    rag: EvalRagConfig = Field(default_factory=EvalRagConfig, description="retrieval-augmented eval (off until collection is set)")
+    rag: EvalRagConfig = Field(
+        default_factory=EvalRagConfig, description="retrieval-augmented eval (off until collection is set)"
+    )

@@ -13,13 +13,18 @@ class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
     backend: Literal["auto", "torch", "onnx"] = Field(
-        "auto", description="auto: onnx for an ONNX export folder (genai_config.json), else torch; "
-                            "onnx: ONNX Runtime GenAI on the export folder or a run's export/onnx-*")
+        "auto",
+        description="auto: onnx for an ONNX export folder (genai_config.json), else torch; "
+        "onnx: ONNX Runtime GenAI on the export folder or a run's export/onnx-*",
+    )
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the folder or model name")
     api_key_env: str = Field("SLM_API_KEY", description="env var holding the bearer key; unset or empty = no auth")
     max_batch_size: int = Field(32, gt=0, description="sequences decoded together in one step")
-    pack_weights: bool = Field(True, description="torch backend on CPU: reorder Linear weights once into oneDNN's "
-                                                 "layout (same fp32 math, faster batched decode); false keeps nn.Linear")
+    pack_weights: bool = Field(
+        True,
+        description="torch backend on CPU: reorder Linear weights once into oneDNN's "
+        "layout (same fp32 math, faster batched decode); false keeps nn.Linear",
+    )
     max_queue: int = Field(128, ge=0, description="requests waiting for a batch slot; more get HTTP 429")
     max_prefill_tokens: int = Field(4096, gt=0, description="prompt tokens admitted into the batch per step")
     max_prompt_tokens: int = Field(4096, gt=0)

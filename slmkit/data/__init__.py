@@ -50,5 +50,17 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'slmkit.data' has no attribute {name!r}")
 
 
-__all__ = [*_STAGE, "DOC_EXTENSIONS", "NearDedup", "dedup_records", "iter_table", "read_document", "read_table",
-           "record_id", "register_step", "source_fingerprint", "split_chars", "to_records"]
+__all__ = [
+    *_STAGE,
+    "DOC_EXTENSIONS",
+    "NearDedup",
+    "dedup_records",
+    "iter_table",
+    "read_document",
+    "read_table",
+    "record_id",
+    "register_step",
+    "source_fingerprint",
+    "split_chars",
+    "to_records",
+]

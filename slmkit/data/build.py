@@ -85,8 +85,9 @@ def _stream_source(res: SourceResult, sink: Callable[[list], None], report: Repo
         res.table_done(table)
 
 
-def _ingest(cfg: BuildConfig, tok: Any, report: Report, sink: Callable[[list], None],
-            show_progress: bool) -> list[SourceResult]:
+def _ingest(
+    cfg: BuildConfig, tok: Any, report: Report, sink: Callable[[list], None], show_progress: bool
+) -> list[SourceResult]:
     """Read every source, streaming its records into `sink`; a bad source is skipped when there are several.
 
     Only the source's own errors are skipped: an error from `sink` (cleaning, user steps) stops the run.
@@ -119,8 +120,10 @@ def _ingest(cfg: BuildConfig, tok: Any, report: Report, sink: Callable[[list], N
             results.append(res)
     if not any(r.records or r.chunks for r in results):
         reasons = "; ".join(f"{s['where']}: {s['reason']}" for s in report.skipped[:5])
-        raise SlmError(f"nothing usable in the data ({reasons or 'no rows or documents found'})",
-                       "fix or replace the inputs listed; supported: tables, chat logs, TXT/Markdown/reST/PDF/HTML, URLs")
+        raise SlmError(
+            f"nothing usable in the data ({reasons or 'no rows or documents found'})",
+            "fix or replace the inputs listed; supported: tables, chat logs, TXT/Markdown/reST/PDF/HTML, URLs",
+        )
     return results
 
 
@@ -147,7 +150,9 @@ def _clean_chunks(cfg: BuildConfig, chunks: list[dict], tok: Any, report: Report
         return []
     chunk_report = Report()
     with Cleaner(cfg.data.clean.model_copy(update={"steps": []}), tok, chunk_report, cfg.config_dir) as cleaner:
-        chunks = [c for start in range(0, len(chunks), CHUNK_BATCH) for c in cleaner(chunks[start:start + CHUNK_BATCH])]
+        chunks = [
+            c for start in range(0, len(chunks), CHUNK_BATCH) for c in cleaner(chunks[start : start + CHUNK_BATCH])
+        ]
     report.pii.update(chunk_report.pii)
     report.steps.update({f"chunks/{k}": v for k, v in chunk_report.steps.items()})
     return chunks
@@ -178,8 +183,12 @@ def _finish_splits(cfg: BuildConfig, files: SplitFiles, built: Built) -> None:
     built.report.seconds["finish_splits"] += time.perf_counter() - start
     built.rows, built.labels, built.lengths = files.rows, files.labels, files.lengths
     if not files.staged:
-        log.warning("data: only documents (%d chunks); the synth stage turns them into training pairs", len(built.chunks))
+        log.warning(
+            "data: only documents (%d chunks); the synth stage turns them into training pairs", len(built.chunks)
+        )
         return
     if not train_out:
-        raise SlmError(f"{built.results[0].name}: no training rows left ({files.staged} usable rows, all in val/test)",
-                       "add more rows or lower data.split.val / data.split.test")
+        raise SlmError(
+            f"{built.results[0].name}: no training rows left ({files.staged} usable rows, all in val/test)",
+            "add more rows or lower data.split.val / data.split.test",
+        )

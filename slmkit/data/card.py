@@ -38,21 +38,31 @@ def render_card(summary: dict[str, Any], groups: Labels) -> str:
     """Markdown text of the card from prepare()'s summary and the label counts (or records) of each split."""
     rows, dropped = summary["rows"], summary["dropped"]
     lines = [
-        "# Dataset card", "",
-        "## Source", "",
+        "# Dataset card",
+        "",
+        "## Source",
+        "",
         f"- **File**: `{summary['source']}`",
         f"- **sha256**: `{summary['source_sha256']}`",
         f"- **Licence**: {_cell(summary['license'] or 'unknown (set data.license)')}",
-        f"- **Task**: {summary['task']}", "",
-        "## Columns picked", "",
-        "| role | column |", "|---|---|",
-        *(f"| {role} | {_cell(col)} |" for role, col in summary["columns_picked"].items() if col), "",
-        "## Rows", "",
-        "| split | rows |", "|---|---:|",
+        f"- **Task**: {summary['task']}",
+        "",
+        "## Columns picked",
+        "",
+        "| role | column |",
+        "|---|---|",
+        *(f"| {role} | {_cell(col)} |" for role, col in summary["columns_picked"].items() if col),
+        "",
+        "## Rows",
+        "",
+        "| split | rows |",
+        "|---|---:|",
         *(f"| {s} | {rows[s]} |" for s in SPLITS),
-        f"| **total** | {sum(rows.values())} |", "",
+        f"| **total** | {sum(rows.values())} |",
+        "",
         f"- Duplicates dropped (identical conversations, first kept): {dropped['duplicate']}",
-        f"- Rows dropped for an empty input or output: {dropped['empty']}", "",
+        f"- Rows dropped for an empty input or output: {dropped['empty']}",
+        "",
     ]
     if summary["task"] == "classification":
         lines += [f"## Labels ({len(summary['labels'])})", "", *_label_table(groups), ""]
@@ -63,36 +73,67 @@ def _cleaning_sections(summary: dict[str, Any]) -> list[str]:
     """Sources, steps, PII, skipped inputs, licences and token lengths (when prepare() reported them)."""
     lines: list[str] = []
     if summary.get("sources"):
-        lines += ["## Sources", "", "| source | type | shape | rows read | records | chunks | licence | sha256 |",
-                  "|---|---|---|---:|---:|---:|---|---|"]
-        lines += [f"| `{_cell(s['name'])}` | {s['type']} | {_cell(', '.join(s['shapes']) or None)} | {s['rows_in']} | "
-                  f"{s['records']} | {s['chunks']} | {_cell(s['license'])} | {_cell((s['sha256'] or '')[:12] or None)} |"
-                  for s in summary["sources"]]
+        lines += [
+            "## Sources",
+            "",
+            "| source | type | shape | rows read | records | chunks | licence | sha256 |",
+            "|---|---|---|---:|---:|---:|---|---|",
+        ]
+        lines += [
+            f"| `{_cell(s['name'])}` | {s['type']} | {_cell(', '.join(s['shapes']) or None)} | {s['rows_in']} | "
+            f"{s['records']} | {s['chunks']} | {_cell(s['license'])} | {_cell((s['sha256'] or '')[:12] or None)} |"
+            for s in summary["sources"]
+        ]
         lines.append("")
     if summary.get("steps"):
         lines += ["## Cleaning steps", "", "| step | in | out | dropped | changed |", "|---|---:|---:|---:|---:|"]
-        lines += [f"| {name} | {c['in']} | {c['out']} | {c['dropped']} | {c['changed']} |"
-                  for name, c in summary["steps"].items()]
+        lines += [
+            f"| {name} | {c['in']} | {c['out']} | {c['dropped']} | {c['changed']} |"
+            for name, c in summary["steps"].items()
+        ]
         lines.append("")
     if "pii" in summary:
         pii = summary["pii"]
-        lines += ["## PII found", "", *(["| type | count |", "|---|---:|", *(f"| {t} | {n} |" for t, n in pii.items())]
-                                        if pii else ["None found by the detectors."]), ""]
+        lines += [
+            "## PII found",
+            "",
+            *(
+                ["| type | count |", "|---|---:|", *(f"| {t} | {n} |" for t, n in pii.items())]
+                if pii
+                else ["None found by the detectors."]
+            ),
+            "",
+        ]
     if summary.get("skipped"):
-        lines += [f"## Skipped inputs ({len(summary['skipped'])})", "", "| reason | count |", "|---|---:|",
-                  *(f"| {_cell(r)} | {n} |" for r, n in summary["skip_reasons"].items()), ""]
+        lines += [
+            f"## Skipped inputs ({len(summary['skipped'])})",
+            "",
+            "| reason | count |",
+            "|---|---:|",
+            *(f"| {_cell(r)} | {n} |" for r, n in summary["skip_reasons"].items()),
+            "",
+        ]
         lines += [f"- `{_cell(s['where'])}`: {_cell(s['reason'])}" for s in summary["skipped"][:50]] + [""]
     if summary.get("licenses"):
         lines += ["## Licences", "", *(f"- {_cell(lic)}" for lic in summary["licenses"]), ""]
     if summary.get("tokens"):
         t = summary["tokens"]
-        lines += ["## Token lengths", "", f"Tokenizer: `{t['tokenizer']}`; min {t['min']}, mean {t['mean']}, "
-                  f"max {t['max']} tokens per example (contents only, no chat markup).", ""]
+        lines += [
+            "## Token lengths",
+            "",
+            f"Tokenizer: `{t['tokenizer']}`; min {t['min']}, mean {t['mean']}, "
+            f"max {t['max']} tokens per example (contents only, no chat markup).",
+            "",
+        ]
         if t.get("histogram"):
             lines += [f"![token lengths]({t['histogram']})", ""]
     if summary.get("chunks"):
-        lines += ["## Document chunks", "", f"{summary['chunks']} chunks in `chunks.jsonl` (input for synth and "
-                  "`slm index`).", ""]
+        lines += [
+            "## Document chunks",
+            "",
+            f"{summary['chunks']} chunks in `chunks.jsonl` (input for synth and `slm index`).",
+            "",
+        ]
     return lines
 
 

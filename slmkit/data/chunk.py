@@ -24,7 +24,7 @@ Spans = list[tuple[int, int]]
 
 def _break_score(text: str, pos: int) -> int:
     """How good a chunk end is just before `pos`: 2 paragraph, 1 sentence/line, 0 anywhere else."""
-    before = text[max(0, pos - 3):pos]
+    before = text[max(0, pos - 3) : pos]
     if "\n\n" in before or before.endswith("\n\n"):
         return 2
     return 1 if before.rstrip(" ").endswith((".", "!", "?", "\n", ":")) else 0
@@ -35,27 +35,50 @@ def split_tokens(text: str, tok: Any, max_tokens: int, overlap: int) -> list[tup
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
     spans = [o for o in enc["offset_mapping"] if o[1] > o[0]]
     n = len(spans)
-    return _split(text, spans, max_tokens, overlap,
-                  size=lambda i, j: j - i, reach=lambda i, budget: min(i + budget, n), back=lambda j, budget: j - budget)
+    return _split(
+        text,
+        spans,
+        max_tokens,
+        overlap,
+        size=lambda i, j: j - i,
+        reach=lambda i, budget: min(i + budget, n),
+        back=lambda j, budget: j - budget,
+    )
 
 
 def split_chars(text: str, max_chars: int, overlap: int) -> list[tuple[str, int]]:
     """`text` cut between words into pieces of at most max_chars characters, each next piece starting with the
     words of the last `overlap` characters of the one before; (piece, n_chars). A word longer than a piece is cut."""
-    spans = [(m.start() + k, min(m.start() + k + max_chars, m.end()))
-             for m in _WORD.finditer(text) for k in range(0, m.end() - m.start(), max_chars)]
+    spans = [
+        (m.start() + k, min(m.start() + k + max_chars, m.end()))
+        for m in _WORD.finditer(text)
+        for k in range(0, m.end() - m.start(), max_chars)
+    ]
     starts, ends = [s for s, _ in spans], [e for _, e in spans]
 
     def size(i: int, j: int) -> int:
         return ends[j - 1] - starts[i] if j > i else 0
 
-    return _split(text, spans, max_chars, overlap, size=size,
-                  reach=lambda i, budget: bisect_right(ends, starts[i] + budget),  # words ending within the budget
-                  back=lambda j, budget: bisect_left(starts, ends[j - 1] - budget))  # words starting within it
+    return _split(
+        text,
+        spans,
+        max_chars,
+        overlap,
+        size=size,
+        reach=lambda i, budget: bisect_right(ends, starts[i] + budget),  # words ending within the budget
+        back=lambda j, budget: bisect_left(starts, ends[j - 1] - budget),
+    )  # words starting within it
 
 
-def _split(text: str, spans: Spans, max_len: int, overlap: int, size: Callable[[int, int], int],
-           reach: Callable[[int, int], int], back: Callable[[int, int], int]) -> list[tuple[str, int]]:
+def _split(
+    text: str,
+    spans: Spans,
+    max_len: int,
+    overlap: int,
+    size: Callable[[int, int], int],
+    reach: Callable[[int, int], int],
+    back: Callable[[int, int], int],
+) -> list[tuple[str, int]]:
     """Windows over the units (tokens or words) at `spans` of `text`: size(i, j) measures units i..j-1, reach(i, b)
     is the end of the longest window from unit i of size <= b, back(j, b) the start of the longest one ending at j."""
     n = len(spans)
@@ -66,10 +89,12 @@ def _split(text: str, spans: Spans, max_len: int, overlap: int, size: Callable[[
         end = max(reach(start, max_len), start + 1)
         if end < n:
             # Prefer the best boundary in the second half of the window.
-            best = max(range(max(reach(start, max_len // 2), start + 1), end + 1),
-                       key=lambda j: (_break_score(text, spans[j][0]), j) if j < n else (-1, j))
+            best = max(
+                range(max(reach(start, max_len // 2), start + 1), end + 1),
+                key=lambda j: (_break_score(text, spans[j][0]), j) if j < n else (-1, j),
+            )
             end = best if _break_score(text, spans[best][0]) > 0 else end
-        piece = text[spans[start][0]:spans[end - 1][1]].strip()
+        piece = text[spans[start][0] : spans[end - 1][1]].strip()
         if piece:
             pieces.append((piece, size(start, end)))
         if end >= n:
@@ -89,7 +114,20 @@ def chunk_document(doc: Document, tok: Any, cfg: ChunkConfig) -> list[dict[str, 
 
 def _chunk_record(doc: Document, sec: Section, sec_no: int, idx: int, text: str, n: int) -> dict[str, Any]:
     where = doc.source + (f"#page={sec.page}" if sec.page is not None else f"#section={sec_no + 1}")
-    return {"id": hashlib.sha1(text.encode("utf-8")).hexdigest(), "text": text,
-            "meta": {"source": f"{where}&chunk={idx + 1}", "source_sha256": doc.sha256, "license": None,
-                     "kind": doc.kind, "title": doc.title, "page": sec.page, "heading": sec.heading,
-                     "chunk": idx + 1, "tokens": n, "transformations": ["chunk"], "pii_redacted": []}}
+    return {
+        "id": hashlib.sha1(text.encode("utf-8")).hexdigest(),
+        "text": text,
+        "meta": {
+            "source": f"{where}&chunk={idx + 1}",
+            "source_sha256": doc.sha256,
+            "license": None,
+            "kind": doc.kind,
+            "title": doc.title,
+            "page": sec.page,
+            "heading": sec.heading,
+            "chunk": idx + 1,
+            "tokens": n,
+            "transformations": ["chunk"],
+            "pii_redacted": [],
+        },
+    }

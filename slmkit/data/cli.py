@@ -28,13 +28,22 @@ def print_summary(summary: dict[str, Any], console: Console = out) -> None:
     from rich.table import Table
 
     rows = summary.get("rows", {})
-    console.print(f"[bold]rows[/]: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in rows.items())}); "
-                  f"task {summary.get('task')}; chunks {summary.get('chunks', 0)}")
+    console.print(
+        f"[bold]rows[/]: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in rows.items())}); "
+        f"task {summary.get('task')}; chunks {summary.get('chunks', 0)}"
+    )
     if summary.get("sources"):
         t = Table("source", "type", "shape", "rows read", "records", "chunks", "licence")
         for s in summary["sources"]:
-            t.add_row(s["name"], s["type"], ", ".join(s["shapes"]), str(s["rows_in"]), str(s["records"]),
-                      str(s["chunks"]), s["license"] or "-")
+            t.add_row(
+                s["name"],
+                s["type"],
+                ", ".join(s["shapes"]),
+                str(s["rows_in"]),
+                str(s["records"]),
+                str(s["chunks"]),
+                s["license"] or "-",
+            )
         console.print(t)
     if summary.get("steps"):
         t = Table("step", "in", "out", "dropped", "changed")
@@ -43,9 +52,13 @@ def print_summary(summary: dict[str, Any], console: Console = out) -> None:
         console.print(t)
     console.print(f"[bold]PII[/]: {', '.join(f'{k} {v}' for k, v in summary.get('pii', {}).items()) or 'none found'}")
     if summary.get("skipped"):
-        console.print(f"[bold]skipped[/] {len(summary['skipped'])}: "
-                      + ", ".join(f"{k} x{v}" for k, v in summary["skip_reasons"].items()))
-    console.print(f"[bold]licences[/]: {'; '.join(summary.get('licenses') or []) or summary.get('license') or 'unknown'}")
+        console.print(
+            f"[bold]skipped[/] {len(summary['skipped'])}: "
+            + ", ".join(f"{k} x{v}" for k, v in summary["skip_reasons"].items())
+        )
+    console.print(
+        f"[bold]licences[/]: {'; '.join(summary.get('licenses') or []) or summary.get('license') or 'unknown'}"
+    )
     if summary.get("tokens"):
         t = summary["tokens"]
         console.print(f"[bold]tokens[/] ({t['tokenizer']}): min {t['min']}, mean {t['mean']}, max {t['max']}")
@@ -77,15 +90,19 @@ def show(summary: dict[str, Any], console: Console = out) -> None:
     """After `slm data`: rows per split and the task."""
     rows = summary.get("rows", {})
     if rows:
-        console.print(f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in rows.items())}); "
-                      f"task {summary.get('task')}")
+        console.print(
+            f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in rows.items())}); task {summary.get('task')}"
+        )
 
 
-def data_inspect(target: str = typer.Argument(..., metavar="PATH_OR_RUN",
-                                             help="a run folder, a config YAML, or a data file/folder/URL"),
-                 base_model: str = typer.Option("default", "--base-model", help="tokenizer for token counts"),
-                 sets: Optional[list[str]] = typer.Option(None, "--set", help="config override, e.g. data.clean.pii.action=drop"),
-                 as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
+def data_inspect(
+    target: str = typer.Argument(
+        ..., metavar="PATH_OR_RUN", help="a run folder, a config YAML, or a data file/folder/URL"
+    ),
+    base_model: str = typer.Option("default", "--base-model", help="tokenizer for token counts"),
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="config override, e.g. data.clean.pii.action=drop"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
     """Print what the data stage did (or would do): sources, steps, PII counts, licences, token lengths."""
     summary = inspect_target(target, base_model, sets)
     if as_json:
@@ -93,25 +110,33 @@ def data_inspect(target: str = typer.Argument(..., metavar="PATH_OR_RUN",
     else:
         print_summary(summary)
 
-def index(docs: list[str] = typer.Argument(..., metavar="DOCS...", help="files, folders or URLs of documents"),
-          collection: str = typer.Option(..., "--collection", help="ChromaDB collection name (3-512 chars)"),
-          persist_dir: Optional[Path] = typer.Option(None, "--persist-dir", help="ChromaDB folder"),
-          run: Optional[Path] = typer.Option(None, "--run", help="run folder: the index goes in RUN/index"),
-          max_tokens: int = typer.Option(256, "--max-tokens", help="chunk size in MiniLM tokens"),
-          overlap: int = typer.Option(32, "--overlap", help="tokens repeated between chunks"),
-          progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+
+def index(
+    docs: list[str] = typer.Argument(..., metavar="DOCS...", help="files, folders or URLs of documents"),
+    collection: str = typer.Option(..., "--collection", help="ChromaDB collection name (3-512 chars)"),
+    persist_dir: Optional[Path] = typer.Option(None, "--persist-dir", help="ChromaDB folder"),
+    run: Optional[Path] = typer.Option(None, "--run", help="run folder: the index goes in RUN/index"),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="chunk size in MiniLM tokens"),
+    overlap: int = typer.Option(32, "--overlap", help="tokens repeated between chunks"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
     """Chunk documents, embed them with the local all-MiniLM-L6-v2 and store them in ChromaDB."""
     from slmkit.config.data import ChunkConfig
+
     from .index import build_index
 
     if persist_dir is None and run is None:
-        raise SlmError("where should the index go?", "pass --persist-dir DIR, or --run RUN_DIR (stored in RUN_DIR/index)")
+        raise SlmError(
+            "where should the index go?", "pass --persist-dir DIR, or --run RUN_DIR (stored in RUN_DIR/index)"
+        )
     if overlap >= max_tokens:
         raise SlmError(f"--overlap {overlap} must be smaller than --max-tokens {max_tokens}", "e.g. --overlap 32")
     target = persist_dir if persist_dir is not None else RunDir(run).index_dir
-    res = build_index(docs, collection, target, ChunkConfig(max_tokens=max_tokens, overlap=overlap),
-                      show_progress=progress)
-    out.print(f"[bold]index[/]: {res['chunks']} chunks -> collection {collection!r} in {target} "
-              f"({res['count']} stored)")
+    res = build_index(
+        docs, collection, target, ChunkConfig(max_tokens=max_tokens, overlap=overlap), show_progress=progress
+    )
+    out.print(
+        f"[bold]index[/]: {res['chunks']} chunks -> collection {collection!r} in {target} ({res['count']} stored)"
+    )
     if res["skipped"]:
         out.print(f"skipped {len(res['skipped'])}: " + ", ".join(f"{k} x{v}" for k, v in res["skip_reasons"].items()))

@@ -22,8 +22,15 @@ log = logging.getLogger("slmkit.data")
 DEFAULT_CHUNK = ChunkConfig(max_tokens=256, overlap=32)
 
 
-def build_index(paths: list[str], collection: str, persist_dir: str | Path, chunk: ChunkConfig | None = None,
-                clean: bool = True, batch_size: int = 64, show_progress: bool = True) -> dict[str, Any]:
+def build_index(
+    paths: list[str],
+    collection: str,
+    persist_dir: str | Path,
+    chunk: ChunkConfig | None = None,
+    clean: bool = True,
+    batch_size: int = 64,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Chunk + (normalise, redact PII) + embed + upsert; returns counts and the skip report.
 
     Chunk ids stay the sha1 of the chunk as read (cleaning does not refresh them here), so re-indexing the same
@@ -37,8 +44,10 @@ def build_index(paths: list[str], collection: str, persist_dir: str | Path, chun
     from .read.sources import read_source
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{1,510}[A-Za-z0-9]", collection):
-        raise SlmError(f"collection name {collection!r} is not allowed by ChromaDB",
-                       "use 3-512 characters from a-z A-Z 0-9 . _ -, starting and ending with a letter or digit")
+        raise SlmError(
+            f"collection name {collection!r} is not allowed by ChromaDB",
+            "use 3-512 characters from a-z A-Z 0-9 . _ -, starting and ending with a letter or digit",
+        )
     model = embedding_model()
     cfg = BuildConfig(config_dir=str(Path.cwd()))
     report = Report()
@@ -63,7 +72,13 @@ def build_index(paths: list[str], collection: str, persist_dir: str | Path, chun
         reasons = "; ".join(f"{s['where']}: {s['reason']}" for s in report.skipped[:5]) or "no documents given"
         raise SlmError(f"nothing to index ({reasons})", "pass folders or files of TXT/Markdown/reST/PDF/HTML, or URLs")
     col = client(Path(persist_dir)).get_or_create_collection(
-        collection, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": EMBED_MODEL})
+        collection, embedding_function=None, metadata={"hnsw:space": "cosine", "embedding_model": EMBED_MODEL}
+    )
     upsert(col, model, chunks, batch_size, show_progress)
-    return {"collection": collection, "persist_dir": str(persist_dir), "chunks": len(chunks), "count": col.count(),
-            **report.as_dict()}
+    return {
+        "collection": collection,
+        "persist_dir": str(persist_dir),
+        "chunks": len(chunks),
+        "count": col.count(),
+        **report.as_dict(),
+    }

@@ -64,8 +64,10 @@ def pick_from(avail: list[str], data: DataConfig, source: str = "data") -> tuple
     for field in ("input", "output", "system", "messages"):
         name = getattr(cols, field)
         if name and name not in avail:
-            raise SlmError(f"{source}: column {name!r} (data.columns.{field}) not found; available columns: {listing}",
-                           f"set data.columns.{field} to one of the available columns")
+            raise SlmError(
+                f"{source}: column {name!r} (data.columns.{field}) not found; available columns: {listing}",
+                f"set data.columns.{field} to one of the available columns",
+            )
     picked: dict[str, str | None] = {"input": None, "output": None, "system": cols.system, "messages": None}
     auto: list[str] = []
     if not cols.system and (sys_col := _find(avail, ("system",))):
@@ -79,9 +81,10 @@ def pick_from(avail: list[str], data: DataConfig, source: str = "data") -> tuple
         if not getattr(cols, field):
             auto.append(field)
         if not picked[field]:
-            raise SlmError(f"{source}: no {field} column found (looked for {', '.join(candidates)}); "
-                           f"available columns: {listing}",
-                           "set data.columns.input and data.columns.output to the right columns")
+            raise SlmError(
+                f"{source}: no {field} column found (looked for {', '.join(candidates)}); available columns: {listing}",
+                "set data.columns.input and data.columns.output to the right columns",
+            )
     return picked, auto
 
 
@@ -101,13 +104,18 @@ def parse_messages(value: Any, locator: str) -> list[dict[str, str]]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise SlmError(f"{locator}: messages column is not valid JSON ({e.msg})",
-                           "store messages as a JSON list of {\"role\", \"content\"} objects") from None
+            raise SlmError(
+                f"{locator}: messages column is not valid JSON ({e.msg})",
+                'store messages as a JSON list of {"role", "content"} objects',
+            ) from None
     ok = isinstance(value, list) and all(
-        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content", ""), str) for m in value)
+        isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content", ""), str) for m in value
+    )
     if not ok:
-        raise SlmError(f"{locator}: messages must be a list of {{role, content}} with role in {', '.join(ROLES)}",
-                       "fix that row's messages value")
+        raise SlmError(
+            f"{locator}: messages must be a list of {{role, content}} with role in {', '.join(ROLES)}",
+            "fix that row's messages value",
+        )
     return [{"role": m["role"], "content": m.get("content") or ""} for m in value]
 
 
@@ -123,9 +131,17 @@ def _draft(row: dict[str, Any], picked: dict, locator: str) -> _Draft | None:
             return None
         rejected = row.get("rejected")
         meta = row.get("meta")
-        synthetic = meta.get("synthetic") if isinstance(meta, dict) and isinstance(meta.get("synthetic"), dict) else None
-        return _Draft(locator, system or None, msgs, msgs[-1]["content"].strip(),
-                      rejected if isinstance(rejected, str) and rejected.strip() else None, synthetic=synthetic)
+        synthetic = (
+            meta.get("synthetic") if isinstance(meta, dict) and isinstance(meta.get("synthetic"), dict) else None
+        )
+        return _Draft(
+            locator,
+            system or None,
+            msgs,
+            msgs[-1]["content"].strip(),
+            rejected if isinstance(rejected, str) and rejected.strip() else None,
+            synthetic=synthetic,
+        )
     user, output = _text(row.get(picked["input"])), _text(row.get(picked["output"]))
     if not user or not output:
         return None
@@ -178,9 +194,20 @@ def mark(rec: dict[str, Any], step: str) -> None:
 def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
     system = draft.system or system_prompt
     messages = ([{"role": "system", "content": system}] if system else []) + draft.turns
-    rec = {"id": record_id(messages), "messages": messages, "label": None, "_output": draft.output,
-           "meta": {"source": draft.locator, "source_sha256": None, "license": None, "split": None,
-                    "synthetic": draft.synthetic, "pii_redacted": []}}
+    rec = {
+        "id": record_id(messages),
+        "messages": messages,
+        "label": None,
+        "_output": draft.output,
+        "meta": {
+            "source": draft.locator,
+            "source_sha256": None,
+            "license": None,
+            "split": None,
+            "synthetic": draft.synthetic,
+            "pii_redacted": [],
+        },
+    }
     if draft.rejected is not None:
         rec["rejected"] = draft.rejected
     if draft.group is not None:
@@ -228,9 +255,11 @@ def drafts_of(pairs: Iterable[tuple[dict[str, Any], str]], picked: dict) -> tupl
 
 
 def no_usable_rows(source: str, n_rows: int, picked: dict) -> SlmError:
-    return SlmError(f"{source}: no usable rows; all {n_rows} rows have an empty input or output "
-                    f"(columns used: {', '.join(f'{k}={v}' for k, v in picked.items() if v)})",
-                    "check data.columns points at the right columns")
+    return SlmError(
+        f"{source}: no usable rows; all {n_rows} rows have an empty input or output "
+        f"(columns used: {', '.join(f'{k}={v}' for k, v in picked.items() if v)})",
+        "check data.columns points at the right columns",
+    )
 
 
 class RecordMaker:
@@ -270,8 +299,15 @@ class RecordMaker:
     def report(self, picked: dict, auto: list[str], rows_in: int, empty: int) -> dict[str, Any]:
         task = self.task()
         counts = dict(sorted(self.detector.counts.items())) if task == "classification" and self.detector.counts else {}
-        return {"columns_picked": picked, "auto_detected": auto, "task": task, "labels": list(counts),
-                "label_counts": counts, "dropped": {"duplicate": self.duplicates, "empty": empty}, "rows_in": rows_in}
+        return {
+            "columns_picked": picked,
+            "auto_detected": auto,
+            "task": task,
+            "labels": list(counts),
+            "label_counts": counts,
+            "dropped": {"duplicate": self.duplicates, "empty": empty},
+            "rows_in": rows_in,
+        }
 
 
 def log_auto(picked: dict, auto: list[str]) -> None:
@@ -279,8 +315,9 @@ def log_auto(picked: dict, auto: list[str]) -> None:
         log.info("data: %s column auto-detected as %r", role, picked[role])
 
 
-def to_records(rows: list[dict[str, Any]], data: DataConfig,
-               locators: list[str] | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def to_records(
+    rows: list[dict[str, Any]], data: DataConfig, locators: list[str] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Canonical records (meta.split etc. left unset) and a report: columns_picked, task, labels, dropped."""
     locators = locators or [f"row={i}" for i in range(1, len(rows) + 1)]
     source = locators[0].split("#")[0] if locators and "#" in locators[0] else "data"

@@ -36,5 +36,9 @@ class Report:
         return dict(Counter(s["reason"].split(":")[0].split(" (")[0] for s in self.skipped))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"skipped": self.skipped, "skip_reasons": self.skip_reasons(), "steps": self.steps,
-                "pii": dict(sorted(self.pii.items()))}
+        return {
+            "skipped": self.skipped,
+            "skip_reasons": self.skip_reasons(),
+            "steps": self.steps,
+            "pii": dict(sorted(self.pii.items())),
+        }

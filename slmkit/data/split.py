@@ -39,7 +39,7 @@ def bucket(seed: str, record_id: str) -> float:
     """sha256(seed + id) read as an integer and mapped to [0, 1)."""
     digest = hashlib.sha256((seed + record_id).encode("utf-8")).hexdigest()
     # Keep the top 53 bits: a float holds them exactly, so the result can never round up to 1.0.
-    return (int(digest, 16) >> (256 - 53)) / 2 ** 53
+    return (int(digest, 16) >> (256 - 53)) / 2**53
 
 
 def split_of(record_id: str, cfg: SplitConfig) -> str:
@@ -53,8 +53,10 @@ def split_of(record_id: str, cfg: SplitConfig) -> str:
 def assign_splits(records: list[dict[str, Any]], cfg: SplitConfig) -> dict[str, list[dict[str, Any]]]:
     """Set meta.split on every record and group them by split, keeping input order within each."""
     if cfg.val + cfg.test >= 1:
-        raise SlmError(f"data.split.val ({cfg.val}) + data.split.test ({cfg.test}) leaves nothing for training",
-                       "make val + test well below 1, e.g. 0.1 each")
+        raise SlmError(
+            f"data.split.val ({cfg.val}) + data.split.test ({cfg.test}) leaves nothing for training",
+            "make val + test well below 1, e.g. 0.1 each",
+        )
     groups: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     for rec in records:
         rec["meta"]["split"] = split_of(rec["meta"].get("group") or rec["id"], cfg)
@@ -63,6 +65,7 @@ def assign_splits(records: list[dict[str, Any]], cfg: SplitConfig) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- split files
+
 
 def _dump(rec: Record) -> str:
     return json.dumps(rec, ensure_ascii=False, default=str) + "\n"
@@ -128,8 +131,9 @@ class SplitFiles:
         while lines := list(islice(f, BATCH)):
             yield [json.loads(line) for line in lines]
 
-    def finish(self, label: Callable[[Record], Any] | None, count_labels: bool,
-               report: Report | None = None) -> tuple[int, int]:
+    def finish(
+        self, label: Callable[[Record], Any] | None, count_labels: bool, report: Report | None = None
+    ) -> tuple[int, int]:
         """Write the final files (not yet renamed); returns (train rows before, after decontamination), which also
         go to `report` as the step "decontaminate" (when it ran on staged records)."""
         train_in = 0
@@ -146,8 +150,14 @@ class SplitFiles:
             report.step("decontaminate", train_in, self.rows["train"])
         return train_in, self.rows["train"]
 
-    def _write(self, split: str, batch: list[Record], out: _AtomicFile, label: Callable[[Record], Any] | None,
-               count_labels: bool) -> None:
+    def _write(
+        self,
+        split: str,
+        batch: list[Record],
+        out: _AtomicFile,
+        label: Callable[[Record], Any] | None,
+        count_labels: bool,
+    ) -> None:
         for rec in batch:
             if label is not None:
                 rec["label"] = label(rec)

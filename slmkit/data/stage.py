@@ -36,13 +36,29 @@ def _token_stats(tok_name: str, built: Built, out_dir: Path) -> dict[str, Any]:
     from slmkit.plots import length_histogram
 
     length_histogram(lengths, out_dir / "lengths.png", title="Tokens per example")
-    return {"tokenizer": tok_name, "min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
-            "max": max(lengths), "histogram": "lengths.png"}
+    return {
+        "tokenizer": tok_name,
+        "min": min(lengths),
+        "mean": round(sum(lengths) / len(lengths), 1),
+        "max": max(lengths),
+        "histogram": "lengths.png",
+    }
 
 
 def _source_rows(results: list) -> list[dict[str, Any]]:
-    return [{"name": r.name, "type": r.type, "shapes": r.shapes, "rows_in": r.rows_in, "records": r.records,
-             "chunks": len(r.chunks), "license": r.license, "sha256": r.sha256} for r in results]
+    return [
+        {
+            "name": r.name,
+            "type": r.type,
+            "shapes": r.shapes,
+            "rows_in": r.rows_in,
+            "records": r.records,
+            "chunks": len(r.chunks),
+            "license": r.license,
+            "sha256": r.sha256,
+        }
+        for r in results
+    ]
 
 
 def _summary(built: Built) -> dict[str, Any]:
@@ -50,21 +66,27 @@ def _summary(built: Built) -> dict[str, Any]:
     results, report, chunks, task = built.results, built.report, built.chunks, built.task
     reports = [rep for r in results for rep in r.reports]
     labels = set().union(*built.labels.values()) - {None}
-    licenses = sorted({r.license for r in results if r.license} | {c["meta"]["license"] for c in chunks if c["meta"].get("license")})
+    licenses = sorted(
+        {r.license for r in results if r.license} | {c["meta"]["license"] for c in chunks if c["meta"].get("license")}
+    )
     steps = report.steps
     return {
         "rows": dict(built.rows),
-        "dropped": {"duplicate": sum(rep["dropped"]["duplicate"] for rep in reports) + steps.get("exact_dedup", {}).get("dropped", 0),
-                    "empty": sum(rep["dropped"]["empty"] for rep in reports),
-                    "near_duplicate": steps.get("near_dedup", {}).get("dropped", 0),
-                    "length": steps.get("length_filter", {}).get("dropped", 0),
-                    "pii": sum(v["dropped"] for k, v in steps.items() if k.startswith("pii_")),
-                    "contaminated": steps.get("decontaminate", {}).get("dropped", 0)},
+        "dropped": {
+            "duplicate": sum(rep["dropped"]["duplicate"] for rep in reports)
+            + steps.get("exact_dedup", {}).get("dropped", 0),
+            "empty": sum(rep["dropped"]["empty"] for rep in reports),
+            "near_duplicate": steps.get("near_dedup", {}).get("dropped", 0),
+            "length": steps.get("length_filter", {}).get("dropped", 0),
+            "pii": sum(v["dropped"] for k, v in steps.items() if k.startswith("pii_")),
+            "contaminated": steps.get("decontaminate", {}).get("dropped", 0),
+        },
         "task": task,
         "labels": sorted(labels) if task == "classification" else [],
         "source": ", ".join(r.name for r in results),
-        "source_sha256": results[0].sha256 if len(results) == 1 else
-        hashlib.sha256("".join(r.sha256 or "" for r in results).encode()).hexdigest(),
+        "source_sha256": results[0].sha256
+        if len(results) == 1
+        else hashlib.sha256("".join(r.sha256 or "" for r in results).encode()).hexdigest(),
         "license": "; ".join(dict.fromkeys(r.license for r in results if r.license)) or None,
         "columns_picked": next((rep["columns_picked"] for rep in reports), {}),
         "sources": _source_rows(results),
@@ -102,12 +124,19 @@ def prepare(cfg: BuildConfig, out_dir: Path, show_progress: bool = False) -> dic
         atomic_write_jsonl(out_dir / "chunks.jsonl", built.chunks)
     summary["tokens"] = _token_stats(built.tok_name, built, out_dir)
     write_card(out_dir / "card.md", summary, built.labels)
-    log.info("data: %s rows (train/val/test %s), %d chunks, task %s", sum(summary["rows"].values()),
-             "/".join(str(built.rows[s]) for s in SPLITS), len(built.chunks), summary["task"])
+    log.info(
+        "data: %s rows (train/val/test %s), %d chunks, task %s",
+        sum(summary["rows"].values()),
+        "/".join(str(built.rows[s]) for s in SPLITS),
+        len(built.chunks),
+        summary["task"],
+    )
     return summary
 
 
-def load_records(cfg: BuildConfig, show_progress: bool = False) -> tuple[dict[str, list], list[dict], dict[str, Any], Report]:
+def load_records(
+    cfg: BuildConfig, show_progress: bool = False
+) -> tuple[dict[str, list], list[dict], dict[str, Any], Report]:
     """Read + clean + split with the records in memory: (groups, chunks, summary without output files, report).
 
     For callers that need the records themselves; prepare() and inspect() stream instead.

@@ -38,8 +38,17 @@ class _Quiet(Report):
 class TableStream:
     """Record batches of one table; `scan()` and `prepare()` raise SlmError for a bad table, `batches()` streams."""
 
-    def __init__(self, name: str, rows: RowsFn, shape: str, data: DataConfig, max_rows: int | None,
-                 meta: dict[str, Any], user_steps: bool = False, skip_as: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        rows: RowsFn,
+        shape: str,
+        data: DataConfig,
+        max_rows: int | None,
+        meta: dict[str, Any],
+        user_steps: bool = False,
+        skip_as: str | None = None,
+    ):
         self.name, self._rows, self.shape, self.data, self.max_rows = name, rows, shape, data, max_rows
         self.meta = meta  # source_sha256 and license for every record
         self.user_steps = user_steps

@@ -30,8 +30,10 @@ def get_tokenizer(name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(resolved))
     except (OSError, ValueError) as e:
-        raise SlmError(f"cannot load the tokenizer of '{name}' to count tokens: {str(e).splitlines()[0]}",
-                       "set data.clean.tokenizer (or model.base_model) to a local model folder") from None
+        raise SlmError(
+            f"cannot load the tokenizer of '{name}' to count tokens: {str(e).splitlines()[0]}",
+            "set data.clean.tokenizer (or model.base_model) to a local model folder",
+        ) from None
 
 
 def tokenizer_name(cfg: Any) -> str:
@@ -43,6 +45,6 @@ def count_tokens(tok: Any, texts: list[str]) -> list[int]:
     """Number of tokens of each text (no special tokens), tokenized in batches."""
     counts: list[int] = []
     for i in range(0, len(texts), BATCH):
-        enc = tok(texts[i:i + BATCH], add_special_tokens=False)["input_ids"]
+        enc = tok(texts[i : i + BATCH], add_special_tokens=False)["input_ids"]
         counts += [len(ids) for ids in enc]
     return counts

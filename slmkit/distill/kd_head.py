@@ -42,15 +42,17 @@ class _TopKForwardKL(torch.autograd.Function):
                 torch.matmul(h[a:b], w.t(), out=e)
                 if temperature != 1.0:
                     e.div_(temperature)
-                e.sub_(e.amax(-1, keepdim=True)).exp_()          # unnormalised student probabilities
-                kept = e.gather(-1, idx)                          # [c, k]
+                e.sub_(e.amax(-1, keepdim=True)).exp_()  # unnormalised student probabilities
+                kept = e.gather(-1, idx)  # [c, k]
                 e.scatter_(-1, idx, 0.0)
-                rest = e.sum(-1, keepdim=True)                    # exact mass outside K, no 1 - sum cancellation
+                rest = e.sum(-1, keepdim=True)  # exact mass outside K, no 1 - sum cancellation
                 total = kept.sum(-1, keepdim=True) + rest
                 logq = (torch.cat([kept, rest], -1).log() - total.log()).clamp_min(LOG_FLOOR)
                 loss[a:b] = (p[a:b] * (logp[a:b] - logq)).sum(-1)
                 p_rest = p[a:b, -1:]
-                coef = torch.where(rest > 0, 1.0 / total - p_rest / rest.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
+                coef = torch.where(
+                    rest > 0, 1.0 / total - p_rest / rest.clamp_min(torch.finfo(torch.float32).tiny), 0.0
+                )
                 e.mul_(coef / temperature)
                 e.scatter_(-1, idx, (kept / total - p[a:b, :-1]) / temperature)
         ctx.save_for_backward(h, w, grad)
@@ -62,8 +64,9 @@ class _TopKForwardKL(torch.autograd.Function):
         return *head_backward(ctx, grad_loss), None, None, None
 
 
-def topk_forward_kl_head(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, t_logp: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
+def topk_forward_kl_head(
+    hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, t_logp: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
     """Per-position forward KL(p || q) on k+1 buckets, from the student's final hidden states.
 
     hidden: [N, H] (positions to distil); weight: [V, H] (the output head, no bias); ids: [N, k] teacher's kept ids;

@@ -72,8 +72,9 @@ def skew_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, skew: float 
     return _kl(logp, logm)
 
 
-def divergence(name: KDLoss, student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.5,
-               skew: float = 0.1) -> torch.Tensor:
+def divergence(
+    name: KDLoss, student_logp: torch.Tensor, teacher_logp: torch.Tensor, beta: float = 0.5, skew: float = 0.1
+) -> torch.Tensor:
     """Dispatch by config name. [..., V], [..., V] -> [...]."""
     if name == "forward_kl":
         return forward_kl(student_logp, teacher_logp)
@@ -145,8 +146,13 @@ def kd_mask(labels: torch.Tensor, attention_mask: torch.Tensor, positions: str =
     raise ValueError(f"kd positions must be 'assistant' or 'all', got {positions!r}")
 
 
-def generalized_jsd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
-                         beta: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+def generalized_jsd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Token-mean generalised JSD over already-shifted logits [B, T, V] and labels [B, T] (-100 = ignore).
 
     Same contract as TRL's `GKDTrainer.generalized_jsd_loss` (reduction="batchmean").

@@ -40,8 +40,11 @@ def load_full_model(name: str | Path, trust_remote_code: bool = False):
     path = Path(name).expanduser()
     if (path / "adapter_config.json").is_file():
         meta = path / "slmkit.json"
-        base = json.loads(meta.read_text())["base_model"] if meta.is_file() else \
-            json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        base = (
+            json.loads(meta.read_text())["base_model"]
+            if meta.is_file()
+            else json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        )
         if not base:
             raise SlmError(f"{path}: LoRA adapter without a base model name", "use the export/merged folder instead")
         model = load_model(resolve_model(base), "float32", "cpu", trust_remote_code, adapter=path).merge_and_unload()
@@ -84,8 +87,10 @@ def param_count(name: str) -> int | None:
 def decoder_layers(model) -> torch.nn.ModuleList:
     layers = getattr(model.get_decoder(), "layers", None)
     if not isinstance(layers, torch.nn.ModuleList):
-        raise SlmError(f"cannot prune {model.config.model_type}: its decoder has no `layers` list",
-                       "use a llama-style model (llama, qwen2, mistral, SmolLM...)")
+        raise SlmError(
+            f"cannot prune {model.config.model_type}: its decoder has no `layers` list",
+            "use a llama-style model (llama, qwen2, mistral, SmolLM...)",
+        )
     return layers
 
 
@@ -95,11 +100,15 @@ def read_calibration(path: str | Path | None, tok, limit: int = 128) -> list[str
         return GENERIC_CALIBRATION
     path = Path(path)
     if not path.is_file():
-        raise SlmError(f"calibration file not found: {path}", "pass --data with a JSONL (messages or text) or text file")
+        raise SlmError(
+            f"calibration file not found: {path}", "pass --data with a JSONL (messages or text) or text file"
+        )
     if path.suffix == ".jsonl":
         rows = read_jsonl(path)[:limit]
-        texts = [tok.apply_chat_template(r["messages"], tokenize=False) if "messages" in r else str(r.get("text", ""))
-                 for r in rows]
+        texts = [
+            tok.apply_chat_template(r["messages"], tokenize=False) if "messages" in r else str(r.get("text", ""))
+            for r in rows
+        ]
     else:
         texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
     texts = [t for t in texts if t.strip()]
@@ -111,12 +120,20 @@ def read_calibration(path: str | Path | None, tok, limit: int = 128) -> list[str
 def _batches(tok, texts: list[str], max_len: int, batch_size: int):
     tok.padding_side = "right"
     for i in range(0, len(texts), batch_size):
-        yield tok(texts[i:i + batch_size], return_tensors="pt", padding=True, truncation=True, max_length=max_len,
-                  add_special_tokens=False)
+        yield tok(
+            texts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            add_special_tokens=False,
+        )
 
 
 @torch.no_grad()
-def measure_importance(model, tok, texts: list[str], max_len: int = 256, batch_size: int = 8) -> tuple[list[float], list[torch.Tensor]]:
+def measure_importance(
+    model, tok, texts: list[str], max_len: int = 256, batch_size: int = 8
+) -> tuple[list[float], list[torch.Tensor]]:
     """Per-layer importance (1 - cos(in, out), [L]) and per-layer MLP channel importance ([L] x [I]) on `texts`."""
     layers = decoder_layers(model)
     n = len(layers)
@@ -127,6 +144,7 @@ def measure_importance(model, tok, texts: list[str], max_len: int = 256, batch_s
     def pre(i):
         def hook(_mod, args, kwargs):
             state[i] = args[0] if args else kwargs["hidden_states"]
+
         return hook
 
     def post(i):
@@ -134,18 +152,22 @@ def measure_importance(model, tok, texts: list[str], max_len: int = 256, batch_s
             out = output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(state.pop(i).float(), out.float(), dim=-1)  # [B, T]
             cos_sum[i] += float(cos[state["mask"]].sum())
+
         return hook
 
     def down(i):
         def hook(_mod, args):
             act = args[0].float().abs()[state["mask"]].sum(0)  # [I]
             chan[i] = act if chan[i] is None else chan[i] + act
+
         return hook
 
     handles = []
     for i, layer in enumerate(layers):
-        handles += [layer.register_forward_pre_hook(pre(i), with_kwargs=True),
-                    layer.register_forward_hook(post(i), with_kwargs=True)]
+        handles += [
+            layer.register_forward_pre_hook(pre(i), with_kwargs=True),
+            layer.register_forward_hook(post(i), with_kwargs=True),
+        ]
         proj = getattr(getattr(layer, "mlp", None), "down_proj", None)
         if proj is not None:
             handles.append(proj.register_forward_pre_hook(down(i)))
@@ -165,11 +187,15 @@ def measure_importance(model, tok, texts: list[str], max_len: int = 256, batch_s
 def layers_to_keep(n_layers: int, layers: int | None, ratio: float | None) -> int:
     """How many decoder layers survive `--layers N` (keep N) or `--ratio R` (drop share R)."""
     if layers is not None and ratio is not None:
-        raise SlmError("give either --layers or --ratio, not both", "--layers N keeps N layers; --ratio R drops R of them")
+        raise SlmError(
+            "give either --layers or --ratio, not both", "--layers N keeps N layers; --ratio R drops R of them"
+        )
     if layers is not None:
         if layers > n_layers:
-            raise SlmError(f"--layers {layers} is more than the teacher's {n_layers} layers",
-                           "a student cannot be larger than its teacher; choose N <= " + str(n_layers))
+            raise SlmError(
+                f"--layers {layers} is more than the teacher's {n_layers} layers",
+                "a student cannot be larger than its teacher; choose N <= " + str(n_layers),
+            )
         keep = layers
     elif ratio is not None:
         if not 0.0 <= ratio < 1.0:
@@ -178,7 +204,10 @@ def layers_to_keep(n_layers: int, layers: int | None, ratio: float | None) -> in
     else:
         keep = n_layers
     if keep < 1:
-        raise SlmError(f"pruning would leave no layers (teacher has {n_layers})", "keep at least one: --layers 1 or a lower --ratio")
+        raise SlmError(
+            f"pruning would leave no layers (teacher has {n_layers})",
+            "keep at least one: --layers 1 or a lower --ratio",
+        )
     return keep
 
 
@@ -211,8 +240,10 @@ def shrink_mlp(model, scores: list[torch.Tensor], keep: int) -> None:
     for layer, score in zip(decoder_layers(model), scores):
         mlp = getattr(layer, "mlp", None)
         if mlp is None or not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) or score.numel() == 0:
-            raise SlmError(f"width pruning needs gate/up/down MLP projections; {model.config.model_type} has other names",
-                           "prune depth only (--layers/--ratio without --mlp-ratio)")
+            raise SlmError(
+                f"width pruning needs gate/up/down MLP projections; {model.config.model_type} has other names",
+                "prune depth only (--layers/--ratio without --mlp-ratio)",
+            )
         idx = score.topk(keep).indices.sort().values
         mlp.gate_proj = _slice_linear(mlp.gate_proj, idx, 0)
         mlp.up_proj = _slice_linear(mlp.up_proj, idx, 0)
@@ -222,8 +253,15 @@ def shrink_mlp(model, scores: list[torch.Tensor], keep: int) -> None:
     model.config.intermediate_size = keep
 
 
-def prune_model(model, tok, texts: list[str], layers: int | None = None, ratio: float | None = None,
-                mlp_ratio: float | None = None, max_len: int = 256) -> dict:
+def prune_model(
+    model,
+    tok,
+    texts: list[str],
+    layers: int | None = None,
+    ratio: float | None = None,
+    mlp_ratio: float | None = None,
+    max_len: int = 256,
+) -> dict:
     """Prune `model` in place; return what was done (importance scores, dropped layers, sizes)."""
     n = len(decoder_layers(model))
     keep = layers_to_keep(n, layers, ratio)
@@ -234,22 +272,37 @@ def prune_model(model, tok, texts: list[str], layers: int | None = None, ratio: 
             raise SlmError(f"--mlp-ratio {mlp_ratio} is outside [0, 1)", "the share of MLP channels to drop, e.g. 0.25")
         keep_ch = max(1, round(width * (1 - mlp_ratio)))
     if keep == n and keep_ch == width:
-        raise SlmError("nothing to prune", "pass --layers N (< number of layers), --ratio R (> 0) or --mlp-ratio R (> 0)")
+        raise SlmError(
+            "nothing to prune", "pass --layers N (< number of layers), --ratio R (> 0) or --mlp-ratio R (> 0)"
+        )
     params_before = sum(p.numel() for p in model.parameters())
     importance, channels = measure_importance(model, tok, texts, max_len)
     drop = sorted(sorted(range(n), key=lambda i: importance[i])[: n - keep])
     if keep_ch < width:
         shrink_mlp(model, channels, keep_ch)
     drop_layers(model, drop)
-    return {"layers_before": n, "layers_after": keep, "dropped_layers": drop,
-            "layer_importance": [round(x, 6) for x in importance], "intermediate_size_before": width,
-            "intermediate_size_after": keep_ch, "params_before": params_before,
-            "params_after": sum(p.numel() for p in model.parameters()), "calibration_texts": len(texts)}
+    return {
+        "layers_before": n,
+        "layers_after": keep,
+        "dropped_layers": drop,
+        "layer_importance": [round(x, 6) for x in importance],
+        "intermediate_size_before": width,
+        "intermediate_size_after": keep_ch,
+        "params_before": params_before,
+        "params_after": sum(p.numel() for p in model.parameters()),
+        "calibration_texts": len(texts),
+    }
 
 
-def prune(source: str | Path, out: str | Path, layers: int | None = None, ratio: float | None = None,
-          mlp_ratio: float | None = None, calibration: str | Path | list[str] | None = None,
-          trust_remote_code: bool = False) -> dict:
+def prune(
+    source: str | Path,
+    out: str | Path,
+    layers: int | None = None,
+    ratio: float | None = None,
+    mlp_ratio: float | None = None,
+    calibration: str | Path | list[str] | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Load `source`, prune it, write a HF folder at `out` (atomically); return the summary."""
     model, tok = load_full_model(source, trust_remote_code)
     texts = calibration if isinstance(calibration, list) else read_calibration(calibration, tok)
@@ -257,9 +310,16 @@ def prune(source: str | Path, out: str | Path, layers: int | None = None, ratio:
     with atomic_dir(Path(out)) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "slmkit.json", {"base_model": str(source), "method": "full",
-                                                "pruned": summary})
-    log.info("pruned %s: %d -> %d layers, MLP %d -> %d, %.1fM -> %.1fM params -> %s", source, summary["layers_before"],
-             summary["layers_after"], summary["intermediate_size_before"], summary["intermediate_size_after"],
-             summary["params_before"] / 1e6, summary["params_after"] / 1e6, out)
+        atomic_write_json(tmp / "slmkit.json", {"base_model": str(source), "method": "full", "pruned": summary})
+    log.info(
+        "pruned %s: %d -> %d layers, MLP %d -> %d, %.1fM -> %.1fM params -> %s",
+        source,
+        summary["layers_before"],
+        summary["layers_after"],
+        summary["intermediate_size_before"],
+        summary["intermediate_size_after"],
+        summary["params_before"] / 1e6,
+        summary["params_after"] / 1e6,
+        out,
+    )
     return summary

@@ -23,29 +23,52 @@ import torch.nn.functional as F
 
 from slmkit.config import BuildConfig, DistillConfig, DistillTrainConfig, PruneSpec, StudentConfig  # noqa: F401 (re-exported)
 from slmkit.distill.kd_head import topk_forward_kl_head
-from slmkit.distill.kd_losses import (assistant_mask, divergence, kd_mask, labelled_logits, log_probs, masked_mean,
-                                      mix_with_ce, topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.distill.kd_losses import (
+    assistant_mask,
+    divergence,
+    kd_mask,
+    labelled_logits,
+    log_probs,
+    masked_mean,
+    mix_with_ce,
+    topk_student_log_probs,
+    topk_teacher_log_probs,
+)
 from slmkit.distill.prune import param_count, weights_folder
 from slmkit.encoding import IGNORE, batch_order, collate, steps_for
 from slmkit.errors import SlmError
 from slmkit.hardware import setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
 from slmkit.runs import RunDir
-from slmkit.train import (add_lora, bias_free_linear, encode_split, labelled_hidden, latest_checkpoint,
-                          load_checkpoint, make_accelerator, make_optimizer, optimizer_step, save_checkpoint,
-                          setup_runtime)
+from slmkit.train import (
+    add_lora,
+    bias_free_linear,
+    encode_split,
+    labelled_hidden,
+    latest_checkpoint,
+    load_checkpoint,
+    make_accelerator,
+    make_optimizer,
+    optimizer_step,
+    save_checkpoint,
+    setup_runtime,
+)
 
 log = logging.getLogger("slmkit")
 
 
 # ----------------------------------------------------------------------------- checks before compute
 
+
 def teacher_source(dcfg: DistillConfig, run_dir: Path) -> str:
     if dcfg.teacher != "train":
         return dcfg.teacher
     final = RunDir(run_dir).train_final
     if not final.is_dir():
-        raise SlmError(f"distill.teacher is 'train' but {final} does not exist", "run `slm train CONFIG` first, or set distill.teacher")
+        raise SlmError(
+            f"distill.teacher is 'train' but {final} does not exist",
+            "run `slm train CONFIG` first, or set distill.teacher",
+        )
     return str(final)
 
 
@@ -53,35 +76,52 @@ def check_pair(teacher: str, student: str, t_tok, s_tok) -> bool:
     """True when vocabularies match; SlmError when the student is larger than the teacher."""
     t_n, s_n = param_count(teacher), param_count(student)
     if t_n and s_n and s_n > t_n:
-        raise SlmError(f"student {student} ({s_n / 1e6:.1f}M params) is larger than teacher {teacher} ({t_n / 1e6:.1f}M)",
-                       "pick a smaller student, or prune the teacher: distill.student.prune.ratio: 0.5")
+        raise SlmError(
+            f"student {student} ({s_n / 1e6:.1f}M params) is larger than teacher {teacher} ({t_n / 1e6:.1f}M)",
+            "pick a smaller student, or prune the teacher: distill.student.prune.ratio: 0.5",
+        )
     if t_tok.get_vocab() != s_tok.get_vocab():
         return False
     from transformers import AutoConfig
 
-    t_v, s_v = (getattr(AutoConfig.from_pretrained(str(weights_folder(n) or n)), "vocab_size", None) for n in (teacher, student))
+    t_v, s_v = (
+        getattr(AutoConfig.from_pretrained(str(weights_folder(n) or n)), "vocab_size", None) for n in (teacher, student)
+    )
     if t_v != s_v:
-        raise SlmError(f"teacher and student share a tokenizer but their output layers differ ({t_v} vs {s_v} logits)",
-                       "use a student whose config.vocab_size equals the teacher's")
+        raise SlmError(
+            f"teacher and student share a tokenizer but their output layers differ ({t_v} vs {s_v} logits)",
+            "use a student whose config.vocab_size equals the teacher's",
+        )
     return True
 
 
 # ----------------------------------------------------------------------------- per-step pieces
 
-def on_policy_batch(student, rows: list[dict], pad_id: int, eos_id: int, max_new_tokens: int) -> dict[str, torch.Tensor]:
+
+def on_policy_batch(
+    student, rows: list[dict], pad_id: int, eos_id: int, max_new_tokens: int
+) -> dict[str, torch.Tensor]:
     """GKD (Agarwal et al. 2024): replace each reply by a sampled student continuation of its prompt; labels on it."""
-    prompts = [e["input_ids"][:next(i for i, t in enumerate(e["labels"]) if t != IGNORE)] for e in rows]
+    prompts = [e["input_ids"][: next(i for i, t in enumerate(e["labels"]) if t != IGNORE)] for e in rows]
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for r, p in enumerate(prompts):  # left padding, so generation continues every row at the same column
-        ids[r, width - len(p):], mask[r, width - len(p):] = torch.tensor(p), 1
+        ids[r, width - len(p) :], mask[r, width - len(p) :] = torch.tensor(p), 1
     was_training = student.training
     student.eval()
     with torch.no_grad():
-        out = student.generate(input_ids=ids.to(student.device), attention_mask=mask.to(student.device), do_sample=True,
-                               top_k=0, top_p=1.0, temperature=1.0, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                               eos_token_id=eos_id).cpu()
+        out = student.generate(
+            input_ids=ids.to(student.device),
+            attention_mask=mask.to(student.device),
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        ).cpu()
     student.train(was_training)
     new = []
     for p, row in zip(prompts, out[:, width:].tolist()):
@@ -97,7 +137,9 @@ def _fusable(found, dcfg: DistillConfig) -> bool:
     return bias_free_linear(found[1])  # a LoRA-wrapped head takes the generic path
 
 
-def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True) -> tuple[torch.Tensor, float]:
+def step_loss(
+    student, batch: dict, dcfg: DistillConfig, teacher=None, cached=None, use_ce: bool = True
+) -> tuple[torch.Tensor, float]:
     """(loss to backprop, KD value) for one batch. `teacher` (online) or `cached` = (ids, logprobs, missing)."""
     keep = kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions)
     lab = assistant_mask(batch["labels"])
@@ -109,8 +151,11 @@ def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=No
         kd = masked_mean(topk_forward_kl_head(hidden, head.weight, ids, topk_teacher_log_probs(vals, miss), T))
         s_logits_ce = head(hidden[lab[keep]]) if use_ce and dcfg.alpha > 0 else None  # the few assistant positions
     else:
-        s_logits = found[1](found[0]) if found is not None else \
-            labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)  # not a plain head: full logits
+        s_logits = (
+            found[1](found[0])
+            if found is not None
+            else labelled_logits(student, batch["input_ids"], batch["attention_mask"], keep)
+        )  # not a plain head: full logits
         if cached is not None:
             ids, vals, miss = (x.to(s_logits.device) for x in cached)
             s_logp, t_logp = topk_student_log_probs(s_logits, ids, T), topk_teacher_log_probs(vals, miss)
@@ -127,11 +172,13 @@ def step_loss(student, batch: dict, dcfg: DistillConfig, teacher=None, cached=No
     return mix_with_ce(kd, ce, dcfg.alpha if ce is not None else 0.0, T), float(kd.detach())
 
 
-def sequence_level_records(teacher_name: str, records: list[dict], max_new_tokens: int, trust_remote_code: bool) -> list[dict]:
+def sequence_level_records(
+    teacher_name: str, records: list[dict], max_new_tokens: int, trust_remote_code: bool
+) -> list[dict]:
     """Sequence-level KD (Kim & Rush 2016): the teacher's greedy reply replaces each reference reply."""
-    from slmkit.generation import generate
-    from slmkit.encoding import prompt_messages
     from slmkit.distill.prune import load_full_model
+    from slmkit.encoding import prompt_messages
+    from slmkit.generation import generate
 
     teacher, tok = load_full_model(teacher_name, trust_remote_code)
     prompts = [prompt_messages(r["messages"]) for r in records]
@@ -142,12 +189,13 @@ def sequence_level_records(teacher_name: str, records: list[dict], max_new_token
 
 # ----------------------------------------------------------------------------- the stage
 
+
 def prepare_student(dcfg: DistillConfig, teacher: str, run: RunDir, trust_remote_code: bool) -> str:
     """Model name of the student: the configured one, or the teacher pruned into distill/student_init."""
     if dcfg.student.model is not None:
         return dcfg.student.model
-    from slmkit.io import read_jsonl
     from slmkit.distill.prune import prune
+    from slmkit.io import read_jsonl
 
     spec = dcfg.student.prune
     dest = run.student_init
@@ -188,26 +236,42 @@ def _setup(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig) -> dict:
     s_tok = tokenizer_of(student, trc)
     same_vocab = check_pair(teacher, student, t_tok, s_tok)
     if not same_vocab and dcfg.tokenizer_mismatch == "error":
-        raise SlmError(f"teacher {teacher} and student {student} use different tokenizers ({len(t_tok)} vs {len(s_tok)} tokens)",
-                       "logit distillation needs one vocabulary: pick a student from the teacher's family, prune the "
-                       "teacher, or set distill.tokenizer_mismatch: sequence (train on teacher-generated replies)")
+        raise SlmError(
+            f"teacher {teacher} and student {student} use different tokenizers ({len(t_tok)} vs {len(s_tok)} tokens)",
+            "logit distillation needs one vocabulary: pick a student from the teacher's family, prune the "
+            "teacher, or set distill.tokenizer_mismatch: sequence (train on teacher-generated replies)",
+        )
     max_len = dcfg.train.max_seq_len
     if same_vocab:
         train_ex, cut = encode_split(s_tok, run.split("train"), max_len)
     else:
-        from slmkit.io import read_jsonl
         from slmkit.encoding import encode_chat
+        from slmkit.io import read_jsonl
 
         log.info("tokenizers differ: sequence-level distillation from teacher-generated replies")
         records = sequence_level_records(teacher, read_jsonl(run.split("train")), dcfg.max_new_tokens, trc)
-        train_ex = [e for e in (encode_chat(s_tok, r["messages"], max_len) for r in records)
-                    if any(t != IGNORE for t in e["labels"][1:])]
+        train_ex = [
+            e
+            for e in (encode_chat(s_tok, r["messages"], max_len) for r in records)
+            if any(t != IGNORE for t in e["labels"][1:])
+        ]
         cut = len(records) - len(train_ex)
     val_ex = encode_split(s_tok, run.split("val"), max_len)[0] if run.split("val").is_file() else []
     if not train_ex:
-        raise SlmError("every training row lost its answer to distill.train.max_seq_len truncation", "raise distill.train.max_seq_len")
-    return {"out": out, "teacher": teacher, "student": student, "tok": s_tok, "train": train_ex, "val": val_ex, "cut": cut,
-            "sequence_level": not same_vocab}
+        raise SlmError(
+            "every training row lost its answer to distill.train.max_seq_len truncation",
+            "raise distill.train.max_seq_len",
+        )
+    return {
+        "out": out,
+        "teacher": teacher,
+        "student": student,
+        "tok": s_tok,
+        "train": train_ex,
+        "val": val_ex,
+        "cut": cut,
+        "sequence_level": not same_vocab,
+    }
 
 
 def cache_folder(dcfg: DistillConfig, run_dir: Path, cfg: BuildConfig) -> Path:
@@ -216,8 +280,15 @@ def cache_folder(dcfg: DistillConfig, run_dir: Path, cfg: BuildConfig) -> Path:
     return resolve_path(cfg, dcfg.cache_dir) if dcfg.cache_dir else RunDir(run_dir).kd_cache
 
 
-def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, overwrite: bool = False,
-                        show_progress: bool = True, setup: dict | None = None, on_shard=None) -> dict:
+def build_teacher_cache(
+    cfg: BuildConfig,
+    run_dir: Path,
+    dcfg: DistillConfig | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+    setup: dict | None = None,
+    on_shard=None,
+) -> dict:
     """`slm distill-cache`: run the teacher once over the training split into the top-k cache (resumable)."""
     from slmkit.distill.kd_cache import build_cache, cache_key, teacher_fingerprint
     from slmkit.distill.prune import load_full_model
@@ -226,20 +297,46 @@ def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | N
     setup_threads()
     s = setup or _setup(cfg, run_dir, dcfg)
     if s["sequence_level"]:
-        raise SlmError("an offline logit cache needs teacher and student to share a tokenizer", "use distill.mode: online")
+        raise SlmError(
+            "an offline logit cache needs teacher and student to share a tokenizer", "use distill.mode: online"
+        )
     from transformers import AutoConfig
 
     folder = cache_folder(dcfg, run_dir, cfg)
     t_conf = AutoConfig.from_pretrained(str(weights_folder(s["teacher"]) or s["teacher"]))
-    key = cache_key(teacher_fingerprint(s["teacher"]), s["train"], dcfg.top_k, dcfg.temperature, t_conf.vocab_size,
-                    dcfg.kd_positions)
+    key = cache_key(
+        teacher_fingerprint(s["teacher"]),
+        s["train"],
+        dcfg.top_k,
+        dcfg.temperature,
+        t_conf.vocab_size,
+        dcfg.kd_positions,
+    )
     manifest = folder / "manifest.json"
-    if not overwrite and manifest.is_file() and (m := json.loads(manifest.read_text())).get("complete") and m["key"] == key:
-        return {k: m[k] for k in ("rows", "tokens", "bytes", "bytes_per_token")} | {"shards": len(m["shards"]),
-                                                                                     "k": dcfg.top_k, "key": key}
+    if (
+        not overwrite
+        and manifest.is_file()
+        and (m := json.loads(manifest.read_text())).get("complete")
+        and m["key"] == key
+    ):
+        return {k: m[k] for k in ("rows", "tokens", "bytes", "bytes_per_token")} | {
+            "shards": len(m["shards"]),
+            "k": dcfg.top_k,
+            "key": key,
+        }
     teacher, _ = load_full_model(s["teacher"], cfg.model.trust_remote_code)  # only when there is work to do
-    summary = build_cache(teacher, s["train"], folder, key, s["tok"].pad_token_id,
-                          dcfg.cache_shard_rows, dcfg.train.batch_size, overwrite, show_progress, on_shard)
+    summary = build_cache(
+        teacher,
+        s["train"],
+        folder,
+        key,
+        s["tok"].pad_token_id,
+        dcfg.cache_shard_rows,
+        dcfg.train.batch_size,
+        overwrite,
+        show_progress,
+        on_shard,
+    )
     del teacher
     return {**summary, "key": key}
 
@@ -247,8 +344,14 @@ def build_teacher_cache(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | N
 def _progress(total: int, done: int):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    p = Progress(TextColumn("[bold]distill"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                 TextColumn("kd {task.fields[kd]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    p = Progress(
+        TextColumn("[bold]distill"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("kd {task.fields[kd]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     return p, p.add_task("distill", total=total, completed=done, kd="-")
 
 
@@ -257,8 +360,9 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     return distill(cfg, RunDir(run_dir).root, cfg.distill, resume=resume, show_progress=show_progress)
 
 
-def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, resume: bool = False,
-            show_progress: bool = True) -> dict:
+def distill(
+    cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, resume: bool = False, show_progress: bool = True
+) -> dict:
     """Train the student against the teacher on <run_dir>/data; return a summary for the manifest."""
     from slmkit.distill.prune import load_full_model
 
@@ -275,7 +379,9 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
     elif dcfg.mode == "offline":
         from slmkit.distill.kd_cache import TopKCache
 
-        cache_info = build_teacher_cache(cfg, run_dir, dcfg, show_progress=show_progress, setup=s)  # no-op when complete
+        cache_info = build_teacher_cache(
+            cfg, run_dir, dcfg, show_progress=show_progress, setup=s
+        )  # no-op when complete
         cache = TopKCache(cache_folder(dcfg, run_dir, cfg), cache_info["key"])
     else:
         teacher, _ = load_full_model(s["teacher"], trc)
@@ -301,8 +407,15 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
         state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
     elif not resume and ckpt_root.exists():
         shutil.rmtree(ckpt_root)
-    log.info("distilling %s -> %s (%s, %s, %d rows): %d steps", s["teacher"], s["student"], dcfg.mode, dcfg.loss,
-             len(train_ex), total_steps)
+    log.info(
+        "distilling %s -> %s (%s, %s, %d rows): %d steps",
+        s["teacher"],
+        s["student"],
+        dcfg.mode,
+        dcfg.loss,
+        len(train_ex),
+        total_steps,
+    )
     per_epoch = math.ceil(n_batches / t_cfg.grad_accum) * t_cfg.grad_accum
     orders: dict[int, list[list[int]]] = {}
     win: dict[str, list[float]] = {"loss": [], "kd": []}
@@ -312,22 +425,34 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
         prog[0].start()
     try:
         for step in range(state["step"], total_steps):
-            generated = dcfg.mode == "on_policy" and teacher is not None and \
-                random.Random(t_cfg.seed * 1_000_003 + step).random() < dcfg.lmbda
+            generated = (
+                dcfg.mode == "on_policy"
+                and teacher is not None
+                and random.Random(t_cfg.seed * 1_000_003 + step).random() < dcfg.lmbda
+            )
             on_policy_steps += generated
             for micro in range(t_cfg.grad_accum):
                 epoch, pos = divmod(step * t_cfg.grad_accum + micro, per_epoch)
-                rows = orders.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))[pos % n_batches]
+                rows = orders.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))[
+                    pos % n_batches
+                ]
                 examples = [train_ex[i] for i in rows]
-                batch = on_policy_batch(accelerator.unwrap_model(model), examples, pad_id, eos_id, dcfg.max_new_tokens) \
-                    if generated else collate(examples, pad_id)
+                batch = (
+                    on_policy_batch(accelerator.unwrap_model(model), examples, pad_id, eos_id, dcfg.max_new_tokens)
+                    if generated
+                    else collate(examples, pad_id)
+                )
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 cached = None
                 if cache is not None:
                     cached = cache.lookup(rows)
-                    if cached[0].shape[0] != int(kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions).sum()):
-                        raise SlmError(f"teacher cache {cache.folder} does not match the encoded training rows",
-                                       "rebuild it: `slm distill-cache CONFIG --overwrite`")
+                    if cached[0].shape[0] != int(
+                        kd_mask(batch["labels"], batch["attention_mask"], dcfg.kd_positions).sum()
+                    ):
+                        raise SlmError(
+                            f"teacher cache {cache.folder} does not match the encoded training rows",
+                            "rebuild it: `slm distill-cache CONFIG --overwrite`",
+                        )
                 with accelerator.autocast():
                     if s["sequence_level"]:
                         from slmkit.train import assistant_ce_loss
@@ -342,9 +467,15 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
             optimizer_step(accelerator, params, optimizer, scheduler)
             state["step"] = step + 1
             if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
-                entry = {"step": state["step"], "loss": sum(win["loss"]) / len(win["loss"]),
-                         "kd": sum(win["kd"]) / len(win["kd"]), "on_policy": generated, "lr": scheduler.get_last_lr()[0],
-                         "tokens": state["tokens"], "seconds": round(state["seconds"] + time.monotonic() - t_start, 2)}
+                entry = {
+                    "step": state["step"],
+                    "loss": sum(win["loss"]) / len(win["loss"]),
+                    "kd": sum(win["kd"]) / len(win["kd"]),
+                    "on_policy": generated,
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens": state["tokens"],
+                    "seconds": round(state["seconds"] + time.monotonic() - t_start, 2),
+                }
                 state["history"].append(entry)
                 accelerator.log({"distill/loss": entry["loss"], "distill/kd": entry["kd"]}, step=state["step"])
                 win = {"loss": [], "kd": []}
@@ -355,20 +486,41 @@ def distill(cfg: BuildConfig, run_dir: Path, dcfg: DistillConfig | None = None, 
             if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
                 state["seconds"] += time.monotonic() - t_start
                 t_start = time.monotonic()
-                save_checkpoint(ckpt_root, state["step"], accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                lora, t_cfg.keep_checkpoints)
+                save_checkpoint(
+                    ckpt_root,
+                    state["step"],
+                    accelerator.unwrap_model(model),
+                    optimizer,
+                    scheduler,
+                    state,
+                    lora,
+                    t_cfg.keep_checkpoints,
+                )
     finally:
         if prog:
             prog[0].stop()
     state["seconds"] += time.monotonic() - t_start
     del teacher
     hist = state["history"]
-    summary = {"mode": dcfg.mode, "loss_fn": dcfg.loss, "teacher": s["teacher"], "student": s["student"],
-               "sequence_level": s["sequence_level"], "steps": state["step"], "on_policy_steps": on_policy_steps,
-               "kd_first": hist[0]["kd"] if hist else None, "kd_last": hist[-1]["kd"] if hist else None,
-               "final_loss": hist[-1]["loss"] if hist else None, "train_rows": len(train_ex), "rows_cut": s["cut"],
-               "tokens": state["tokens"], "seconds": round(state["seconds"], 2),
-               "cache_bytes_per_token": cache_info.get("bytes_per_token"), "device": hw.device, "dtype": hw.dtype}
+    summary = {
+        "mode": dcfg.mode,
+        "loss_fn": dcfg.loss,
+        "teacher": s["teacher"],
+        "student": s["student"],
+        "sequence_level": s["sequence_level"],
+        "steps": state["step"],
+        "on_policy_steps": on_policy_steps,
+        "kd_first": hist[0]["kd"] if hist else None,
+        "kd_last": hist[-1]["kd"] if hist else None,
+        "final_loss": hist[-1]["loss"] if hist else None,
+        "train_rows": len(train_ex),
+        "rows_cut": s["cut"],
+        "tokens": state["tokens"],
+        "seconds": round(state["seconds"], 2),
+        "cache_bytes_per_token": cache_info.get("bytes_per_token"),
+        "device": hw.device,
+        "dtype": hw.dtype,
+    }
     accelerator.end_training()
     if accelerator.is_main_process:
         _write_final(RunDir(run_dir).distill_final, accelerator.unwrap_model(model), tok, summary, lora)

@@ -6,7 +6,6 @@ torch.export), so export verification compares independent implementations, not 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -39,8 +38,13 @@ class Backend:
         """Logits for the token after `ids`: [V] float32."""
         return self.model(input_ids=torch.tensor([ids], device=self.model.device)).logits[0, -1].float().cpu()
 
-    def generate(self, conversations: list[list[dict]], max_new_tokens: int, batch_size: int,
-                 on_batch: Callable[[int], None] | None = None) -> list[str]:
+    def generate(
+        self,
+        conversations: list[list[dict]],
+        max_new_tokens: int,
+        batch_size: int,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[str]:
         from slmkit.generation import generate
 
         return generate(self.model, self.tok, conversations, max_new_tokens, batch_size, on_batch=on_batch)
@@ -138,16 +142,18 @@ def _gguf_backend(name: str, path: Path) -> Backend:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (ValueError, OSError, KeyError) as e:
-        raise SlmError(f"cannot read GGUF file {path}: {str(e).splitlines()[0]}",
-                       "check it is a complete GGUF file of a supported architecture") from None
+        raise SlmError(
+            f"cannot read GGUF file {path}: {str(e).splitlines()[0]}",
+            "check it is a complete GGUF file of a supported architecture",
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return Backend(name, "gguf", tok, model.eval(), {"path": str(path)})
 
 
 def _torch_backend(name: str, target: str, device: str, dtype: str) -> Backend:
-    from slmkit.runs import resolve_target
     from slmkit.models import load_model, load_tokenizer
+    from slmkit.runs import resolve_target
 
     model_path, adapter, info = resolve_target(target)
     tok = load_tokenizer(adapter or model_path, info.get("trust_remote_code", False))

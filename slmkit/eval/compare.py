@@ -17,8 +17,9 @@ from slmkit.runs import RunDir
 log = logging.getLogger("slmkit")
 
 
-def resolve_split(data: str, out_dir: Path | None = None, system: str | None = None,
-                  config: Path | None = None) -> Path:
+def resolve_split(
+    data: str, out_dir: Path | None = None, system: str | None = None, config: Path | None = None
+) -> Path:
     """The chat-record split to score: a run folder's data/test.jsonl, a split file of chat records, or any file the
     data stage reads (CSV/TSV/JSON/JSONL/Parquet rows with input/output columns, chat logs...), turned into chat
     records with the build's `data:` settings (`config`) or a system prompt (`system`) and written to
@@ -27,8 +28,11 @@ def resolve_split(data: str, out_dir: Path | None = None, system: str | None = N
     if path.is_dir():
         path = RunDir(path).split("test")
     if not path.is_file():
-        raise SlmError(f"no eval split at {path}", "pass a JSONL split (e.g. runs/NAME/data/test.jsonl), a run folder, "
-                                                   "or a CSV/JSON/JSONL file of input/output rows")
+        raise SlmError(
+            f"no eval split at {path}",
+            "pass a JSONL split (e.g. runs/NAME/data/test.jsonl), a run folder, "
+            "or a CSV/JSON/JSONL file of input/output rows",
+        )
     if _is_chat_split(path) and system is None and config is None:
         return path
     return _records_from_rows(path, Path(out_dir or "."), system, config)
@@ -53,8 +57,13 @@ def _records_from_rows(path: Path, out_dir: Path, system: str | None, config: Pa
     from slmkit.config import load_config
     from slmkit.data import load_records
 
-    data: dict = {"path": str(path.resolve()), "sources": [], "split": {"val": 0.0, "test": 0.0}, "dedup": False,
-                  "clean": {"dedup": {"exact": False, "near": False}}}
+    data: dict = {
+        "path": str(path.resolve()),
+        "sources": [],
+        "split": {"val": 0.0, "test": 0.0},
+        "dedup": False,
+        "clean": {"dedup": {"exact": False, "near": False}},
+    }
     if system is not None:
         data["system_prompt"] = system
     cfg = load_config(config, {"data": data})
@@ -78,7 +87,10 @@ def parse_fail_under(items: list[str]) -> list[tuple[str | None, str, float]]:
         except ValueError:
             threshold = None
         if not sep or not metric or threshold is None:
-            raise SlmError(f"--fail-under {item!r} is not METRIC=VALUE", "e.g. --fail-under accuracy=0.8 or --fail-under MODEL:f1=0.5")
+            raise SlmError(
+                f"--fail-under {item!r} is not METRIC=VALUE",
+                "e.g. --fail-under accuracy=0.8 or --fail-under MODEL:f1=0.5",
+            )
         out.append((model or None, metric, threshold))
     return out
 
@@ -90,11 +102,16 @@ def check_fail_under(summary: dict, rules: list[tuple[str | None, str, float]]) 
         targets = [model] if model else list(summary["models"])
         for name in targets:
             if name not in summary["models"]:
-                raise SlmError(f"--fail-under names model {name!r}, which was not evaluated", f"models: {', '.join(summary['models'])}")
+                raise SlmError(
+                    f"--fail-under names model {name!r}, which was not evaluated",
+                    f"models: {', '.join(summary['models'])}",
+                )
             value = summary["models"][name].get(metric)
             if value is None:
-                raise SlmError(f"--fail-under metric {metric!r} is not computed for task {summary['task']}",
-                               f"metrics: {', '.join(k for k in summary['models'][name] if k != 'n')}")
+                raise SlmError(
+                    f"--fail-under metric {metric!r} is not computed for task {summary['task']}",
+                    f"metrics: {', '.join(k for k in summary['models'][name] if k != 'n')}",
+                )
             if value < threshold:
                 failures.append(f"{name}: {metric} {value:.4f} < {threshold}")
     return failures
@@ -104,7 +121,11 @@ def _unique_names(specs: list[str]) -> list[str]:
     names = []
     for spec in specs:
         p = Path(spec)
-        base = f"{p.parent.name}/{p.name}" if p.name in ("merged", "final", "pt2") or p.name.startswith(("onnx-", "gguf-")) else p.name or spec
+        base = (
+            f"{p.parent.name}/{p.name}"
+            if p.name in ("merged", "final", "pt2") or p.name.startswith(("onnx-", "gguf-"))
+            else p.name or spec
+        )
         name, k = base, 2
         while name in names:
             name, k = f"{base}#{k}", k + 1
@@ -121,9 +142,20 @@ def _run_of(spec: str) -> Path | None:
     return None
 
 
-def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", max_examples: int | None = None,
-                max_new_tokens: int = 32, batch_size: int = 8, perplexity: bool = True, show_progress: bool = True,
-                rag: RagSettings | None = None, system: str | None = None, config: Path | None = None) -> dict:
+def eval_models(
+    specs: list[str],
+    data: str,
+    out_dir: Path,
+    task: str = "auto",
+    max_examples: int | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
+    perplexity: bool = True,
+    show_progress: bool = True,
+    rag: RagSettings | None = None,
+    system: str | None = None,
+    config: Path | None = None,
+) -> dict:
     """Score every model on the split; return {"task", "n", "models": {name: metrics}} and write the files.
 
     With `rag`, each model is also (or only) scored with retrieved context and shows up as "<name>+rag".
@@ -136,10 +168,12 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
     from slmkit.io import read_jsonl
 
     if not specs:
-        raise SlmError("no models to evaluate", "pass one or more models: run folders, export folders, .gguf files, 'default'")
+        raise SlmError(
+            "no models to evaluate", "pass one or more models: run folders, export folders, .gguf files, 'default'"
+        )
     split = resolve_split(data, Path(out_dir), system, config)
     prompts, refs = load_test_split(split, max_examples)
-    rows = read_jsonl(split)[:len(refs)]
+    rows = read_jsonl(split)[: len(refs)]
     if task == "auto":  # the data stage sets "label" only on classification rows
         task = "classification" if all(r.get("label") is not None for r in rows) else infer_task(refs)
     # Retrieval (and its missing-collection error) happens before any model is loaded.
@@ -151,12 +185,16 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
         except SlmError:
             raise
         except Exception as e:  # any reader failure: name the model, keep the cause
-            raise SlmError(f"cannot load model '{spec}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                           "pass a run folder, an HF model folder, a .gguf file, an ONNX or pt2 export folder") from None
+            raise SlmError(
+                f"cannot load model '{spec}': {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                "pass a run folder, an HF model folder, a .gguf file, an ONNX or pt2 export folder",
+            ) from None
         new_tokens = max_new_tokens_for(backend.tok, refs, task, max_new_tokens)
         for variant in prompt_sets:
             vname = name + variant.suffix
-            preds = generate_backend_with_progress(backend, variant.prompts, new_tokens, batch_size, vname, show_progress)
+            preds = generate_backend_with_progress(
+                backend, variant.prompts, new_tokens, batch_size, vname, show_progress
+            )
             results[vname] = compute_metrics(preds, refs, task)
             quality[vname] = assess(preds, refs, task)
             if perplexity and backend.has_torch_model:
@@ -168,7 +206,9 @@ def eval_models(specs: list[str], data: str, out_dir: Path, task: str = "auto", 
             predictions += prediction_rows(vname, variant, prompts, refs, preds)
             spec_of[vname] = spec
         del backend
-    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | ({"rag": rag.describe()} if rag else {})
+    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | (
+        {"rag": rag.describe()} if rag else {}
+    )
     summary["warnings"] = warnings_for(summary)
     out_dir = Path(out_dir)
     from slmkit.eval.tables import metrics_table_md

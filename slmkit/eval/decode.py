@@ -14,7 +14,9 @@ def load_test_split(path: Path, max_examples: int | None) -> tuple[list[list[dic
         raise SlmError(f"no test split at {path}", "run the data stage first (`slm data CONFIG`)")
     rows = read_jsonl(path)[:max_examples]
     if not rows:
-        raise SlmError(f"test split {path} is empty", "raise data.split.test or add rows so some land in the test split")
+        raise SlmError(
+            f"test split {path} is empty", "raise data.split.test or add rows so some land in the test split"
+        )
     prompts = [prompt_messages(r["messages"]) for r in rows]
     refs = [r["label"] if r.get("label") is not None else r["messages"][-1]["content"] for r in rows]
     return prompts, refs
@@ -34,8 +36,12 @@ def generate_with_progress(model, tok, prompts, new_tokens, batch_size, name, sh
         return generate(model, tok, prompts, new_tokens, batch_size)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(f"[bold]eval {name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn()) as prog:
+    with Progress(
+        TextColumn(f"[bold]eval {name}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ) as prog:
         task = prog.add_task(name, total=len(prompts))
         return generate(model, tok, prompts, new_tokens, batch_size, on_batch=lambda n: prog.advance(task, n))
 
@@ -46,7 +52,11 @@ def generate_backend_with_progress(backend, prompts, new_tokens, batch_size, nam
         return backend.generate(prompts, new_tokens, batch_size)
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    with Progress(TextColumn(f"[bold]eval {name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn()) as prog:
+    with Progress(
+        TextColumn(f"[bold]eval {name}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ) as prog:
         task = prog.add_task(name, total=len(prompts))
         return backend.generate(prompts, new_tokens, batch_size, on_batch=lambda n: prog.advance(task, n))

@@ -91,8 +91,13 @@ def extraction_scores(preds: list[str], refs: list[str]) -> dict[str, float]:
         exact += p_items == r_items
         ok += well
     precision, recall, f1 = _prf(tp, n_pred, n_ref)
-    return {"entity_f1": f1, "precision": precision, "recall": recall, "exact_match": exact / len(preds),
-            "well_formed": ok / len(preds)}
+    return {
+        "entity_f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "exact_match": exact / len(preds),
+        "well_formed": ok / len(preds),
+    }
 
 
 def per_type_f1(preds: list[str], refs: list[str]) -> dict[str, float]:

@@ -11,8 +11,13 @@ from slmkit.errors import SlmError
 _INSTALL_HINT = "pip install rouge-score sacrebleu"
 _TASKS = ("classification", "extraction", "generation", "qa", "math")
 # The one number each task is judged by (export verification, --fail-under defaults, report ordering).
-HEADLINE = {"classification": "accuracy", "extraction": "entity_f1", "generation": "rouge_l", "qa": "f1",
-            "math": "accuracy"}
+HEADLINE = {
+    "classification": "accuracy",
+    "extraction": "entity_f1",
+    "generation": "rouge_l",
+    "qa": "f1",
+    "math": "accuracy",
+}
 _QUOTES = "\"'`"
 _TRAILING_PUNCT = ".,;:!?"
 _PUNCT = frozenset(string.punctuation)
@@ -66,8 +71,7 @@ def rouge_l(preds: list[str], refs: list[str]) -> float:
     try:
         from rouge_score import rouge_scorer
     except ImportError:
-        raise SlmError("ROUGE-L needs the 'rouge-score' package, which is not installed",
-                       _INSTALL_HINT) from None
+        raise SlmError("ROUGE-L needs the 'rouge-score' package, which is not installed", _INSTALL_HINT) from None
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     # rouge_score's argument order is (target, prediction).
     scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]
@@ -80,8 +84,7 @@ def bleu(preds: list[str], refs: list[str]) -> float:
     try:
         import sacrebleu
     except ImportError:
-        raise SlmError("BLEU needs the 'sacrebleu' package, which is not installed",
-                       _INSTALL_HINT) from None
+        raise SlmError("BLEU needs the 'sacrebleu' package, which is not installed", _INSTALL_HINT) from None
     return float(sacrebleu.corpus_bleu(preds, [refs]).score)
 
 
@@ -208,13 +211,18 @@ def infer_task(refs: list[str]) -> str:
 def _check_pairs(preds: list[str], refs: list[str]) -> None:
     """Raise SlmError unless preds and refs are equal-length, non-empty lists of strings."""
     if not preds or not refs:
-        raise SlmError(f"cannot score empty inputs "
-                       f"({len(preds)} predictions, {len(refs)} references)",
-                       "check that the eval split has examples and that generation produced output")
+        raise SlmError(
+            f"cannot score empty inputs ({len(preds)} predictions, {len(refs)} references)",
+            "check that the eval split has examples and that generation produced output",
+        )
     if len(preds) != len(refs):
-        raise SlmError(f"{len(preds)} predictions but {len(refs)} references",
-                       "each prediction must pair with exactly one reference")
+        raise SlmError(
+            f"{len(preds)} predictions but {len(refs)} references",
+            "each prediction must pair with exactly one reference",
+        )
     bad = next((x for x in (*preds, *refs) if not isinstance(x, str)), None)
     if bad is not None:
-        raise SlmError(f"predictions and references must be strings, got {type(bad).__name__}",
-                       "convert labels to text before scoring")
+        raise SlmError(
+            f"predictions and references must be strings, got {type(bad).__name__}",
+            "convert labels to text before scoring",
+        )

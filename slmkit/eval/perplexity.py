@@ -25,7 +25,10 @@ def answer_perplexity(model, tok, conversations: list[list[dict]], max_len: int 
         n = int((target != IGNORE).sum())
         if n == 0:
             continue
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                         ignore_index=IGNORE, reduction="sum"))
+        total += float(
+            torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
+        )
         count += n
     return math.exp(total / count) if count else float("nan")

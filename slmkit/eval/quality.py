@@ -45,7 +45,9 @@ def _row_scores(preds: list[str], refs: list[str], task: str):
     return rows, lambda sample: sum(sample) / len(sample)
 
 
-def bootstrap_ci(preds: list[str], refs: list[str], task: str, samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    preds: list[str], refs: list[str], task: str, samples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile bootstrap interval of the task's headline metric: rows resampled with replacement `samples`
     times (Efron & Tibshirani 1993), with a fixed seed so a report is reproducible. Per-row statistics are computed
     once, so the resampling costs sums, not re-scoring."""
@@ -62,14 +64,24 @@ def collapse(preds: list[str], refs: list[str]) -> dict:
     r = Counter(normalize_label(x) for x in refs)
     top, count = p.most_common(1)[0]
     share, ref_share = count / len(preds), r.get(top, 0) / len(refs)
-    out = {"collapsed": False, "reason": "", "top": top, "share": round(share, 4), "ref_share": round(ref_share, 4),
-           "distinct": len(p)}
+    out = {
+        "collapsed": False,
+        "reason": "",
+        "top": top,
+        "share": round(share, 4),
+        "ref_share": round(ref_share, 4),
+        "distinct": len(p),
+    }
     if share >= COLLAPSE_SHARE and share >= COLLAPSE_RATIO * ref_share and len(r) > 1:
-        out |= {"collapsed": True, "reason": f"answers {top!r} to {share:.0%} of rows, where {ref_share:.0%} of the "
-                                             f"references are {top!r}"}
+        out |= {
+            "collapsed": True,
+            "reason": f"answers {top!r} to {share:.0%} of rows, where {ref_share:.0%} of the references are {top!r}",
+        }
     elif len(r) >= 3 and len(p) <= max(2, CONSTANT_DISTINCT * len(r)) and len(p) < len(r):
-        out |= {"collapsed": True, "reason": f"near-constant output: {len(p)} distinct answers for {len(r)} distinct "
-                                             f"references"}
+        out |= {
+            "collapsed": True,
+            "reason": f"near-constant output: {len(p)} distinct answers for {len(r)} distinct references",
+        }
     return out
 
 
@@ -86,8 +98,11 @@ def assess(preds: list[str], refs: list[str], task: str) -> dict:
 
 def collapsed_models(summary: dict, skip: tuple[str, ...] = ("base",)) -> list[str]:
     """Names of collapsed models (not the base model): what `--fail-on-collapse` fails on."""
-    return [name for name, q in (summary.get("quality") or {}).items()
-            if q["collapse"]["collapsed"] and name.split("+")[0] not in skip]
+    return [
+        name
+        for name, q in (summary.get("quality") or {}).items()
+        if q["collapse"]["collapsed"] and name.split("+")[0] not in skip
+    ]
 
 
 def warnings_for(summary: dict, skip: tuple[str, ...] = ()) -> list[str]:
@@ -95,8 +110,10 @@ def warnings_for(summary: dict, skip: tuple[str, ...] = ()) -> list[str]:
     `skip` or their +rag rows: an untrained base model answering one thing is expected, not news)."""
     out = []
     if summary.get("n", 0) < SMALL_TEST:
-        out.append(f"only {summary['n']} test rows: the 95% intervals are wide; add rows or set data.test_path "
-                   f"to a larger test file")
+        out.append(
+            f"only {summary['n']} test rows: the 95% intervals are wide; add rows or set data.test_path "
+            f"to a larger test file"
+        )
     for name, q in (summary.get("quality") or {}).items():
         if q["collapse"]["collapsed"] and name.split("+")[0] not in skip:
             out.append(f"{name} collapsed: {q['collapse']['reason']}")

@@ -62,8 +62,10 @@ def open_collection(settings: RagSettings):
     names = collection_names(settings.persist_dir)
     if settings.collection not in names:
         found = f"it has: {', '.join(names)}" if names else "no ChromaDB collections there"
-        raise SlmError(f"RAG collection {settings.collection!r} does not exist in {settings.persist_dir} ({found})",
-                       f"build it: slm index DOCS --collection {settings.collection} --persist-dir {settings.persist_dir}")
+        raise SlmError(
+            f"RAG collection {settings.collection!r} does not exist in {settings.persist_dir} ({found})",
+            f"build it: slm index DOCS --collection {settings.collection} --persist-dir {settings.persist_dir}",
+        )
     return get_collection(settings.persist_dir, settings.collection)
 
 
@@ -71,8 +73,10 @@ def last_user_index(messages: list[dict]) -> int:
     for i in range(len(messages) - 1, -1, -1):
         if messages[i].get("role") == "user":
             return i
-    raise SlmError("an eval example has no user message to retrieve context for",
-                   "RAG mode needs chat rows with a user turn; turn it off for this split")
+    raise SlmError(
+        "an eval example has no user message to retrieve context for",
+        "RAG mode needs chat rows with a user turn; turn it off for this split",
+    )
 
 
 def retrieve(settings: RagSettings, prompts: list[list[dict]]) -> list[list[dict[str, Any]]]:
@@ -82,20 +86,26 @@ def retrieve(settings: RagSettings, prompts: list[list[dict]]) -> list[list[dict
     col = open_collection(settings)
     k = min(settings.top_k, col.count())
     if k == 0:
-        raise SlmError(f"RAG collection {settings.collection!r} in {settings.persist_dir} is empty",
-                       "index some documents into it with `slm index DOCS --collection NAME`")
+        raise SlmError(
+            f"RAG collection {settings.collection!r} in {settings.persist_dir} is empty",
+            "index some documents into it with `slm index DOCS --collection NAME`",
+        )
     queries = [p[last_user_index(p)]["content"] for p in prompts]
     # One model load and one batched query for the whole split; the index embeds with the same
     # normalised MiniLM vectors, so cosine distances are comparable with `slm index` queries.
     emb = embedding_model().encode(queries, normalize_embeddings=True).tolist()
     res = col.query(query_embeddings=emb, n_results=k, include=["documents", "distances"])
-    return [[{"id": i, "text": d, "distance": float(dist)} for i, d, dist in zip(ids, docs, dists)]
-            for ids, docs, dists in zip(res["ids"], res["documents"], res["distances"])]
+    return [
+        [{"id": i, "text": d, "distance": float(dist)} for i, d, dist in zip(ids, docs, dists)]
+        for ids, docs, dists in zip(res["ids"], res["documents"], res["distances"])
+    ]
 
 
 def context_block(chunks: list[dict[str, Any]]) -> str:
     """The delimited context text; a chunk quoting the closing tag cannot end the block early."""
-    body = "\n\n".join(f"[{n}] {c['text'].strip().replace(CONTEXT_CLOSE, '</ context>')}" for n, c in enumerate(chunks, 1))
+    body = "\n\n".join(
+        f"[{n}] {c['text'].strip().replace(CONTEXT_CLOSE, '</ context>')}" for n, c in enumerate(chunks, 1)
+    )
     return f"{_INTRO}\n{CONTEXT_OPEN}\n{body}\n{CONTEXT_CLOSE}"
 
 
@@ -107,20 +117,24 @@ def with_context(messages: list[dict], chunks: list[dict[str, Any]]) -> list[dic
     return out
 
 
-def variants(prompts: list[list[dict]], conversations: list[list[dict]],
-             settings: RagSettings | None) -> list[Variant]:
+def variants(prompts: list[list[dict]], conversations: list[list[dict]], settings: RagSettings | None) -> list[Variant]:
     """The prompt sets every model is scored on: plain, and/or with retrieved context."""
     plain = Variant("", prompts, conversations)
     if settings is None:
         return [plain]
     hits = retrieve(settings, prompts)
-    rag = Variant(RAG_SUFFIX, [with_context(p, h) for p, h in zip(prompts, hits)],
-                  [with_context(c, h) for c, h in zip(conversations, hits)], [[h["id"] for h in hs] for hs in hits])
+    rag = Variant(
+        RAG_SUFFIX,
+        [with_context(p, h) for p, h in zip(prompts, hits)],
+        [with_context(c, h) for c, h in zip(conversations, hits)],
+        [[h["id"] for h in hs] for hs in hits],
+    )
     return [plain, rag] if settings.compare_without else [rag]
 
 
-def prediction_rows(name: str, variant: Variant, prompts: list[list[dict]], refs: list[str],
-                    preds: list[str]) -> list[dict]:
+def prediction_rows(
+    name: str, variant: Variant, prompts: list[list[dict]], refs: list[str], preds: list[str]
+) -> list[dict]:
     """predictions.jsonl rows; "prompt" is the question without context, so rows of all variants line up by index."""
     rows = []
     for i, (p, r, y) in enumerate(zip(prompts, refs, preds)):

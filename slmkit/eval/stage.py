@@ -43,8 +43,9 @@ def _models_to_compare(cfg: BuildConfig, run: RunDir) -> dict[str, tuple[Path | 
     return models
 
 
-def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True,
-        task: str | None = None) -> dict:
+def run(
+    cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True, task: str | None = None
+) -> dict:
     """Score every model of the run on the test split; return {"task", "n", "models": {name: metrics}}.
 
     `task`: the data stage's (read from its manifest when not given); `resume` has nothing to resume here.
@@ -69,8 +70,9 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         new_tokens = max_new_tokens_for(tok, refs, task, cfg.eval.max_new_tokens)
         for variant in prompt_sets:
             vname = name + variant.suffix
-            preds = generate_with_progress(model, tok, variant.prompts, new_tokens, cfg.eval.batch_size, vname,
-                                            show_progress)
+            preds = generate_with_progress(
+                model, tok, variant.prompts, new_tokens, cfg.eval.batch_size, vname, show_progress
+            )
             results[vname] = compute_metrics(preds, refs, task)
             quality[vname] = assess(preds, refs, task)
             if task == "classification":
@@ -79,7 +81,9 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
             log.info("eval %s: %s", vname, {k: round(v, 4) for k, v in results[vname].items()})
         del model
     out = run.eval_dir
-    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | ({"rag": rag.describe()} if rag else {})
+    summary = {"task": task, "n": len(refs), "models": results, "quality": quality} | (
+        {"rag": rag.describe()} if rag else {}
+    )
     summary["warnings"] = warnings_for(summary, skip=("base",))
     for w in summary["warnings"]:
         log.warning("eval: %s", w)
@@ -94,8 +98,15 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         log.warning("metrics chart skipped: %s", e)
     from slmkit.eval.report import read_loss_series, read_val_series, write_report
 
-    write_report(out / "report.html", summary, predictions, confusion, read_loss_series({cfg.name: run.root}),
-                 title=f"{cfg.name}: evaluation", val_series=read_val_series({cfg.name: run.root}))
+    write_report(
+        out / "report.html",
+        summary,
+        predictions,
+        confusion,
+        read_loss_series({cfg.name: run.root}),
+        title=f"{cfg.name}: evaluation",
+        val_series=read_val_series({cfg.name: run.root}),
+    )
     return summary
 
 

@@ -35,8 +35,12 @@ def _columns(summary: dict) -> tuple[list[str], bool]:
 def metrics_table_md(summary: dict) -> str:
     keys, with_ci = _columns(summary)
     names = keys[:1] + (["95% CI"] if with_ci else []) + keys[1:]
-    lines = [f"Task: {summary['task']}, {summary['n']} test examples", "",
-             "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines = [
+        f"Task: {summary['task']}, {summary['n']} test examples",
+        "",
+        "| model | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
     for name, m in summary["models"].items():
         cells = [_fmt(m, k, 4) for k in keys]
         if with_ci:

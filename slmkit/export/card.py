@@ -17,14 +17,20 @@ def _read(path: Path) -> dict:
 
 def _verify_lines(verify: dict) -> list[str]:
     logits = verify.get("logits", verify)
-    lines = [f"- max |logit difference| against the source model on {logits.get('prompts', 3)} fixed prompts: "
-             f"{logits.get('max_abs_diff')}"]
+    lines = [
+        f"- max |logit difference| against the source model on {logits.get('prompts', 3)} fixed prompts: "
+        f"{logits.get('max_abs_diff')}"
+    ]
     if "top1_agreement" in logits:
-        lines.append(f"- same next token as the source on {logits['top1_agreement']:.0%} of them; "
-                     f"tokenizer ids match: {logits.get('tokenizer_match')}")
+        lines.append(
+            f"- same next token as the source on {logits['top1_agreement']:.0%} of them; "
+            f"tokenizer ids match: {logits.get('tokenizer_match')}"
+        )
     if m := verify.get("metric"):
-        lines.append(f"- {m['metric']} on {m['n']} eval examples: source {m['source']:.4f}, this export {m['export']:.4f} "
-                     f"(drop {m['drop_points']:.1f} points, allowed {verify.get('margin_points')})")
+        lines.append(
+            f"- {m['metric']} on {m['n']} eval examples: source {m['source']:.4f}, this export {m['export']:.4f} "
+            f"(drop {m['drop_points']:.1f} points, allowed {verify.get('margin_points')})"
+        )
     return lines
 
 
@@ -37,22 +43,45 @@ def render_card(run_dir: Path, cfg, verify: dict, export_format: str = "merged",
     base_license = model_license(base, resolve_model(base))
     data_license = data.get("license") or "unknown"
     lines = [
-        "---", f"base_model: {'HuggingFaceTB/SmolLM2-135M-Instruct' if base.lower() in ('default', 'smollm2-135m-instruct') else base}",
-        f"license: {base_license}", "library_name: transformers", "pipeline_tag: text-generation", "tags: [slmkit]", "---", "",
-        f"# {cfg.name}", "",
+        "---",
+        f"base_model: {'HuggingFaceTB/SmolLM2-135M-Instruct' if base.lower() in ('default', 'smollm2-135m-instruct') else base}",
+        f"license: {base_license}",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "tags: [slmkit]",
+        "---",
+        "",
+        f"# {cfg.name}",
+        "",
         f"A small model fine-tuned with slmkit from `{base}` ({cfg.train.method}"
-        + (f", LoRA r={cfg.train.lora.r}, alpha={cfg.train.lora.alpha}, merged into the weights" if cfg.train.method == "lora" else "") + ").",
-        "", "## Base model", f"- `{base}`, licence: {base_license}", "",
+        + (
+            f", LoRA r={cfg.train.lora.r}, alpha={cfg.train.lora.alpha}, merged into the weights"
+            if cfg.train.method == "lora"
+            else ""
+        )
+        + ").",
+        "",
+        "## Base model",
+        f"- `{base}`, licence: {base_license}",
+        "",
         "## Training data",
-        f"- source: `{data.get('source', 'unknown')}`", f"- sha256: `{data.get('source_sha256', 'unknown')}`",
-        f"- licence: {data_license}", f"- rows: {data.get('rows', {})}, task: {data.get('task', 'unknown')}", "",
+        f"- source: `{data.get('source', 'unknown')}`",
+        f"- sha256: `{data.get('source_sha256', 'unknown')}`",
+        f"- licence: {data_license}",
+        f"- rows: {data.get('rows', {})}, task: {data.get('task', 'unknown')}",
+        "",
         "## Training recipe",
         f"- steps: {train.get('steps')}, epochs: {cfg.train.epochs}, batch size: {cfg.train.batch_size}, lr: {cfg.train.lr}, "
         f"max_seq_len: {cfg.train.max_seq_len}, loss on assistant tokens only",
         f"- final train loss: {train.get('final_loss')}, val loss: {train.get('val_loss')}, device: {train.get('device')}, "
-        f"dtype: {train.get('dtype')}, {train.get('seconds')} s", "",
-        "## Evaluation (held-out test split)", metrics_table_md(metrics) if metrics.get("models") else "not evaluated", "",
-        f"## Export check ({export_format})", *_verify_lines(verify), "",
+        f"dtype: {train.get('dtype')}, {train.get('seconds')} s",
+        "",
+        "## Evaluation (held-out test split)",
+        metrics_table_md(metrics) if metrics.get("models") else "not evaluated",
+        "",
+        f"## Export check ({export_format})",
+        *_verify_lines(verify),
+        "",
         *(card_section(licence) if licence else []),
         "## Intended use and limits",
         f"- Intended for the narrow task in its training data ({data.get('task', 'unknown')}); outside it, expect the "

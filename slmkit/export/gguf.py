@@ -40,19 +40,26 @@ def check_supported(config: dict, where: str = "model") -> str:
     """Return the GGUF architecture name or raise SlmError naming the unsupported one."""
     arch = (config.get("architectures") or ["unknown"])[0]
     if arch not in SUPPORTED:
-        raise SlmError(f"GGUF export supports llama-family models ({', '.join(SUPPORTED)}); {where} is {arch}",
-                       "export this model with --format onnx or --format merged instead")
+        raise SlmError(
+            f"GGUF export supports llama-family models ({', '.join(SUPPORTED)}); {where} is {arch}",
+            "export this model with --format onnx or --format merged instead",
+        )
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise SlmError(f"GGUF export does not write rope scaling '{rope.get('rope_type')}' yet ({where})",
-                       "use --format onnx or merged for this model")
+        raise SlmError(
+            f"GGUF export does not write rope scaling '{rope.get('rope_type')}' yet ({where})",
+            "use --format onnx or merged for this model",
+        )
     if config.get("attention_bias") or config.get("mlp_bias"):
-        raise SlmError(f"GGUF export of llama models with bias terms is not supported ({where})",
-                       "use --format onnx or merged for this model")
+        raise SlmError(
+            f"GGUF export of llama models with bias terms is not supported ({where})",
+            "use --format onnx or merged for this model",
+        )
     return SUPPORTED[arch]
 
 
 # ----------------------------------------------------------------------------- tokenizer
+
 
 def _pre_tokenizer_name(tj: dict) -> str:
     """llama.cpp's name for the pre-tokenizer, recognised from tokenizer.json's structure.
@@ -79,38 +86,60 @@ def tokenizer_metadata(src: Path, vocab_size: int) -> dict:
 
     tj_path = src / "tokenizer.json"
     if not tj_path.is_file():
-        raise SlmError(f"{src} has no tokenizer.json (a fast tokenizer)", "GGUF export needs a byte-level BPE tokenizer.json")
+        raise SlmError(
+            f"{src} has no tokenizer.json (a fast tokenizer)", "GGUF export needs a byte-level BPE tokenizer.json"
+        )
     tj = json.loads(tj_path.read_text())
     model = tj.get("model", {})
     decoder = (tj.get("decoder") or {}).get("type")
     if model.get("type") != "BPE" or decoder != "ByteLevel":
-        raise SlmError(f"GGUF export supports byte-level BPE tokenizers; {tj_path} is {model.get('type')} "
-                       f"with a {decoder} decoder", "use --format onnx or merged for this tokenizer")
+        raise SlmError(
+            f"GGUF export supports byte-level BPE tokenizers; {tj_path} is {model.get('type')} "
+            f"with a {decoder} decoder",
+            "use --format onnx or merged for this tokenizer",
+        )
     tok = AutoTokenizer.from_pretrained(str(src))
     added = {a["id"]: a for a in tj.get("added_tokens", [])}
     id_to_tok = {i: t for t, i in model["vocab"].items()} | {i: a["content"] for i, a in added.items()}
     if max(id_to_tok) >= vocab_size:
-        raise SlmError(f"tokenizer in {src} has ids up to {max(id_to_tok)} but the model's vocab_size is {vocab_size}",
-                       "resize the model's embeddings to the tokenizer before exporting")
+        raise SlmError(
+            f"tokenizer in {src} has ids up to {max(id_to_tok)} but the model's vocab_size is {vocab_size}",
+            "resize the model's embeddings to the tokenizer before exporting",
+        )
     tokens, types = [], []
     for i in range(vocab_size):  # the embedding may be padded past the tokenizer: those rows are unused
         tokens.append(id_to_tok.get(i, f"[PAD{i}]"))
-        types.append(UNUSED if i not in id_to_tok else
-                     (CONTROL if added[i].get("special") else USER_DEFINED) if i in added else NORMAL)
+        types.append(
+            UNUSED
+            if i not in id_to_tok
+            else (CONTROL if added[i].get("special") else USER_DEFINED)
+            if i in added
+            else NORMAL
+        )
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     probe = tok("a")["input_ids"]
     template = tok.chat_template
     if isinstance(template, dict):
         template = template.get("default") or next(iter(template.values()))
     eot = next((tok.convert_tokens_to_ids(t) for t in END_OF_TURN if t in tok.get_vocab()), None)
-    return {"tokens": tokens, "types": types, "merges": merges, "pre": _pre_tokenizer_name(tj),
-            "bos": tok.bos_token_id, "eos": tok.eos_token_id, "unk": tok.unk_token_id, "pad": tok.pad_token_id,
-            "eot": eot, "add_bos": bool(tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]),
-            "add_eos": bool(tok.eos_token_id is not None and probe[-1:] == [tok.eos_token_id]),
-            "chat_template": template}
+    return {
+        "tokens": tokens,
+        "types": types,
+        "merges": merges,
+        "pre": _pre_tokenizer_name(tj),
+        "bos": tok.bos_token_id,
+        "eos": tok.eos_token_id,
+        "unk": tok.unk_token_id,
+        "pad": tok.pad_token_id,
+        "eot": eot,
+        "add_bos": bool(tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]),
+        "add_eos": bool(tok.eos_token_id is not None and probe[-1:] == [tok.eos_token_id]),
+        "chat_template": template,
+    }
 
 
 # ----------------------------------------------------------------------------- tensors
+
 
 def permute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """HF's half-split RoPE rows -> GGML's interleaved pairs, per head: [n_head*d, in] -> same shape.
@@ -196,8 +225,10 @@ def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = Non
             continue
         gname = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gname is None:
-            raise SlmError(f"GGUF export: no GGUF name for tensor {hf_name} of {src}",
-                           "this llama variant has extra weights; use --format onnx or merged")
+            raise SlmError(
+                f"GGUF export: no GGUF name for tensor {hf_name} of {src}",
+                "this llama variant has extra weights; use --format onnx or merged",
+            )
         if ".attn_q." in gname:
             w = permute_qk(w, n_head)
         elif ".attn_k." in gname:
@@ -223,8 +254,13 @@ def _add_tokenizer(writer, t: dict) -> None:
     writer.add_token_list(t["tokens"])
     writer.add_token_types(t["types"])
     writer.add_token_merges(t["merges"])
-    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id), ("eot", writer.add_eot_token_id)):
+    for key, add in (
+        ("bos", writer.add_bos_token_id),
+        ("eos", writer.add_eos_token_id),
+        ("unk", writer.add_unk_token_id),
+        ("pad", writer.add_pad_token_id),
+        ("eot", writer.add_eot_token_id),
+    ):
         if t[key] is not None:
             add(int(t[key]))
     writer.add_add_bos_token(t["add_bos"])
@@ -244,8 +280,13 @@ def read_gguf_metadata(path: Path) -> dict:
         f = reader.fields.get(key)
         return None if f is None else f.contents()
 
-    return {"architecture": field("general.architecture"), "tokenizer_model": field("tokenizer.ggml.model"),
-            "n_tokens": len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
-            "eos_token_id": field("tokenizer.ggml.eos_token_id"), "eot_token_id": field("tokenizer.ggml.eot_token_id"),
-            "chat_template": field("tokenizer.chat_template"),
-            "tensor_types": sorted({t.tensor_type.name for t in reader.tensors}), "n_tensors": len(reader.tensors)}
+    return {
+        "architecture": field("general.architecture"),
+        "tokenizer_model": field("tokenizer.ggml.model"),
+        "n_tokens": len(reader.fields["tokenizer.ggml.tokens"].data) if "tokenizer.ggml.tokens" in reader.fields else 0,
+        "eos_token_id": field("tokenizer.ggml.eos_token_id"),
+        "eot_token_id": field("tokenizer.ggml.eot_token_id"),
+        "chat_template": field("tokenizer.chat_template"),
+        "tensor_types": sorted({t.tensor_type.name for t in reader.tensors}),
+        "n_tensors": len(reader.tensors),
+    }

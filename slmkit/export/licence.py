@@ -30,10 +30,18 @@ def _data_sources(run_dir: Path) -> list[dict]:
     summary = json.loads(path.read_text()).get("summary", {}) if path.is_file() else {}
     if summary.get("sources"):
         # each source row names its file or URL under "name" (data stage summary); "source" in older manifests
-        return [{"source": s.get("name") or s.get("source"), "sha256": s.get("sha256") or s.get("source_sha256"),
-                 "license": s.get("license")} for s in summary["sources"]]
+        return [
+            {
+                "source": s.get("name") or s.get("source"),
+                "sha256": s.get("sha256") or s.get("source_sha256"),
+                "license": s.get("license"),
+            }
+            for s in summary["sources"]
+        ]
     if summary.get("source"):
-        return [{"source": summary["source"], "sha256": summary.get("source_sha256"), "license": summary.get("license")}]
+        return [
+            {"source": summary["source"], "sha256": summary.get("source_sha256"), "license": summary.get("license")}
+        ]
     return []
 
 
@@ -45,8 +53,9 @@ def check_licences(base_model: str, run_dir: Path) -> dict:
     model = {"name": base_model, "license": model_lic, "status": classify(model_lic)}
     data = [d | {"status": classify(d["license"])} for d in _data_sources(Path(run_dir))]
     warnings = []
-    for what, lic, status in [(f"base model {base_model}", model_lic, model["status"])] + \
-                             [(f"data source {d['source']}", d["license"], d["status"]) for d in data]:
+    for what, lic, status in [(f"base model {base_model}", model_lic, model["status"])] + [
+        (f"data source {d['source']}", d["license"], d["status"]) for d in data
+    ]:
         if status != "ok":
             article = "an" if status[0] in "aeiou" else "a"
             warnings.append(f"{what} has {article} {status} licence ({lic or 'none given'})")
@@ -57,8 +66,14 @@ def check_licences(base_model: str, run_dir: Path) -> dict:
 
 def card_section(lic: dict) -> list[str]:
     """Markdown lines for the model card."""
-    lines = ["## Licences", f"- base model `{lic['model']['name']}`: {lic['model']['license']} ({lic['model']['status']})"]
-    lines += [f"- data `{d['source']}` (sha256 `{d['sha256']}`): {d['license'] or 'unknown'} ({d['status']})" for d in lic["data"]]
+    lines = [
+        "## Licences",
+        f"- base model `{lic['model']['name']}`: {lic['model']['license']} ({lic['model']['status']})",
+    ]
+    lines += [
+        f"- data `{d['source']}` (sha256 `{d['sha256']}`): {d['license'] or 'unknown'} ({d['status']})"
+        for d in lic["data"]
+    ]
     if lic["warnings"]:
         lines += ["", "**Warning:** " + "; ".join(lic["warnings"]) + ". Commercial use may not be allowed."]
     return lines + [""]

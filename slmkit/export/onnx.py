@@ -26,18 +26,34 @@ def build_onnx(src: Path, dest: Path, quant: str = "int4") -> Path:
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError:
-        raise SlmError("ONNX export needs onnxruntime-genai, which is not installed",
-                       "pip install onnxruntime-genai onnx-ir") from None
+        raise SlmError(
+            "ONNX export needs onnxruntime-genai, which is not installed", "pip install onnxruntime-genai onnx-ir"
+        ) from None
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="slm-onnx-cache-") as cache:
-        cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(dest),
-               "-p", quant, "-e", "cpu", "-c", cache]
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(src),
+            "-o",
+            str(dest),
+            "-p",
+            quant,
+            "-e",
+            "cpu",
+            "-c",
+            cache,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
     (dest / "builder.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0 or not (dest / "genai_config.json").is_file():
         last = next((ln for ln in reversed((proc.stderr or proc.stdout).splitlines()) if ln.strip()), "no output")
-        raise SlmError(f"onnxruntime-genai's builder failed on {src}: {last}",
-                       f"see {dest / 'builder.log'}; the builder supports llama, mistral, qwen, phi, gemma families")
+        raise SlmError(
+            f"onnxruntime-genai's builder failed on {src}: {last}",
+            f"see {dest / 'builder.log'}; the builder supports llama, mistral, qwen, phi, gemma families",
+        )
     log.info("ONNX %s export in %s", quant, dest)
     return dest

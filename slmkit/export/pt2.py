@@ -36,10 +36,14 @@ def export_pt2(src: Path, dest: Path, max_len: int | None = None) -> Path:
     if example.shape[1] < 2:
         example = torch.zeros((1, 4), dtype=torch.long)
     try:
-        program = torch.export.export(_LogitsOnly(model), (example,), dynamic_shapes={"input_ids": {1: seq}}, strict=False)
+        program = torch.export.export(
+            _LogitsOnly(model), (example,), dynamic_shapes={"input_ids": {1: seq}}, strict=False
+        )
     except Exception as e:  # torch raises many exception types for untraceable code
-        raise SlmError(f"torch.export failed for {src}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                       "this architecture does not trace yet; use --format onnx or merged") from None
+        raise SlmError(
+            f"torch.export failed for {src}: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            "this architecture does not trace yet; use --format onnx or merged",
+        ) from None
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(dest / "model.pt2"))

@@ -73,11 +73,10 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
 
     Summary keys: path/bytes/verify (the merged export, as before), formats {dir: {path, bytes, verify}}, licence.
     """
-    from slmkit.eval import from_model, load_backend
+    from slmkit.eval import from_model, load_backend, max_new_tokens_for
     from slmkit.export.card import render_card
     from slmkit.export.licence import check_licences
     from slmkit.export.merge import export_merged
-    from slmkit.eval import max_new_tokens_for
     from slmkit.export.verify import load_eval_rows, verify_export
     from slmkit.models import load_model, load_tokenizer
 
@@ -85,8 +84,11 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
     run_dir = run.root
     opts = opts or options_from_config(cfg)
     merged = run.merged
-    summary = export_merged(cfg, run) if "merged" in opts.formats or not (merged / "slmkit.json").is_file() \
+    summary = (
+        export_merged(cfg, run)
+        if "merged" in opts.formats or not (merged / "slmkit.json").is_file()
         else {"path": str(merged), "bytes": _folder_bytes(merged), "verify": {}}
+    )
     licence = check_licences(cfg.model.base_model, run_dir)
     summary |= {"formats": {}, "licence": licence}
     todo = artifacts_for(opts)
@@ -107,14 +109,27 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
         with atomic_dir(dest) as tmp:
             built = _build(fmt, precision, merged, tmp, cfg, licence["model"]["license"])
             artifact = load_backend(str(built), name=name)
-            verify = verify_export(source, artifact, precision, margin, rows, new_tokens, cfg.eval.batch_size, source_preds)
+            verify = verify_export(
+                source, artifact, precision, margin, rows, new_tokens, cfg.eval.batch_size, source_preds
+            )
             del artifact
             atomic_write_json(tmp / "verify.json", verify)
             atomic_write_text(tmp / "README.md", render_card(run_dir, cfg, verify, name, licence))
-            atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "export": fmt,
-                                                    "precision": precision, "verify": verify, "run": cfg.name})
-        summary["formats"][name] = {"path": str(dest / built.relative_to(tmp)) if built != tmp else str(dest),
-                                    "bytes": _folder_bytes(dest), "verify": verify}
+            atomic_write_json(
+                tmp / "slmkit.json",
+                {
+                    "base_model": cfg.model.base_model,
+                    "export": fmt,
+                    "precision": precision,
+                    "verify": verify,
+                    "run": cfg.name,
+                },
+            )
+        summary["formats"][name] = {
+            "path": str(dest / built.relative_to(tmp)) if built != tmp else str(dest),
+            "bytes": _folder_bytes(dest),
+            "verify": verify,
+        }
     return summary
 
 
@@ -122,11 +137,15 @@ def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | Non
     """`slm export-model RUN --format F [--quant Q]`: one format (merged is built first when missing)."""
     key = {"gguf": "gguf_quant", "onnx": "onnx_quant"}.get(fmt)
     if quant and key is None:
-        raise SlmError(f"--quant does not apply to --format {fmt}", "use --quant only with gguf (f16, q8_0) or onnx (int4, int8)")
+        raise SlmError(
+            f"--quant does not apply to --format {fmt}", "use --quant only with gguf (f16, q8_0) or onnx (int4, int8)"
+        )
     overrides = {"formats": [fmt], **({key: quant} if quant else {}), **option_overrides}
     try:
         opts = options_from_config(cfg, **overrides)
     except ValueError as e:
-        raise SlmError(f"bad export option: {str(e).splitlines()[-2].strip() if len(str(e).splitlines()) > 1 else e}",
-                       "formats: merged|gguf|onnx|pt2; gguf quant: f16|q8_0; onnx quant: int4|int8") from None
+        raise SlmError(
+            f"bad export option: {str(e).splitlines()[-2].strip() if len(str(e).splitlines()) > 1 else e}",
+            "formats: merged|gguf|onnx|pt2; gguf quant: f16|q8_0; onnx quant: int4|int8",
+        ) from None
     return export_formats(cfg, run_dir, opts)

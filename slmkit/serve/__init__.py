@@ -1,9 +1,9 @@
 """Serve stage: an OpenAI- and SageMaker-compatible HTTP server over a continuous-batching engine.
 
-    from slmkit.serve import SamplingParams, create_app, load_engine
-    engine = load_engine("runs/my-run").start()
-    for piece in engine.generate_stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=32)):
-        print(piece, end="")
+from slmkit.serve import SamplingParams, create_app, load_engine
+engine = load_engine("runs/my-run").start()
+for piece in engine.generate_stream([{"role": "user", "content": "hi"}], SamplingParams(max_tokens=32)):
+    print(piece, end="")
 """
 
 from slmkit.config.serve import ServeConfig

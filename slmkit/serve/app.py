@@ -20,9 +20,21 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slmkit.serve.engine import Engine, EngineStopped, Event, PromptTooLong, QueueFull, SamplingParams
-from slmkit.serve.schemas import (APIError, ChatChoice, ChatCompletion, ChatCompletionRequest, Completion,
-                                  CompletionChoice, CompletionRequest, ErrorResponse, InvocationRequest, ModelCard,
-                                  ModelList, ResponseMessage, Usage)
+from slmkit.serve.schemas import (
+    APIError,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ErrorResponse,
+    InvocationRequest,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    Usage,
+)
 
 OPEN_ROUTES = ("/ping", "/health")  # reachable without the API key (load balancers, SageMaker)
 KNOWN_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/invocations", "/ping", "/health", "/metrics")
@@ -48,8 +60,9 @@ class Guard:
 
         try:
             if self.api_key and path not in OPEN_ROUTES and not self._authorised(scope):
-                err = APIError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                               code="invalid_api_key")
+                err = APIError(
+                    401, "missing or wrong API key: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+                )
                 return await _send_error(err, send_status)
             receive = await self._buffer_body(scope, receive)
             if receive is None:
@@ -95,8 +108,13 @@ class Guard:
 
 async def _send_error(err: APIError, send) -> None:
     body = json.dumps(err.body()).encode()
-    await send({"type": "http.response.start", "status": err.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -116,8 +134,12 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         # uvicorn has already waited (timeout_graceful_shutdown) for in-flight responses; cancel what is left.
         await asyncio.to_thread(engine.stop, 0.0)
 
-    app = FastAPI(title="slmkit server", version="1", lifespan=lifespan,
-                  description="OpenAI-compatible and SageMaker-compatible inference for an slmkit model.")
+    app = FastAPI(
+        title="slmkit server",
+        version="1",
+        lifespan=lifespan,
+        description="OpenAI-compatible and SageMaker-compatible inference for an slmkit model.",
+    )
     app.state.engine = engine
     app.add_middleware(Guard, engine=engine, api_key=api_key, max_body=cfg.max_body_bytes)
     engine.metrics.describe("http_request_duration_seconds", "histogram", "HTTP request duration by route")
@@ -144,16 +166,31 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     def check_model(name: str) -> None:
         if name != engine.name:
-            raise APIError(404, f"the model '{name}' does not exist; this server serves '{engine.name}'",
-                           type="not_found_error", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model '{name}' does not exist; this server serves '{engine.name}'",
+                type="not_found_error",
+                param="model",
+                code="model_not_found",
+            )
 
     def to_params(body, default_max: int) -> SamplingParams:
         wanted = body.wanted_tokens() or default_max
         if wanted > cfg.max_tokens:
-            raise APIError(400, f"max_tokens is {wanted}; this server allows at most {cfg.max_tokens}",
-                           param="max_tokens", code="invalid_value")
-        return SamplingParams(max_tokens=wanted, temperature=body.temperature, top_p=body.top_p, stop=body.stop,
-                              seed=body.seed, ignore_eos=body.ignore_eos)
+            raise APIError(
+                400,
+                f"max_tokens is {wanted}; this server allows at most {cfg.max_tokens}",
+                param="max_tokens",
+                code="invalid_value",
+            )
+        return SamplingParams(
+            max_tokens=wanted,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            stop=body.stop,
+            seed=body.seed,
+            ignore_eos=body.ignore_eos,
+        )
 
     def submit(ids: list[int], params: SamplingParams, param: str):
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -167,8 +204,9 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         try:
             return engine.submit(ids, params, sink), events
         except QueueFull as e:
-            raise APIError(429, f"the server is busy ({e}); retry later", type="rate_limit_error",
-                           code="rate_limit_exceeded") from None
+            raise APIError(
+                429, f"the server is busy ({e}); retry later", type="rate_limit_error", code="rate_limit_exceeded"
+            ) from None
         except EngineStopped as e:
             raise APIError(503, str(e), type="server_error", code="shutting_down") from None
         except PromptTooLong as e:
@@ -190,11 +228,14 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
     def chat_messages(body: ChatCompletionRequest) -> list[int]:
         try:
-            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                        for m in body.messages]
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+            ]
             return engine.encode_chat(messages)
         except Exception as e:  # unsupported content parts, or a template that rejects the role order
-            raise APIError(400, f"cannot render messages with the model's chat template: {e}", param="messages") from None
+            raise APIError(
+                400, f"cannot render messages with the model's chat template: {e}", param="messages"
+            ) from None
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -205,8 +246,11 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
             usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(_stream_chat(req, events, engine.name, usage), media_type="text/event-stream")
         text, ev = await collect(req, events, request)
-        return ChatCompletion(model=engine.name, usage=_usage(ev), choices=[
-            ChatChoice(message=ResponseMessage(content=text), finish_reason=ev.finish_reason)])
+        return ChatCompletion(
+            model=engine.name,
+            usage=_usage(ev),
+            choices=[ChatChoice(message=ResponseMessage(content=text), finish_reason=ev.finish_reason)],
+        )
 
     @app.post("/v1/completions", response_model=Completion, responses=ERRORS)
     async def completions(body: CompletionRequest, request: Request):
@@ -223,11 +267,13 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         req, events = submit(ids, params, "prompt")
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream_completion(req, events, engine.name, usage),
-                                     media_type="text/event-stream")
+            return StreamingResponse(
+                _stream_completion(req, events, engine.name, usage), media_type="text/event-stream"
+            )
         text, ev = await collect(req, events, request)
-        return Completion(model=engine.name, usage=_usage(ev),
-                          choices=[CompletionChoice(text=text, finish_reason=ev.finish_reason)])
+        return Completion(
+            model=engine.name, usage=_usage(ev), choices=[CompletionChoice(text=text, finish_reason=ev.finish_reason)]
+        )
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models():
@@ -239,8 +285,11 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         p = body.parameters
         wanted = p.max_new_tokens or cfg.default_max_tokens
         if wanted > cfg.max_tokens:
-            raise APIError(400, f"max_new_tokens is {wanted}; this server allows at most {cfg.max_tokens}",
-                           param="parameters.max_new_tokens")
+            raise APIError(
+                400,
+                f"max_new_tokens is {wanted}; this server allows at most {cfg.max_tokens}",
+                param="parameters.max_new_tokens",
+            )
         temperature = p.temperature if p.do_sample is not False else 0.0
         params = SamplingParams(max_tokens=wanted, temperature=temperature, top_p=p.top_p, stop=p.stop, seed=p.seed)
         if body.messages:
@@ -252,8 +301,11 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
         req, events = submit(ids, params, "inputs")
         text, ev = await collect(req, events, request)
         if body.messages:
-            return ChatCompletion(model=engine.name, usage=_usage(ev), choices=[
-                ChatChoice(message=ResponseMessage(content=text), finish_reason=ev.finish_reason)])
+            return ChatCompletion(
+                model=engine.name,
+                usage=_usage(ev),
+                choices=[ChatChoice(message=ResponseMessage(content=text), finish_reason=ev.finish_reason)],
+            )
         return [{"generated_text": text, "details": {"finish_reason": ev.finish_reason, **_usage(ev).model_dump()}}]
 
     @app.get("/ping")
@@ -264,9 +316,15 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
     @app.get("/health")
     async def health():
         ok = engine._running and engine._accepting
-        body = {"status": "ok" if ok else "unavailable", "model": engine.name, "backend": engine.runner.kind,
-                "batching": engine.batching, "max_batch_size": engine.max_batch, "queue_depth": len(engine._waiting),
-                "active_sequences": len(engine._active)}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model": engine.name,
+            "backend": engine.runner.kind,
+            "batching": engine.batching,
+            "max_batch_size": engine.max_batch,
+            "queue_depth": len(engine._waiting),
+            "active_sequences": len(engine._active),
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -277,16 +335,20 @@ def create_app(engine: Engine, api_key: str | None = None) -> FastAPI:
 
 
 def _usage(ev: Event) -> Usage:
-    return Usage(prompt_tokens=ev.prompt_tokens, completion_tokens=ev.completion_tokens,
-                 total_tokens=ev.prompt_tokens + ev.completion_tokens)
+    return Usage(
+        prompt_tokens=ev.prompt_tokens,
+        completion_tokens=ev.completion_tokens,
+        total_tokens=ev.prompt_tokens + ev.completion_tokens,
+    )
 
 
 def _generation_error(ev: Event) -> APIError:
     if ev.code == "timeout":
         return APIError(504, "the request timed out", type="server_error", code="timeout")
     if ev.code == "shutdown":
-        return APIError(503, "the server shut down before the reply was finished", type="server_error",
-                        code="shutting_down")
+        return APIError(
+            503, "the server shut down before the reply was finished", type="server_error", code="shutting_down"
+        )
     return APIError(500, "generation failed", type="server_error", code="internal_error")
 
 
@@ -312,8 +374,12 @@ async def _events(req, events: asyncio.Queue) -> AsyncIterator[Event]:
 
 
 async def _stream_chat(req, events, model: str, include_usage: bool) -> AsyncIterator[str]:
-    base = {"id": f"chatcmpl-{req.id}-{int(time.time())}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
+    base = {
+        "id": f"chatcmpl-{req.id}-{int(time.time())}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
 
     def chunk(delta: dict, finish: str | None = None) -> dict:
         return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
@@ -332,8 +398,12 @@ async def _stream_chat(req, events, model: str, include_usage: bool) -> AsyncIte
 
 
 async def _stream_completion(req, events, model: str, include_usage: bool) -> AsyncIterator[str]:
-    base = {"id": f"cmpl-{req.id}-{int(time.time())}", "object": "text_completion", "created": int(time.time()),
-            "model": model}
+    base = {
+        "id": f"cmpl-{req.id}-{int(time.time())}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
 
     def chunk(text: str, finish: str | None = None) -> dict:
         return {**base, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}

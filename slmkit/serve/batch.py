@@ -57,7 +57,7 @@ class GrowLayer(DynamicLayer):
         """Keep `rows` and drop the first `start` positions (padding of every kept row)."""
         t = self.get_seq_length()
         self.buf_k, self.buf_v = self.buf_k[rows, :, start:], self.buf_v[rows, :, start:]
-        self.keys, self.values = self.buf_k[:, :, :t - start], self.buf_v[:, :, :t - start]
+        self.keys, self.values = self.buf_k[:, :, : t - start], self.buf_v[:, :, : t - start]
 
 
 def supports_batching(model) -> bool:
@@ -90,8 +90,14 @@ class RunningBatch:
         return 0 if self.mask is None else self.mask.shape[0]
 
     def _forward(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                         logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         return out.logits[:, -1, :].float()
 
     @torch.inference_mode()
@@ -116,8 +122,10 @@ class RunningBatch:
             return
         length = max(self.mask.shape[1], new_mask.shape[1])
         for old, fresh in zip(self.cache.layers, new.layers):
-            old.set(torch.cat([_left_pad(old.keys, length, 2), _left_pad(fresh.keys, length, 2)]),
-                    torch.cat([_left_pad(old.values, length, 2), _left_pad(fresh.values, length, 2)]))
+            old.set(
+                torch.cat([_left_pad(old.keys, length, 2), _left_pad(fresh.keys, length, 2)]),
+                torch.cat([_left_pad(old.values, length, 2), _left_pad(fresh.values, length, 2)]),
+            )
         self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(new_mask, length, 1)])
         self.pos = torch.cat([self.pos, new_pos])
 

@@ -15,10 +15,10 @@ from typing import Optional
 
 import typer
 
+from slmkit.config.serve import ServeConfig
 from slmkit.errors import SlmError
 from slmkit.log import setup_logging
 from slmkit.options import run_app
-from slmkit.config.serve import ServeConfig
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 log = logging.getLogger("slmkit")
@@ -45,56 +45,95 @@ def run_server(target: str, cfg: ServeConfig) -> None:
     engine = load_engine(target, cfg)
     key = os.environ.get(cfg.api_key_env) or None
     app = create_app(engine, api_key=key)
-    log.info("serving '%s' on http://%s:%d (backend: %s, batching: %s, max batch %d, auth: %s)", engine.name, cfg.host,
-             cfg.port, engine.runner.kind, engine.batching, engine.max_batch, f"${cfg.api_key_env}" if key else "off")
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
-                                           timeout_graceful_shutdown=cfg.drain_timeout_s, timeout_keep_alive=5))
+    log.info(
+        "serving '%s' on http://%s:%d (backend: %s, batching: %s, max batch %d, auth: %s)",
+        engine.name,
+        cfg.host,
+        cfg.port,
+        engine.runner.kind,
+        engine.batching,
+        engine.max_batch,
+        f"${cfg.api_key_env}" if key else "off",
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            log_level="warning",
+            timeout_graceful_shutdown=cfg.drain_timeout_s,
+            timeout_keep_alive=5,
+        )
+    )
     server.run()
 
 
-def serve(target: Optional[str] = typer.Argument(None, metavar="RUN_OR_MODEL",
-                                                 help="run folder, model or ONNX export folder, registered name "
-                                                      "or model name; omitted inside a SageMaker container: "
-                                                      "/opt/ml/model"),
-          host: Optional[str] = typer.Option(None, "--host", help="interface to bind (default 127.0.0.1)"),
-          port: Optional[int] = typer.Option(None, "--port", help="port (default 8000; SageMaker: 8080)"),
-          backend: Optional[str] = typer.Option(None, "--backend",
-                                                help="auto (default: onnx for an ONNX export folder, else "
-                                                     "torch), torch, or onnx (a run's export/onnx-*)"),
-          api_key_env: Optional[str] = typer.Option(None, "--api-key-env",
-                                                    help="env var with the bearer key (default SLM_API_KEY)"),
-          served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="id in /v1/models"),
-          max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size"),
-          pack_weights: Optional[bool] = typer.Option(None, "--pack-weights/--no-pack-weights",
-                                                      help="torch on CPU: oneDNN-packed Linear weights (default on)"),
-          max_queue: Optional[int] = typer.Option(None, "--max-queue", help="waiting requests before HTTP 429"),
-          max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap on a request's max_tokens"),
-          max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens"),
-          request_timeout_s: Optional[float] = typer.Option(None, "--timeout", help="seconds per request"),
-          drain_timeout_s: Optional[float] = typer.Option(None, "--drain-timeout",
-                                                          help="seconds in-flight requests get after SIGTERM"),
-          config: Optional[Path] = typer.Option(None, "--config", help="YAML file with a `serve:` section")) -> None:
+def serve(
+    target: Optional[str] = typer.Argument(
+        None,
+        metavar="RUN_OR_MODEL",
+        help="run folder, model or ONNX export folder, registered name "
+        "or model name; omitted inside a SageMaker container: "
+        "/opt/ml/model",
+    ),
+    host: Optional[str] = typer.Option(None, "--host", help="interface to bind (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", help="port (default 8000; SageMaker: 8080)"),
+    backend: Optional[str] = typer.Option(
+        None,
+        "--backend",
+        help="auto (default: onnx for an ONNX export folder, else torch), torch, or onnx (a run's export/onnx-*)",
+    ),
+    api_key_env: Optional[str] = typer.Option(
+        None, "--api-key-env", help="env var with the bearer key (default SLM_API_KEY)"
+    ),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="id in /v1/models"),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size"),
+    pack_weights: Optional[bool] = typer.Option(
+        None, "--pack-weights/--no-pack-weights", help="torch on CPU: oneDNN-packed Linear weights (default on)"
+    ),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="waiting requests before HTTP 429"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="cap on a request's max_tokens"),
+    max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens"),
+    request_timeout_s: Optional[float] = typer.Option(None, "--timeout", help="seconds per request"),
+    drain_timeout_s: Optional[float] = typer.Option(
+        None, "--drain-timeout", help="seconds in-flight requests get after SIGTERM"
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with a `serve:` section"),
+) -> None:
     """Serve a model over HTTP: OpenAI-compatible /v1/* routes and SageMaker /ping + /invocations."""
     setup_logging("text")
-    flags = dict(host=host, port=port, backend=backend, api_key_env=api_key_env,
-                 served_model_name=served_model_name, max_batch_size=max_batch_size, pack_weights=pack_weights,
-                 max_queue=max_queue,
-                 max_tokens=max_tokens, max_prompt_tokens=max_prompt_tokens, request_timeout_s=request_timeout_s,
-                 drain_timeout_s=drain_timeout_s)
+    flags = dict(
+        host=host,
+        port=port,
+        backend=backend,
+        api_key_env=api_key_env,
+        served_model_name=served_model_name,
+        max_batch_size=max_batch_size,
+        pack_weights=pack_weights,
+        max_queue=max_queue,
+        max_tokens=max_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        request_timeout_s=request_timeout_s,
+        drain_timeout_s=drain_timeout_s,
+    )
     if target is None:
         if not sagemaker_layout():
-            raise SlmError("no model to serve", "pass RUN_OR_MODEL, e.g. `slm serve runs/my-run` or `slm serve default`")
+            raise SlmError(
+                "no model to serve", "pass RUN_OR_MODEL, e.g. `slm serve runs/my-run` or `slm serve default`"
+            )
         target = str(SAGEMAKER_MODEL_DIR)
         flags["host"] = flags["host"] or "0.0.0.0"
         flags["port"] = flags["port"] or int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080"))
     run_server(target, serve_config(config, flags))
 
 
-def chat(target: str = typer.Argument(..., metavar="RUN_OR_MODEL"),
-         prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer one message and exit"),
-         system: Optional[str] = typer.Option(None, "--system", help="System message"),
-         max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-         temperature: float = typer.Option(0.0, "--temperature")) -> None:
+def chat(
+    target: str = typer.Argument(..., metavar="RUN_OR_MODEL"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Answer one message and exit"),
+    system: Optional[str] = typer.Option(None, "--system", help="System message"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+) -> None:
     """Streaming terminal chat with a run folder, export, registered name, or model."""
     from slmkit.serve.chat import chat_loop, load_engine_for_chat, stream_reply
 
@@ -102,7 +141,9 @@ def chat(target: str = typer.Argument(..., metavar="RUN_OR_MODEL"),
     engine = load_engine_for_chat(target)
     try:
         if prompt is not None:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
             stream_reply(engine, messages, max_new_tokens, temperature)
         else:
             chat_loop(engine, system, max_new_tokens, temperature)

@@ -89,8 +89,9 @@ _ids = itertools.count(1)
 class Request:
     """One generation in flight. `cancel()` is safe from any thread; the slot is freed at the next step."""
 
-    def __init__(self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None], tokenizer,
-                 timeout_s: float):
+    def __init__(
+        self, prompt_ids: list[int], params: SamplingParams, sink: Callable[[Event], None], tokenizer, timeout_s: float
+    ):
         self.id = next(_ids)
         self.prompt_ids, self.params, self.sink = prompt_ids, params, sink
         self.tracker = TextTracker(tokenizer, params.stop)
@@ -154,16 +155,18 @@ class Engine:
         self.metrics.gauge("queue_depth", lambda: len(self._waiting))
         self.metrics.gauge("active_sequences", lambda: len(self._active))
         self.metrics.gauge("tokens_per_second", self.metrics.tokens_per_second)
-        for name_, kind, text in [("requests_total", "counter", "HTTP requests by route and status"),
-                                  ("errors_total", "counter", "HTTP responses with status >= 400"),
-                                  ("queue_depth", "gauge", "requests waiting for a batch slot"),
-                                  ("active_sequences", "gauge", "sequences in the running batch"),
-                                  ("tokens_per_second", "gauge", "generated tokens per second, last 10 s"),
-                                  ("generated_tokens_total", "counter", "completion tokens generated"),
-                                  ("prompt_tokens_total", "counter", "prompt tokens prefilled"),
-                                  ("time_to_first_token_seconds", "histogram", "queue + prefill time"),
-                                  ("request_latency_seconds", "histogram", "submit to last token"),
-                                  ("finished_total", "counter", "finished generations by reason")]:
+        for name_, kind, text in [
+            ("requests_total", "counter", "HTTP requests by route and status"),
+            ("errors_total", "counter", "HTTP responses with status >= 400"),
+            ("queue_depth", "gauge", "requests waiting for a batch slot"),
+            ("active_sequences", "gauge", "sequences in the running batch"),
+            ("tokens_per_second", "gauge", "generated tokens per second, last 10 s"),
+            ("generated_tokens_total", "counter", "completion tokens generated"),
+            ("prompt_tokens_total", "counter", "prompt tokens prefilled"),
+            ("time_to_first_token_seconds", "histogram", "queue + prefill time"),
+            ("request_latency_seconds", "histogram", "submit to last token"),
+            ("finished_total", "counter", "finished generations by reason"),
+        ]:
             self.metrics.describe(name_, kind, text)
 
     # ---- requests -------------------------------------------------------------------------------------------
@@ -223,8 +226,9 @@ class Engine:
         finally:
             req.cancel()
 
-    def generate(self, messages: list[dict] | None = None, params: SamplingParams | None = None,
-                 prompt: str | None = None) -> Result:
+    def generate(
+        self, messages: list[dict] | None = None, params: SamplingParams | None = None, prompt: str | None = None
+    ) -> Result:
         """Blocking generation for a chat (`messages`) or raw text (`prompt`)."""
         ids = self.encode_chat(messages) if messages is not None else self.encode_text(prompt or "")
         out: dict = {}

@@ -13,8 +13,10 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    body = ",".join(f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                    for k, v in sorted(labels.items()))
+    body = ",".join(
+        f'{k}="{str(v).replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in sorted(labels.items())
+    )
     return "{" + body + "}"
 
 
@@ -83,8 +85,10 @@ class Metrics:
     def render(self) -> str:
         p, lines = self.prefix, []
         with self._lock:
-            counters, hists = dict(self._counters), {k: (h.buckets, list(h.counts), h.total, h.sum)
-                                                     for k, h in self._hists.items()}
+            counters, hists = (
+                dict(self._counters),
+                {k: (h.buckets, list(h.counts), h.total, h.sum) for k, h in self._hists.items()},
+            )
         names = sorted({n for n, _ in counters} | {n for n, _ in hists} | set(self._gauges))
         for name in names:
             kind, text = self._help.get(name, ("gauge" if name in self._gauges else "counter", name))
@@ -98,8 +102,10 @@ class Metrics:
                 for b, c in zip(buckets, counts):
                     lines.append(f"{p}_{name}_bucket{_labels({**dict(lab), 'le': f'{b:g}'})} {c}")
                 lines.append(f"{p}_{name}_bucket{_labels({**dict(lab), 'le': '+Inf'})} {total}")
-                lines += [f"{p}_{name}_sum{_labels(dict(lab))} {total_sum:.6f}",
-                          f"{p}_{name}_count{_labels(dict(lab))} {total}"]
+                lines += [
+                    f"{p}_{name}_sum{_labels(dict(lab))} {total_sum:.6f}",
+                    f"{p}_{name}_count{_labels(dict(lab))} {total}",
+                ]
             if name in self._gauges:
                 lines.append(f"{p}_{name} {float(self._gauges[name]()):g}")
         return "\n".join(lines) + "\n"

@@ -27,16 +27,27 @@ def load_onnx(target: str, cfg: ServeConfig) -> tuple[OnnxRunner, Any]:
 def search_options(params: SamplingParams, prompt_len: int, seed: int) -> dict:
     """onnxruntime-genai search options that make its sampler do what the torch engine's `sample` does."""
     max_length = prompt_len + params.max_tokens  # the KV buffer is allocated at max_length: no bigger than needed
-    opts: dict = {"max_length": max_length, "batch_size": 1, "num_beams": 1, "repetition_penalty": 1.0,
-                  "no_repeat_ngram_size": 0}
+    opts: dict = {
+        "max_length": max_length,
+        "batch_size": 1,
+        "num_beams": 1,
+        "repetition_penalty": 1.0,
+        "no_repeat_ngram_size": 0,
+    }
     if params.ignore_eos:
         # a generator stops for good at EOS; below min_length it never picks EOS, so it runs to max_length
         opts["min_length"] = max_length
     if params.greedy:
         return {**opts, "do_sample": False}
     # top_k=0 turns off the top-k cut (genai_config defaults to 50), leaving temperature + nucleus like torch
-    return {**opts, "do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0,
-            "random_seed": seed % _SEED_RANGE}
+    return {
+        **opts,
+        "do_sample": True,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": 0,
+        "random_seed": seed % _SEED_RANGE,
+    }
 
 
 class OnnxRunner:

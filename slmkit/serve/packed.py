@@ -37,7 +37,12 @@ class PackedLinear(torch.nn.Module):
 def can_pack(model) -> bool:
     """fp32 weights on CPU and a torch build whose oneDNN linear matches F.linear on a probe."""
     first = next(model.parameters(), None)
-    if first is None or first.device.type != "cpu" or first.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    if (
+        first is None
+        or first.device.type != "cpu"
+        or first.dtype != torch.float32
+        or not torch.backends.mkldnn.is_available()
+    ):
         return False
     try:
         lin = torch.nn.Linear(16, 8)

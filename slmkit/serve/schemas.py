@@ -199,11 +199,18 @@ class ErrorResponse(BaseModel):
 class APIError(Exception):
     """An error returned to the client in OpenAI's shape with an HTTP status."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def body(self) -> dict[str, Any]:
-        return ErrorResponse(error=ErrorDetail(message=self.message, type=self.type, param=self.param,
-                                               code=self.code)).model_dump()
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        ).model_dump()

@@ -30,13 +30,13 @@ class TextTracker:
             window = max(0, self.sent - max(len(s) for s in self.stops))
             hits = [i for s in self.stops if (i := text.find(s, window)) >= 0]
             if hits:
-                self.text = text[:min(hits)]
+                self.text = text[: min(hits)]
                 self.stopped = True
                 return self.flush()
         safe = len(text) - self._held_suffix(text)
         if safe <= self.sent:
             return ""
-        out = text[self.sent:safe]
+        out = text[self.sent : safe]
         self.sent = safe
         return out
 
@@ -51,6 +51,6 @@ class TextTracker:
 
     def flush(self) -> str:
         """Everything not sent yet (call when generation ends)."""
-        out = self.text[self.sent:]
+        out = self.text[self.sent :]
         self.sent = len(self.text)
         return out

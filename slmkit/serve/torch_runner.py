@@ -42,8 +42,9 @@ class TorchRunner:
         self.batching = supports_batching(model)
         self.max_sequences = max_batch if self.batching else 1
         if not self.batching:
-            log.warning("%s: cache layers are not plain full attention; serving one request at a time",
-                        type(model).__name__)
+            log.warning(
+                "%s: cache layers are not plain full attention; serving one request at a time", type(model).__name__
+            )
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos_ids = {i for i in (gen_eos if isinstance(gen_eos, list) else [gen_eos]) if i is not None}
         self.context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None

@@ -11,8 +11,8 @@ import asyncio
 import os
 from typing import Any
 
-from slmkit.errors import SlmError
 from slmkit.config.synth import TeacherConfig
+from slmkit.errors import SlmError
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
@@ -35,15 +35,18 @@ class FatalCallError(Exception):
 
 # ----------------------------------------------------------------------------- backends
 
+
 def _api_key(cfg: TeacherConfig) -> str | None:
     return os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
 
 
 def _check_key(cfg: TeacherConfig) -> None:
     if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-        raise SlmError(f"synth.teacher.api_key_env: environment variable {cfg.api_key_env} is not set",
-                       f"export {cfg.api_key_env}=<your key>, or set synth.teacher.api_key_env: null for a local "
-                       "server that needs no key")
+        raise SlmError(
+            f"synth.teacher.api_key_env: environment variable {cfg.api_key_env} is not set",
+            f"export {cfg.api_key_env}=<your key>, or set synth.teacher.api_key_env: null for a local "
+            "server that needs no key",
+        )
 
 
 def _classify(exc: BaseException) -> Exception:
@@ -64,8 +67,10 @@ def _classify(exc: BaseException) -> Exception:
                 wait = None
             return TransientError(f"http_{code}", wait)
         if code in (401, 403):
-            return SlmError(f"the teacher endpoint refused the credentials (HTTP {code})",
-                            "check the key in the variable named by synth.teacher.api_key_env")
+            return SlmError(
+                f"the teacher endpoint refused the credentials (HTTP {code})",
+                "check the key in the variable named by synth.teacher.api_key_env",
+            )
         return FatalCallError(f"http_{code}", str(exc)[:200])
     if isinstance(exc, (openai.APIResponseValidationError, ValueError)):  # unparsable body (bad JSON)
         return TransientError("bad_reply")
@@ -94,22 +99,32 @@ class OpenAIBackend:
         try:
             r = httpx.get(f"{self.base_url}/models", headers=headers, timeout=min(self.cfg.timeout_s, 10.0))
         except httpx.HTTPError as e:
-            raise SlmError(f"cannot reach the teacher endpoint {self.base_url} ({type(e).__name__}: {e})",
-                           "start the server or fix synth.teacher.base_url") from None
+            raise SlmError(
+                f"cannot reach the teacher endpoint {self.base_url} ({type(e).__name__}: {e})",
+                "start the server or fix synth.teacher.base_url",
+            ) from None
         if r.status_code in (401, 403):
             var = self.cfg.api_key_env or "(none: synth.teacher.api_key_env is null)"
-            raise SlmError(f"the teacher endpoint {self.base_url} refused the key (HTTP {r.status_code})",
-                           f"check the key in {var}")
+            raise SlmError(
+                f"the teacher endpoint {self.base_url} refused the key (HTTP {r.status_code})",
+                f"check the key in {var}",
+            )
 
     async def call(self, messages: list[dict], sampling: dict, schema: Any) -> tuple[str, int, int]:
         import openai
 
         if self._client is None:
-            self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=_api_key(self.cfg) or "not-needed",
-                                              timeout=self.cfg.timeout_s, max_retries=0)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url,
+                api_key=_api_key(self.cfg) or "not-needed",
+                timeout=self.cfg.timeout_s,
+                max_retries=0,
+            )
         extra = {"response_format": {"type": "json_object"}} if schema is not None and self.cfg.json_mode else {}
         try:
-            resp = await self._client.chat.completions.create(model=self.cfg.model, messages=messages, **sampling, **extra)
+            resp = await self._client.chat.completions.create(
+                model=self.cfg.model, messages=messages, **sampling, **extra
+            )
         except Exception as e:  # noqa: BLE001 - classified below
             raise _classify(e) from None
         return _unpack(resp)
@@ -134,17 +149,26 @@ class LiteLLMBackend(OpenAIBackend):
         try:
             import litellm
         except ImportError:
-            raise SlmError("synth.teacher.backend is 'litellm' but LiteLLM is not installed",
-                           "pip install 'slmkit[litellm]'  (or: pip install litellm)") from None
+            raise SlmError(
+                "synth.teacher.backend is 'litellm' but LiteLLM is not installed",
+                "pip install 'slmkit[litellm]'  (or: pip install litellm)",
+            ) from None
         return litellm
 
     async def call(self, messages: list[dict], sampling: dict, schema: Any) -> tuple[str, int, int]:
         litellm = self._litellm()
         extra = {"response_format": {"type": "json_object"}} if schema is not None and self.cfg.json_mode else {}
         try:
-            resp = await litellm.acompletion(model=self.cfg.model, messages=messages, api_base=self.cfg.base_url,
-                                             api_key=_api_key(self.cfg), timeout=self.cfg.timeout_s, num_retries=0,
-                                             **sampling, **extra)
+            resp = await litellm.acompletion(
+                model=self.cfg.model,
+                messages=messages,
+                api_base=self.cfg.base_url,
+                api_key=_api_key(self.cfg),
+                timeout=self.cfg.timeout_s,
+                num_retries=0,
+                **sampling,
+                **extra,
+            )
         except Exception as e:  # noqa: BLE001
             raise _classify(e) from None
         return _unpack(resp)
@@ -203,9 +227,10 @@ class LocalBackend:
             torch.manual_seed(sampling["seed"])
         kw = {"temperature": sampling["temperature"], "top_p": sampling["top_p"]} if do_sample else {}
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=sampling["max_tokens"], do_sample=do_sample,
-                                 pad_token_id=tok.pad_token_id, **kw)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(
+                **enc, max_new_tokens=sampling["max_tokens"], do_sample=do_sample, pad_token_id=tok.pad_token_id, **kw
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
         results = []
         for row_in, row_new in zip(enc["attention_mask"], new):
             n_out = int((row_new != tok.pad_token_id).sum())

@@ -23,11 +23,17 @@ def default_cache_path() -> Path:
     return cache_dir() / "synth" / "cache.sqlite"
 
 
-def cache_key(backend: str, model: str, sampling: dict[str, Any], messages: list[dict[str, str]],
-              schema: Any = None) -> str:
+def cache_key(
+    backend: str, model: str, sampling: dict[str, Any], messages: list[dict[str, str]], schema: Any = None
+) -> str:
     """sha256 of the canonical JSON of what decides the reply."""
-    payload = {"backend": backend, "model": model, "sampling": {k: sampling.get(k) for k in SAMPLING_KEYS},
-               "messages": [{"role": m["role"], "content": m["content"]} for m in messages], "schema": schema}
+    payload = {
+        "backend": backend,
+        "model": model,
+        "sampling": {k: sampling.get(k) for k in SAMPLING_KEYS},
+        "messages": [{"role": m["role"], "content": m["content"]} for m in messages],
+        "schema": schema,
+    }
     canon = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
 
@@ -53,22 +59,34 @@ class SynthCache:
                 key TEXT PRIMARY KEY, backend TEXT, model TEXT, request TEXT, reply TEXT,
                 prompt_tokens INTEGER, completion_tokens INTEGER, created TEXT DEFAULT CURRENT_TIMESTAMP)""")
         except sqlite3.DatabaseError as e:
-            raise SlmError(f"cannot open the synth cache {self.path}: {e}",
-                           "delete that file (it only holds re-creatable teacher replies) or set synth.cache") from None
+            raise SlmError(
+                f"cannot open the synth cache {self.path}: {e}",
+                "delete that file (it only holds re-creatable teacher replies) or set synth.cache",
+            ) from None
 
     def get(self, key: str) -> CachedReply | None:
-        row = self._con.execute("SELECT reply, prompt_tokens, completion_tokens FROM calls WHERE key = ?",
-                                (key,)).fetchone()
+        row = self._con.execute(
+            "SELECT reply, prompt_tokens, completion_tokens FROM calls WHERE key = ?", (key,)
+        ).fetchone()
         return CachedReply(row[0], row[1] or 0, row[2] or 0) if row else None
 
     def has(self, key: str) -> bool:
         return self._con.execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, backend: str, model: str, request: dict, reply: CachedReply) -> None:
-        self._con.execute("INSERT OR REPLACE INTO calls (key, backend, model, request, reply, prompt_tokens, "
-                          "completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                          (key, backend, model, json.dumps(request, ensure_ascii=False), reply.text,
-                           reply.prompt_tokens, reply.completion_tokens))
+        self._con.execute(
+            "INSERT OR REPLACE INTO calls (key, backend, model, request, reply, prompt_tokens, "
+            "completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                backend,
+                model,
+                json.dumps(request, ensure_ascii=False),
+                reply.text,
+                reply.prompt_tokens,
+                reply.completion_tokens,
+            ),
+        )
 
     def __len__(self) -> int:
         return self._con.execute("SELECT COUNT(*) FROM calls").fetchone()[0]

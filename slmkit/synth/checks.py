@@ -31,18 +31,24 @@ class FormatCheck:
             try:
                 self.pattern = re.compile(regex, re.DOTALL)
             except re.error as e:
-                raise SlmError(f"{where}.output_regex is not a valid regular expression ({e})", "fix the pattern") from None
+                raise SlmError(
+                    f"{where}.output_regex is not a valid regular expression ({e})", "fix the pattern"
+                ) from None
         self.validator = None
         if schema is not None:
             try:
                 import jsonschema
             except ImportError:
-                raise SlmError(f"{where}.output_schema needs the jsonschema package", "pip install jsonschema") from None
+                raise SlmError(
+                    f"{where}.output_schema needs the jsonschema package", "pip install jsonschema"
+                ) from None
             try:
                 cls = jsonschema.validators.validator_for(schema)
                 cls.check_schema(schema)
             except jsonschema.SchemaError as e:
-                raise SlmError(f"{where}.output_schema is not a valid JSON Schema ({e.message})", "fix the schema") from None
+                raise SlmError(
+                    f"{where}.output_schema is not a valid JSON Schema ({e.message})", "fix the schema"
+                ) from None
             self.validator = cls(schema)
 
     def hint(self) -> str | None:
@@ -50,11 +56,15 @@ class FormatCheck:
         if self.pattern is not None:
             parts.append(f"Each output must fully match the regular expression: {self.pattern.pattern}")
         if self.validator is not None:
-            parts.append("Each output must be a JSON value (as a string) valid under this JSON Schema: "
-                         + json.dumps(self.validator.schema))
+            parts.append(
+                "Each output must be a JSON value (as a string) valid under this JSON Schema: "
+                + json.dumps(self.validator.schema)
+            )
         if self.model is not None:
-            parts.append("Each output must be JSON (as a string) valid under this JSON Schema: "
-                         + json.dumps(self.model.model_json_schema()))
+            parts.append(
+                "Each output must be JSON (as a string) valid under this JSON Schema: "
+                + json.dumps(self.model.model_json_schema())
+            )
         return "\n".join(parts) or None
 
     def ok(self, output: str) -> bool:
@@ -86,8 +96,12 @@ def _import_model(spec: str, where: str):
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError, ValueError) as e:
-        raise SlmError(f"{where}.output_model {spec!r} cannot be imported ({e})",
-                       "use 'package.module:ClassName' of a pydantic model importable from this environment") from None
+        raise SlmError(
+            f"{where}.output_model {spec!r} cannot be imported ({e})",
+            "use 'package.module:ClassName' of a pydantic model importable from this environment",
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
-        raise SlmError(f"{where}.output_model {spec!r} is not a pydantic model class", "point it at a BaseModel subclass")
+        raise SlmError(
+            f"{where}.output_model {spec!r} is not a pydantic model class", "point it at a BaseModel subclass"
+        )
     return cls

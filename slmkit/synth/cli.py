@@ -28,10 +28,16 @@ def dry_run(cfg: BuildConfig, log_format: str) -> None:
         out.print_json(data=p)
         return
     for r in p["recipes"]:
-        out.print(f"  {r['recipe']:<14} {r['calls']:>5} calls  {r['cached']:>5} cached  "
-                  f"+{r['more_at_most']} at most  ~{r['rows_expected']} rows", soft_wrap=True)
-    out.print(f"total: {p['calls']} calls, {p['cached']} cached, {p['calls'] - p['cached']} to make, "
-              f"+ up to {p['more_at_most']} more depending on replies (retries, judge, batches)", soft_wrap=True)
+        out.print(
+            f"  {r['recipe']:<14} {r['calls']:>5} calls  {r['cached']:>5} cached  "
+            f"+{r['more_at_most']} at most  ~{r['rows_expected']} rows",
+            soft_wrap=True,
+        )
+    out.print(
+        f"total: {p['calls']} calls, {p['cached']} cached, {p['calls'] - p['cached']} to make, "
+        f"+ up to {p['more_at_most']} more depending on replies (retries, judge, batches)",
+        soft_wrap=True,
+    )
     out.print(f"cache: {p['cache']}", soft_wrap=True, highlight=False)
 
 
@@ -42,8 +48,11 @@ def show(summary: dict, console: Console = out) -> None:
     s = summary["stats"]
     for label, r in summary["recipes"].items():
         console.print(f"  {label:<14} {r['rows']:>5} rows  dropped {r['dropped'] or '-'}", soft_wrap=True)
-    console.print(f"calls: {s['calls']} made, {s['cached']} cached, {s['retries']} retries, failed {s['failed'] or '-'}; "
-                  f"tokens {s['prompt_tokens']} in / {s['completion_tokens']} out; cost ${s['cost_usd']:.4f}", soft_wrap=True)
+    console.print(
+        f"calls: {s['calls']} made, {s['cached']} cached, {s['retries']} retries, failed {s['failed'] or '-'}; "
+        f"tokens {s['prompt_tokens']} in / {s['completion_tokens']} out; cost ${s['cost_usd']:.4f}",
+        soft_wrap=True,
+    )
     if summary["stopped"]:
         console.print(f"[yellow]stopped early: {summary['stopped']}[/] (rerun to continue; cached calls are free)")
     console.print(f"[bold]synth[/]: {summary['rows']} rows -> {summary['path']}", soft_wrap=True)

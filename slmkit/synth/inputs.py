@@ -46,8 +46,9 @@ def read_rows(path: Path, what: str) -> tuple[list[dict], list[str]]:
     return read_table(path, DataConfig())
 
 
-def pairs(path: Path, what: str, input_field: str, output_field: str,
-          instruction_field: str | None = None) -> list[dict[str, str]]:
+def pairs(
+    path: Path, what: str, input_field: str, output_field: str, instruction_field: str | None = None
+) -> list[dict[str, str]]:
     """`{input, output, source}` seeds; rows missing either field are refused with their locator."""
     rows, locators = read_rows(path, what)
     out = []
@@ -58,8 +59,10 @@ def pairs(path: Path, what: str, input_field: str, output_field: str,
             inp = f"{instr}\n\n{inp}".strip() if inp else instr
         if inp in (None, "") or outp in (None, ""):
             missing = input_field if inp in (None, "") else output_field
-            raise SlmError(f"{loc}: seed has no {missing!r} value",
-                           f"fix the row or set {what.rsplit('.', 1)[0]}.input_field / output_field")
+            raise SlmError(
+                f"{loc}: seed has no {missing!r} value",
+                f"fix the row or set {what.rsplit('.', 1)[0]}.input_field / output_field",
+            )
         out.append({"input": str(inp).strip(), "output": str(outp).strip(), "source": loc})
     if not out:
         raise SlmError(f"{what}: {path} has no rows", "give at least one seed row")
@@ -68,10 +71,15 @@ def pairs(path: Path, what: str, input_field: str, output_field: str,
 
 def prompts(path: Path, what: str, input_field: str) -> list[dict[str, str]]:
     rows, locators = read_rows(path, what)
-    out = [{"input": str(v).strip(), "source": loc} for row, loc in zip(rows, locators)
-           if (v := field(row, input_field)) not in (None, "")]
+    out = [
+        {"input": str(v).strip(), "source": loc}
+        for row, loc in zip(rows, locators)
+        if (v := field(row, input_field)) not in (None, "")
+    ]
     if not out:
-        raise SlmError(f"{what}: no prompts with a {input_field!r} value in {path}", "set input_field to the prompt column")
+        raise SlmError(
+            f"{what}: no prompts with a {input_field!r} value in {path}", "set input_field to the prompt column"
+        )
     return out
 
 
@@ -95,17 +103,24 @@ def doc_files(config_dir: Path, specs: list[str], what: str) -> list[Path]:
     for spec in specs:
         p = resolve(config_dir, spec)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes and f.is_file()
-                            and not f.name.upper().startswith(("LICENSE", "README")))
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.suffix.lower() in suffixes and f.is_file() and not f.name.upper().startswith(("LICENSE", "README"))
+            )
         elif p.is_file():
             if p.suffix.lower() not in suffixes:
-                raise SlmError(f"{what}: {p} is not a supported document ({', '.join(suffixes)})",
-                               "convert it to text or markdown first")
+                raise SlmError(
+                    f"{what}: {p} is not a supported document ({', '.join(suffixes)})",
+                    "convert it to text or markdown first",
+                )
             files.append(p)
         else:
             raise SlmError(f"{what}: {p} does not exist", "paths are relative to the config file's folder")
     if not files:
-        raise SlmError(f"{what}: no documents found in {', '.join(specs)}", f"add files ending in {', '.join(suffixes)}")
+        raise SlmError(
+            f"{what}: no documents found in {', '.join(specs)}", f"add files ending in {', '.join(suffixes)}"
+        )
     return files
 
 
@@ -142,7 +157,11 @@ def collection_chunks(config_dir: Path, path: str, name: str, what: str) -> list
 
     folder = resolve(config_dir, path)
     if not folder.is_dir():
-        raise SlmError(f"{what}: ChromaDB folder {folder} does not exist", f"build it with `slm index DOCS --collection {name}`")
-    return [Chunk(f"{name}#{c['id']}", c["meta"].get("source") or str(folder), c["text"])
-            for c in read_collection(folder, name) if c["text"] and c["text"].strip()]
-
+        raise SlmError(
+            f"{what}: ChromaDB folder {folder} does not exist", f"build it with `slm index DOCS --collection {name}`"
+        )
+    return [
+        Chunk(f"{name}#{c['id']}", c["meta"].get("source") or str(folder), c["text"])
+        for c in read_collection(folder, name)
+        if c["text"] and c["text"].strip()
+    ]

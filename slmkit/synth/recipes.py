@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.config.synth import AmplifyRecipe, CotRecipe, JudgeCheck, JudgeRecipe, QaFromDocsRecipe, RespondRecipe
 from slmkit.errors import SlmError
 from slmkit.synth import inputs, prompts
 from slmkit.synth.checks import FormatCheck, near_dups
-from slmkit.config.synth import (AmplifyRecipe, CotRecipe, JudgeCheck, JudgeRecipe, QaFromDocsRecipe,
-                                 RespondRecipe)
 from slmkit.synth.teacher import Reply, Request, Teacher
 
-POLICY_SEEDS = 20   # seeds shown when writing the task policy
-SHOWN_SEEDS = 5     # seeds shown per amplify batch (rotated, so batches differ)
+POLICY_SEEDS = 20  # seeds shown when writing the task policy
+SHOWN_SEEDS = 5  # seeds shown per amplify batch (rotated, so batches differ)
 
 
 @dataclass
@@ -42,18 +41,27 @@ class Result:
 
 @dataclass
 class Plan:
-    requests: list[Request]   # calls whose prompts are known now
-    more: int = 0             # further calls that depend on replies (retries, judge, later batches), at most
-    rows: int = 0             # rows expected
+    requests: list[Request]  # calls whose prompts are known now
+    more: int = 0  # further calls that depend on replies (retries, judge, later batches), at most
+    rows: int = 0  # rows expected
 
 
 def make_row(messages: list[dict], recipe: str, teacher: str, key: str, source: str, **extra: Any) -> dict:
     from slmkit.data import record_id
 
-    return {"id": record_id(messages), "messages": messages, "label": None,
-            "meta": {"source": source, "source_sha256": None, "license": None, "split": None,
-                     "synthetic": {"teacher": teacher, "recipe": recipe, "cache_key": key, **extra},
-                     "pii_redacted": []}}
+    return {
+        "id": record_id(messages),
+        "messages": messages,
+        "label": None,
+        "meta": {
+            "source": source,
+            "source_sha256": None,
+            "license": None,
+            "split": None,
+            "synthetic": {"teacher": teacher, "recipe": recipe, "cache_key": key, **extra},
+            "pii_redacted": [],
+        },
+    }
 
 
 def _turns(user: str, assistant: str) -> list[dict]:
@@ -64,8 +72,9 @@ def _fail(res: Result, rep: Reply) -> None:
     res.dropped["budget_or_halt" if rep.error == "stopped" else f"teacher_{rep.error}"] += 1
 
 
-def _judge(ctx: Ctx, check: JudgeCheck, convs: list[list[dict]], docs: list[str | None] | None = None
-           ) -> list[tuple[int | None, Reply]]:
+def _judge(
+    ctx: Ctx, check: JudgeCheck, convs: list[list[dict]], docs: list[str | None] | None = None
+) -> list[tuple[int | None, Reply]]:
     docs = docs or [None] * len(convs)
     reqs = [Request(prompts.judge_messages(check.rubric, c, d), schema="json") for c, d in zip(convs, docs)]
     replies = ctx.teacher.complete(reqs)
@@ -88,6 +97,7 @@ def _keep_judged(res: Result, verdict: tuple[int | None, Reply], min_score: int)
 
 # ----------------------------------------------------------------------------- cot
 
+
 def _cot_seeds(r: CotRecipe, ctx: Ctx) -> list[dict]:
     what = f"synth.recipes.{r.label}.seeds"
     seeds = inputs.pairs(inputs.resolve(ctx.config_dir, r.seeds), what, r.input_field, r.output_field)
@@ -95,8 +105,10 @@ def _cot_seeds(r: CotRecipe, ctx: Ctx) -> list[dict]:
     for s in seeds:
         m = pat.search(s["output"]) if pat else None
         if pat and (m is None or not m.groups()):
-            raise SlmError(f"{s['source']}: answer_regex {r.answer_regex!r} finds no answer (group 1) in the output",
-                           "fix synth.recipes[].answer_regex, e.g. '####\\s*(.+)$' for GSM8K")
+            raise SlmError(
+                f"{s['source']}: answer_regex {r.answer_regex!r} finds no answer (group 1) in the output",
+                "fix synth.recipes[].answer_regex, e.g. '####\\s*(.+)$' for GSM8K",
+            )
         s["answer"] = m.group(1).strip() if m else s["output"]
     return seeds
 
@@ -122,8 +134,14 @@ def run_cot(r: CotRecipe, ctx: Ctx) -> Result:
         for i, rep in zip(todo, replies):
             got = prompts.final_answer(rep.text) if rep.ok else None
             if got is not None and prompts.normalize_answer(got) == prompts.normalize_answer(seeds[i]["answer"]):
-                made[i] = make_row(_turns(seeds[i]["input"], rep.text), r.label, ctx.teacher.label, rep.key,
-                                   seeds[i]["source"], attempt=attempt)
+                made[i] = make_row(
+                    _turns(seeds[i]["input"], rep.text),
+                    r.label,
+                    ctx.teacher.label,
+                    rep.key,
+                    seeds[i]["source"],
+                    attempt=attempt,
+                )
             elif rep.error != "stopped":
                 retry.append(i)
         todo = retry
@@ -135,20 +153,29 @@ def run_cot(r: CotRecipe, ctx: Ctx) -> Result:
 
 # ----------------------------------------------------------------------------- amplify
 
+
 def _amp_setup(r: AmplifyRecipe, ctx: Ctx) -> tuple[list[dict], Request, FormatCheck]:
     where = f"synth.recipes.{r.label}"
-    seeds = inputs.pairs(inputs.resolve(ctx.config_dir, r.seeds), f"{where}.seeds", r.input_field, r.output_field,
-                         r.instruction_field)
+    seeds = inputs.pairs(
+        inputs.resolve(ctx.config_dir, r.seeds), f"{where}.seeds", r.input_field, r.output_field, r.instruction_field
+    )
     shown = [{"input": s["input"], "output": s["output"]} for s in seeds]
-    return shown, Request(prompts.policy_messages(shown[:POLICY_SEEDS])), FormatCheck(
-        r.output_regex, r.output_schema, where, r.output_model)
+    return (
+        shown,
+        Request(prompts.policy_messages(shown[:POLICY_SEEDS])),
+        FormatCheck(r.output_regex, r.output_schema, where, r.output_model),
+    )
 
 
 def _amp_request(r: AmplifyRecipe, policy: str, shown: list[dict], batch: int, check: FormatCheck) -> Request:
     start = batch * SHOWN_SEEDS % len(shown)
     sample = (shown[start:] + shown[:start])[:SHOWN_SEEDS]
-    schema = {"examples": "json", "output_schema": r.output_schema, "output_model": r.output_model,
-              "output_regex": r.output_regex}
+    schema = {
+        "examples": "json",
+        "output_schema": r.output_schema,
+        "output_model": r.output_model,
+        "output_regex": r.output_regex,
+    }
     return Request(prompts.amplify_messages(policy, sample, r.batch_size, batch, check.hint()), schema=schema)
 
 
@@ -159,8 +186,9 @@ def plan_amplify(r: AmplifyRecipe, ctx: Ctx) -> Plan:
     cached = ctx.teacher.cache.get(ctx.teacher.key(policy_req))
     if cached is None:
         return Plan([policy_req], more=first + judge, rows=r.n)
-    return Plan([policy_req] + [_amp_request(r, cached.text, shown, b, check) for b in range(first)],
-                more=judge, rows=r.n)
+    return Plan(
+        [policy_req] + [_amp_request(r, cached.text, shown, b, check) for b in range(first)], more=judge, rows=r.n
+    )
 
 
 def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
@@ -175,12 +203,13 @@ def run_amplify(r: AmplifyRecipe, ctx: Ctx) -> Result:
         dedup.add([s["input"] for s in shown])
         _amp_batches(r, ctx, res, policy.text, shown, check, dedup)
     res.dropped["over_n"] += max(len(res.rows) - r.n, 0)
-    res.rows = res.rows[:r.n]
+    res.rows = res.rows[: r.n]
     return res
 
 
-def _amp_batches(r: AmplifyRecipe, ctx: Ctx, res: Result, policy: str, shown: list[dict], check: FormatCheck,
-                 dedup: Any) -> None:
+def _amp_batches(
+    r: AmplifyRecipe, ctx: Ctx, res: Result, policy: str, shown: list[dict], check: FormatCheck, dedup: Any
+) -> None:
     """Waves of batch requests until n rows are made (or max_batches asked); each example must pass the format
     check, be no near-duplicate of a seed or of an earlier example, and pass the judge."""
     max_batches = r.max_batches or 3 * math.ceil(r.n / r.batch_size)
@@ -216,12 +245,15 @@ def _amp_batches(r: AmplifyRecipe, ctx: Ctx, res: Result, policy: str, shown: li
 
 # ----------------------------------------------------------------------------- qa_from_docs
 
+
 def _qa_setup(r: QaFromDocsRecipe, ctx: Ctx) -> tuple[list[inputs.Chunk], list[Request]]:
     what = f"synth.recipes.{r.label}"
-    chunks = inputs.chunks(ctx.config_dir, r.docs, r.chunk_chars, r.chunk_overlap, None, f"{what}.docs") if r.docs else []
+    chunks = (
+        inputs.chunks(ctx.config_dir, r.docs, r.chunk_chars, r.chunk_overlap, None, f"{what}.docs") if r.docs else []
+    )
     if r.collection:
         chunks += inputs.collection_chunks(ctx.config_dir, r.collection.path, r.collection.name, f"{what}.collection")
-    chunks = chunks[:r.max_chunks] if r.max_chunks else chunks
+    chunks = chunks[: r.max_chunks] if r.max_chunks else chunks
     return chunks, [Request(prompts.qa_messages(c.text, c.id, r.questions_per_chunk), schema="json") for c in chunks]
 
 
@@ -242,7 +274,7 @@ def run_qa_from_docs(r: QaFromDocsRecipe, ctx: Ctx) -> Result:
             _fail(res, rep)
         elif not found:
             res.dropped["bad_json"] += 1
-        cands += [(chunk, p, rep.key) for p in (found or [])[:r.questions_per_chunk]]
+        cands += [(chunk, p, rep.key) for p in (found or [])[: r.questions_per_chunk]]
     convs = [_turns(p["question"], p["answer"]) for _, p, _ in cands]
     verdicts = _judge(ctx, r.judge, convs, [c.text for c, _, _ in cands]) if r.judge and cands else []
     for i, ((chunk, _, key), conv) in enumerate(zip(cands, convs)):
@@ -252,12 +284,14 @@ def run_qa_from_docs(r: QaFromDocsRecipe, ctx: Ctx) -> Result:
             if score is None:
                 continue
             extra["judge_score"] = score
-        res.rows.append(make_row(conv, r.label, ctx.teacher.label, key, f"{chunk.source}#{chunk.id.split('#', 1)[1]}",
-                                 **extra))
+        res.rows.append(
+            make_row(conv, r.label, ctx.teacher.label, key, f"{chunk.source}#{chunk.id.split('#', 1)[1]}", **extra)
+        )
     return res
 
 
 # ----------------------------------------------------------------------------- respond
+
 
 def _respond_setup(r: RespondRecipe, ctx: Ctx) -> tuple[list[dict], list[Request]]:
     items = inputs.prompts(inputs.resolve(ctx.config_dir, r.prompts), f"synth.recipes.{r.label}.prompts", r.input_field)
@@ -285,6 +319,7 @@ def run_respond(r: RespondRecipe, ctx: Ctx) -> Result:
 
 # ----------------------------------------------------------------------------- judge
 
+
 def _judge_rows(r: JudgeRecipe, ctx: Ctx) -> list[dict]:
     if r.rows is None:
         return ctx.rows
@@ -296,15 +331,18 @@ def _judge_rows(r: JudgeRecipe, ctx: Ctx) -> list[dict]:
     rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
         if not isinstance(row.get("messages"), list):
-            raise SlmError(f"{path}:{n}: row has no 'messages' list", "judge reads canonical records {id, messages, ...}")
+            raise SlmError(
+                f"{path}:{n}: row has no 'messages' list", "judge reads canonical records {id, messages, ...}"
+            )
     return rows
 
 
 def plan_judge(r: JudgeRecipe, ctx: Ctx) -> Plan:
     rows = _judge_rows(r, ctx)
     check = JudgeCheck(rubric=r.rubric, min_score=r.min_score)
-    return Plan([Request(prompts.judge_messages(check.rubric, row["messages"]), schema="json") for row in rows],
-                rows=len(rows))
+    return Plan(
+        [Request(prompts.judge_messages(check.rubric, row["messages"]), schema="json") for row in rows], rows=len(rows)
+    )
 
 
 def run_judge(r: JudgeRecipe, ctx: Ctx) -> Result:
@@ -316,11 +354,20 @@ def run_judge(r: JudgeRecipe, ctx: Ctx) -> Result:
         score = _keep_judged(res, verdict, r.min_score)
         if score is not None:
             meta = dict(row.get("meta") or {})
-            meta["judge"] = {"score": score, "recipe": r.label, "teacher": ctx.teacher.label, "cache_key": verdict[1].key}
+            meta["judge"] = {
+                "score": score,
+                "recipe": r.label,
+                "teacher": ctx.teacher.label,
+                "cache_key": verdict[1].key,
+            }
             res.rows.append({**row, "meta": meta})
     return res
 
 
-RECIPES = {"cot": (run_cot, plan_cot), "amplify": (run_amplify, plan_amplify),
-           "qa_from_docs": (run_qa_from_docs, plan_qa_from_docs), "respond": (run_respond, plan_respond),
-           "judge": (run_judge, plan_judge)}
+RECIPES = {
+    "cot": (run_cot, plan_cot),
+    "amplify": (run_amplify, plan_amplify),
+    "qa_from_docs": (run_qa_from_docs, plan_qa_from_docs),
+    "respond": (run_respond, plan_respond),
+    "judge": (run_judge, plan_judge),
+}

@@ -13,12 +13,12 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from slmkit.config import BuildConfig
+from slmkit.config.synth import SynthConfig
 from slmkit.errors import SlmError
 from slmkit.io import atomic_write_jsonl, sha256_file
 from slmkit.runs import RunDir, fingerprint
 from slmkit.synth import inputs
 from slmkit.synth.cache import SynthCache, default_cache_path
-from slmkit.config.synth import SynthConfig
 from slmkit.synth.recipes import RECIPES, Ctx
 from slmkit.synth.teacher import Reply, Teacher
 
@@ -55,13 +55,17 @@ def input_hashes(cfg: SynthConfig, config_dir: Path) -> dict[str, str]:
 
 def synth_fingerprint(cfg: SynthConfig, config_dir: Path, inputs: dict[str, str] | None = None) -> str:
     """The stage fingerprint: the synth section plus the hash of every input (pass `inputs` if already hashed)."""
-    return fingerprint("synth", cfg.model_dump(mode="json"), inputs if inputs is not None else input_hashes(cfg, config_dir))
+    return fingerprint(
+        "synth", cfg.model_dump(mode="json"), inputs if inputs is not None else input_hashes(cfg, config_dir)
+    )
 
 
 def _require_recipes(cfg: SynthConfig) -> None:
     if not cfg.recipes:
-        raise SlmError("synth.recipes is empty: nothing to make",
-                       "add a recipe, e.g. synth: {recipes: [{type: respond, prompts: prompts.txt}]}")
+        raise SlmError(
+            "synth.recipes is empty: nothing to make",
+            "add a recipe, e.g. synth: {recipes: [{type: respond, prompts: prompts.txt}]}",
+        )
 
 
 def _progress(show: bool):
@@ -69,9 +73,12 @@ def _progress(show: bool):
         return nullcontext(None)
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("[bold]synth {task.description}"),
-                    TextColumn("calls {task.fields[made]} · cached {task.fields[cached]} · failed {task.fields[failed]}"),
-                    TimeElapsedColumn())
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]synth {task.description}"),
+        TextColumn("calls {task.fields[made]} · cached {task.fields[cached]} · failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+    )
 
 
 def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
@@ -79,8 +86,7 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     return synthesize(cfg.synth, RunDir(run_dir).root, Path(cfg.config_dir or "."), show_progress=show_progress)
 
 
-def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress: bool = True,
-               backend=None) -> dict:
+def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress: bool = True, backend=None) -> dict:
     """Run every recipe in order; write rows.jsonl (also after a budget stop); return the summary."""
     from slmkit.data import dedup_records as dedup
 
@@ -105,8 +111,13 @@ def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress:
                 ctx.rows = rows if result.replaces_previous else ctx.rows + rows
                 after = teacher.stats.as_dict()
                 dropped = {k: v for k, v in result.dropped.items() if v}
-                by_recipe[r.label] = {"type": r.type, "rows": len(rows), "dropped": dropped,
-                                      "calls": after["calls"] - before["calls"], "cached": after["cached"] - before["cached"]}
+                by_recipe[r.label] = {
+                    "type": r.type,
+                    "rows": len(rows),
+                    "dropped": dropped,
+                    "calls": after["calls"] - before["calls"],
+                    "cached": after["cached"] - before["cached"],
+                }
                 log.info("synth %s: %d rows, dropped %s", r.label, len(rows), dropped or "none")
         rows, duplicates = dedup(ctx.rows)
         out = atomic_write_jsonl(RunDir(run_dir).synth_rows, rows)
@@ -114,11 +125,21 @@ def synthesize(cfg: SynthConfig, run_dir: Path, config_dir: Path, show_progress:
         teacher.close()
         cache.close()
     if teacher.stopped:
-        log.warning("synth stopped early (%s); kept %d rows. Rerun to continue: cached calls are not repeated.",
-                    teacher.stopped, len(rows))
-    return {"rows": len(rows), "path": str(out), "duplicates_dropped": duplicates, "recipes": by_recipe,
-            "teacher": {"backend": cfg.teacher.backend, "model": cfg.teacher.model, "base_url": cfg.teacher.base_url},
-            "stats": teacher.stats.as_dict(), "stopped": teacher.stopped, "cache": str(cache.path)}
+        log.warning(
+            "synth stopped early (%s); kept %d rows. Rerun to continue: cached calls are not repeated.",
+            teacher.stopped,
+            len(rows),
+        )
+    return {
+        "rows": len(rows),
+        "path": str(out),
+        "duplicates_dropped": duplicates,
+        "recipes": by_recipe,
+        "teacher": {"backend": cfg.teacher.backend, "model": cfg.teacher.model, "base_url": cfg.teacher.base_url},
+        "stats": teacher.stats.as_dict(),
+        "stopped": teacher.stopped,
+        "cache": str(cache.path),
+    }
 
 
 def _advance(prog, task):
@@ -144,14 +165,27 @@ def plan(cfg: SynthConfig, run_dir: Path, config_dir: Path) -> dict:
             if r.type == "judge" and r.rows is None:
                 p.more, p.rows = rows_above, rows_above
             cached = sum(cache.has(teacher.key(q)) for q in p.requests)
-            recipes.append({"recipe": r.label, "type": r.type, "calls": len(p.requests), "cached": cached,
-                            "more_at_most": p.more, "rows_expected": p.rows})
+            recipes.append(
+                {
+                    "recipe": r.label,
+                    "type": r.type,
+                    "calls": len(p.requests),
+                    "cached": cached,
+                    "more_at_most": p.more,
+                    "rows_expected": p.rows,
+                }
+            )
             rows_above = p.rows if r.type == "judge" and r.rows is None else rows_above + p.rows
     finally:
         cache.close()
-    return {"recipes": recipes, "calls": sum(x["calls"] for x in recipes), "cached": sum(x["cached"] for x in recipes),
-            "more_at_most": sum(x["more_at_most"] for x in recipes), "cache": str(path),
-            "budget": cfg.budget.model_dump()}
+    return {
+        "recipes": recipes,
+        "calls": sum(x["calls"] for x in recipes),
+        "cached": sum(x["cached"] for x in recipes),
+        "more_at_most": sum(x["more_at_most"] for x in recipes),
+        "cache": str(path),
+        "budget": cfg.budget.model_dump(),
+    }
 
 
 class _NoBackend:

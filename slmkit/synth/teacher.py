@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmkit.config.synth import BudgetConfig, TeacherConfig
 from slmkit.synth.backends import FatalCallError, LocalBackend, TransientError, make_backend
 from slmkit.synth.cache import CachedReply, SynthCache, cache_key
-from slmkit.config.synth import BudgetConfig, TeacherConfig
 
 __all__ = ["Request", "Reply", "Stats", "Teacher", "TransientError", "FatalCallError", "LocalBackend"]
 
@@ -49,7 +49,7 @@ class Reply:
 
 @dataclass
 class Stats:
-    calls: int = 0            # uncached calls started (what the budget counts)
+    calls: int = 0  # uncached calls started (what the budget counts)
     cached: int = 0
     retries: int = 0
     failed: Counter = field(default_factory=Counter)
@@ -58,18 +58,31 @@ class Stats:
     cost_usd: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"calls": self.calls, "cached": self.cached, "retries": self.retries, "failed": dict(self.failed),
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost_usd": round(self.cost_usd, 6)}
+        return {
+            "calls": self.calls,
+            "cached": self.cached,
+            "retries": self.retries,
+            "failed": dict(self.failed),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 6),
+        }
 
 
 # ----------------------------------------------------------------------------- the teacher
 
+
 class Teacher:
     """Cache first, then the backend under the concurrency limit, retries and budget."""
 
-    def __init__(self, cfg: TeacherConfig, budget: BudgetConfig, cache: SynthCache, backend=None,
-                 on_reply: Callable[[Reply], None] | None = None):
+    def __init__(
+        self,
+        cfg: TeacherConfig,
+        budget: BudgetConfig,
+        cache: SynthCache,
+        backend=None,
+        on_reply: Callable[[Reply], None] | None = None,
+    ):
         self.cfg, self.budget, self.cache = cfg, budget, cache
         self.backend = backend or make_backend(cfg)
         self.stats = Stats()
@@ -85,8 +98,12 @@ class Teacher:
 
     def sampling(self, req: Request) -> dict:
         seed = None if self.cfg.seed is None else self.cfg.seed + req.attempt
-        return {"temperature": self.cfg.temperature, "top_p": self.cfg.top_p, "max_tokens": self.cfg.max_tokens,
-                "seed": seed}
+        return {
+            "temperature": self.cfg.temperature,
+            "top_p": self.cfg.top_p,
+            "max_tokens": self.cfg.max_tokens,
+            "seed": seed,
+        }
 
     def key(self, req: Request) -> str:
         return cache_key(self.cfg.backend, self.cfg.model, self.sampling(req), req.messages, req.schema)
@@ -134,8 +151,13 @@ class Teacher:
         return self.stopped is None
 
     def _record_ok(self, req: Request, key: str, text: str, pt: int, ct: int) -> Reply:
-        self.cache.put(key, self.cfg.backend, self.cfg.model, {"messages": req.messages, "schema": req.schema,
-                                                               **self.sampling(req)}, CachedReply(text, pt, ct))
+        self.cache.put(
+            key,
+            self.cfg.backend,
+            self.cfg.model,
+            {"messages": req.messages, "schema": req.schema, **self.sampling(req)},
+            CachedReply(text, pt, ct),
+        )
         self.stats.prompt_tokens += pt
         self.stats.completion_tokens += ct
         self.stats.cost_usd += pt / 1000 * self.budget.price_in_per_1k + ct / 1000 * self.budget.price_out_per_1k
@@ -157,7 +179,7 @@ class Teacher:
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         """Full jitter: uniform(0, min(cap, base * 2^attempt)) (AWS Architecture Blog, 'Exponential Backoff And Jitter')."""
-        d = self._rng.uniform(0, min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2 ** attempt))
+        d = self._rng.uniform(0, min(self.cfg.retry_max_s, self.cfg.retry_base_s * 2**attempt))
         return min(self.cfg.retry_max_s, max(d, retry_after or 0.0))
 
     # -- remote
@@ -180,7 +202,8 @@ class Teacher:
         for attempt in range(self.cfg.max_retries + 1):
             try:
                 text, pt, ct = await asyncio.wait_for(
-                    self.backend.call(req.messages, self.sampling(req), req.schema), self.cfg.timeout_s * 1.5)
+                    self.backend.call(req.messages, self.sampling(req), req.schema), self.cfg.timeout_s * 1.5
+                )
                 return self._record_ok(req, key, text, pt, ct)
             except asyncio.TimeoutError:
                 last, wait = "timeout", None
@@ -198,7 +221,7 @@ class Teacher:
 
     def _run_local(self, pending, replies) -> None:
         for start in range(0, len(pending), self.cfg.concurrency):
-            chunk = pending[start:start + self.cfg.concurrency]
+            chunk = pending[start : start + self.cfg.concurrency]
             room = len(chunk) if self._budget_left() else 0
             if self.budget.max_calls is not None:
                 room = min(room, self.budget.max_calls - self.stats.calls)

@@ -24,17 +24,19 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-WORDS = ("river lantern copper orchid glacier violin pepper harbor meadow falcon canyon marble quartz ember "
-         "tundra saffron willow comet basalt nectar prairie cobalt thistle lagoon").split()
+WORDS = (
+    "river lantern copper orchid glacier violin pepper harbor meadow falcon canyon marble quartz ember "
+    "tundra saffron willow comet basalt nectar prairie cobalt thistle lagoon"
+).split()
 
 
 @dataclass
 class State:
-    hits: Counter = field(default_factory=Counter)   # body hash -> times seen
-    order: list[str] = field(default_factory=list)   # body hashes in arrival order
+    hits: Counter = field(default_factory=Counter)  # body hash -> times seen
+    order: list[str] = field(default_factory=list)  # body hashes in arrival order
     wrong: dict[str, int] = field(default_factory=dict)  # cot: problem substring -> wrong answers to give first
     faults: list[str] = field(default_factory=list)  # fault_app: consumed one per request
-    hold_at: int | None = None                       # fault_app: park this hit number (1-based)
+    hold_at: int | None = None  # fault_app: park this hit number (1-based)
     held: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -66,17 +68,24 @@ def answer(body: dict, state: State) -> str:
         batch = int(re.search(r"\(batch (\d+)\)", user).group(1))
         shown = json.loads(_tag(user, "examples"))
         rng = random.Random(batch)
-        exs = [{"input": f"Describe {' and '.join(rng.sample(WORDS, 3))} ({batch}.{i})",
-                "output": f"Answer: {rng.choice(WORDS)}"} for i in range(k - 2)]
-        exs.append({"input": shown[0]["input"], "output": "Answer: copy"})           # near-duplicate of a seed
+        exs = [
+            {
+                "input": f"Describe {' and '.join(rng.sample(WORDS, 3))} ({batch}.{i})",
+                "output": f"Answer: {rng.choice(WORDS)}",
+            }
+            for i in range(k - 2)
+        ]
+        exs.append({"input": shown[0]["input"], "output": "Answer: copy"})  # near-duplicate of a seed
         exs.append({"input": f"Name {rng.choice(WORDS)} {batch}", "output": "no prefix"})  # fails the format
         return json.dumps({"examples": exs})
     if system.startswith("You write question-answer pairs"):
         doc = _tag(user, "document") or ""
         k = int(re.search(r"Write (\d+) question-answer pairs", user).group(1))
         sents = [s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", doc) if len(s.split()) >= 5]
-        pairs = [{"question": f"What does the text say about '{' '.join(s.split()[:4])}'?", "answer": s}
-                 for s in sents[:k - 1]]
+        pairs = [
+            {"question": f"What does the text say about '{' '.join(s.split()[:4])}'?", "answer": s}
+            for s in sents[: k - 1]
+        ]
         pairs.append({"question": "What is the moon made of?", "answer": "The moon is made of green cheese."})
         return json.dumps({"pairs": pairs})
     if system.startswith("You grade training data"):
@@ -93,10 +102,18 @@ def answer(body: dict, state: State) -> str:
 
 def completion(text: str, body: dict) -> dict:
     words_in = sum(len(m["content"].split()) for m in body["messages"])
-    return {"id": "chatcmpl-fixture", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-            "usage": {"prompt_tokens": words_in, "completion_tokens": len(text.split()),
-                      "total_tokens": words_in + len(text.split())}}
+    return {
+        "id": "chatcmpl-fixture",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
+        "usage": {
+            "prompt_tokens": words_in,
+            "completion_tokens": len(text.split()),
+            "total_tokens": words_in + len(text.split()),
+        },
+    }
 
 
 def body_hash(raw: bytes) -> str:
@@ -146,8 +163,9 @@ def fault_app(state: State) -> FastAPI:
             state.held.set()
             while not state.release.is_set():
                 await asyncio.sleep(0.05)
-        fault = state.faults.pop(0) if state.faults and state.faults[0] != "dead" else (
-            "drop" if state.faults else None)
+        fault = (
+            state.faults.pop(0) if state.faults and state.faults[0] != "dead" else ("drop" if state.faults else None)
+        )
         body = json.loads(raw)
         if fault == "429":
             return JSONResponse({"error": {"message": "rate limited"}}, status_code=429, headers={"retry-after": "0"})
@@ -181,12 +199,18 @@ def model_app(model_dir, state: State) -> FastAPI:
         raw = await request.body()
         state.hits[body_hash(raw)] += 1
         body = json.loads(raw)
-        ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, return_tensors="pt",
-                                      return_dict=True)
+        ids = tok.apply_chat_template(
+            body["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=min(body.get("max_tokens") or 8, 8), do_sample=False,
-                                 suppress_tokens=suppress, pad_token_id=tok.pad_token_id)
-        text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **ids,
+                max_new_tokens=min(body.get("max_tokens") or 8, 8),
+                do_sample=False,
+                suppress_tokens=suppress,
+                pad_token_id=tok.pad_token_id,
+            )
+        text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         return completion(text, body)
 
     return app

@@ -15,9 +15,23 @@ pytestmark = pytest.mark.integration
 
 def test_train_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    res = subprocess.run([sys.executable, "bench/train_bench.py", "--smoke", "--methods", "lora",
-                          "--configs", "slmkit,trl_default", "--json", str(out)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "bench/train_bench.py",
+            "--smoke",
+            "--methods",
+            "lora",
+            "--configs",
+            "slmkit,trl_default",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     results = {r["name"]: r for r in json.loads(out.read_text())}
     assert set(results) == {"slmkit", "trl_default"}

@@ -18,9 +18,18 @@ pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "slmkit.cli"]
 
 
-def slm(*args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                          env={**os.environ, "COLUMNS": "200", **(env or {})}, cwd=cwd)
+def slm(
+    *args: str, env: dict | None = None, timeout: int = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +42,23 @@ def small_csv(tmp_path_factory) -> Path:
 
 
 def few_steps(out: Path, csv: Path, name: str, steps: int = 4) -> list[str]:
-    return ["--output-dir", str(out), "--name", name, "--max-steps", str(steps), "--set", f"data.path={csv}",
-            "--set", "train.batch_size=4", "--set", "train.save_steps=2", "--set", "eval.max_examples=8", "--no-progress"]
+    return [
+        "--output-dir",
+        str(out),
+        "--name",
+        name,
+        "--max-steps",
+        str(steps),
+        "--set",
+        f"data.path={csv}",
+        "--set",
+        "train.batch_size=4",
+        "--set",
+        "train.save_steps=2",
+        "--set",
+        "eval.max_examples=8",
+        "--no-progress",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +163,10 @@ def _data(path: Path) -> list[str]:
 BAD_INPUTS = {
     "missing file": (lambda d: _data(d / "nope.csv"), "not found"),
     "empty file": (lambda d: _data(_write(d / "empty.csv", "")), "empty"),
-    "malformed jsonl": (lambda d: _data(_write(d / "bad.jsonl", "\n".join([GOOD_ROW] * 3 + ["{oops"]) + "\n")),
-                        "bad.jsonl:4"),
+    "malformed jsonl": (
+        lambda d: _data(_write(d / "bad.jsonl", "\n".join([GOOD_ROW] * 3 + ["{oops"]) + "\n")),
+        "bad.jsonl:4",
+    ),
     "missing column": (lambda d: _data(_write(d / "cols.csv", "utterance,label\nhi,greet\n")), "'text'"),
     "unknown model": (lambda d: ["--base-model", "no-such-model"], "unknown model 'no-such-model'"),
     "config typo": (lambda d: ["--set", "train.learnig_rate=0.1"], "train.learnig_rate"),
@@ -170,8 +196,14 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_config_show_merges_env_and_redacts(tmp_path):
-    res = slm("config", "show", str(EXAMPLE / "build.yaml"), "--set", "train.lr=0.123",
-              env={"SLM_TRAIN__BATCH_SIZE": "3", "SLM_EVAL__MAX_NEW_TOKENS": "5"})
+    res = slm(
+        "config",
+        "show",
+        str(EXAMPLE / "build.yaml"),
+        "--set",
+        "train.lr=0.123",
+        env={"SLM_TRAIN__BATCH_SIZE": "3", "SLM_EVAL__MAX_NEW_TOKENS": "5"},
+    )
     assert res.returncode == 0, res.stderr
     assert "lr: 0.123" in res.stdout and "batch_size: 3" in res.stdout and "max_new_tokens: 5" in res.stdout
 
@@ -185,9 +217,17 @@ def test_doctor_reports_device_and_versions():
 
 def test_build_with_distill_stage_on_the_real_model(tmp_path, small_csv):
     """`slm build` with `distill` in the stages: teacher LoRA -> pruned student -> offline-cache KD -> eval -> export."""
-    res = slm("build", str(EXAMPLE / "distill.yaml"), *few_steps(tmp_path, small_csv, "it-distill", steps=2),
-              "--set", "distill.train.max_steps=2", "--set", "distill.train.batch_size=4",
-              "--set", "distill.student.prune.calibration_rows=8")
+    res = slm(
+        "build",
+        str(EXAMPLE / "distill.yaml"),
+        *few_steps(tmp_path, small_csv, "it-distill", steps=2),
+        "--set",
+        "distill.train.max_steps=2",
+        "--set",
+        "distill.train.batch_size=4",
+        "--set",
+        "distill.student.prune.calibration_rows=8",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "it-distill"
     summary = read_json(run / "distill" / "manifest.json")["summary"]

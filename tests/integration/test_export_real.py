@@ -18,23 +18,40 @@ def _real_run(tmp_path: Path) -> tuple[object, Path]:
     from slmkit.config import load_config
     from slmkit.models import resolve_model
 
-    cfg = load_config(None, {"name": "real", "output_dir": str(tmp_path), "model": {"base_model": "default"},
-                             "eval": {"max_new_tokens": 8, "batch_size": 4}}, environ={})
+    cfg = load_config(
+        None,
+        {
+            "name": "real",
+            "output_dir": str(tmp_path),
+            "model": {"base_model": "default"},
+            "eval": {"max_new_tokens": 8, "batch_size": 4},
+        },
+        environ={},
+    )
     run = tmp_path / "real"
     (run / "train").mkdir(parents=True)
     (run / "train" / "final").symlink_to(resolve_model("default"), target_is_directory=True)
     rows = [json.loads(x) for x in (ROOT / "tests" / "fixtures" / "clinc_10.jsonl").read_text().splitlines()[:4]]
     system = f"Classify the user's request. Reply with exactly one intent from this list: {LABELS}"
-    split = [{"messages": [{"role": "system", "content": system}, {"role": "user", "content": r["query"]},
-                           {"role": "assistant", "content": r["intent"]}], "label": r["intent"]} for r in rows]
+    split = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": r["query"]},
+                {"role": "assistant", "content": r["intent"]},
+            ],
+            "label": r["intent"],
+        }
+        for r in rows
+    ]
     (run / "data").mkdir()
     (run / "data" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
     return cfg, run
 
 
 def test_default_model_exports_to_gguf_and_onnx_and_verifies(tmp_path):
-    from slmkit.export.stage import ExportOptions, export_formats
     from slmkit.export.gguf import read_gguf_metadata
+    from slmkit.export.stage import ExportOptions, export_formats
     from slmkit.export.verify import REL_TOLERANCE
     from slmkit.models import load_tokenizer
 

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.integration
 def test_serve_bench_smoke(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     out = tmp_path / "serve.json"
-    res = subprocess.run([sys.executable, "bench/serve_bench.py", "--smoke", "--work-dir", str(tmp_path / "work"),
-                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    res = subprocess.run(
+        [sys.executable, "bench/serve_bench.py", "--smoke", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["server"]) == {"torch", "onnx"}

@@ -37,9 +37,13 @@ def free_port() -> int:
 @contextmanager
 def server(target: str, *args: str, env: dict | None = None, startup_s: float = 180):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "slmkit.serve.cli", target, "--port", str(port), *args],
-                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "slmkit.serve.cli", target, "--port", str(port), *args],
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + startup_s
     while True:
@@ -103,18 +107,27 @@ def test_openai_client_chat_completions_and_streaming(tiny):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     chat = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=9, temperature=0, extra_body=LONG)
     assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 9
-    stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=9, temperature=0, stream=True,
-                                            extra_body=LONG)
+    stream = client.chat.completions.create(
+        model="tiny", messages=MSGS, max_tokens=9, temperature=0, stream=True, extra_body=LONG
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "length"
-    comp = client.completions.create(model="tiny", prompt="play some music", max_tokens=5, temperature=0,
-                                     extra_body=LONG)
-    streamed = client.completions.create(model="tiny", prompt="play some music", max_tokens=5, temperature=0,
-                                         stream=True, extra_body=LONG)
+    comp = client.completions.create(
+        model="tiny", prompt="play some music", max_tokens=5, temperature=0, extra_body=LONG
+    )
+    streamed = client.completions.create(
+        model="tiny", prompt="play some music", max_tokens=5, temperature=0, stream=True, extra_body=LONG
+    )
     assert "".join(c.choices[0].text for c in streamed) == comp.choices[0].text and comp.usage.completion_tokens == 5
-    seeded = [client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=12, temperature=1.0, seed=5,
-                                             extra_body=LONG).choices[0].message.content for _ in range(2)]
+    seeded = [
+        client.chat.completions.create(
+            model="tiny", messages=MSGS, max_tokens=12, temperature=1.0, seed=5, extra_body=LONG
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1]
 
 
@@ -127,8 +140,12 @@ def test_sagemaker_invocations(tiny):
 
 def test_client_disconnect_frees_the_slot(tiny):
     cancelled = metric(tiny, 'finished_total{reason="cancelled"}')
-    with httpx.stream("POST", f"{tiny}/v1/chat/completions", timeout=30, json={
-            "model": "tiny", "messages": MSGS, "max_tokens": 3900, "stream": True, **LONG}) as r:
+    with httpx.stream(
+        "POST",
+        f"{tiny}/v1/chat/completions",
+        timeout=30,
+        json={"model": "tiny", "messages": MSGS, "max_tokens": 3900, "stream": True, **LONG},
+    ) as r:
         lines = r.iter_lines()
         got = [next(lines) for _ in range(6)]
     assert any(ln.startswith("data: {") for ln in got)
@@ -140,8 +157,13 @@ def test_client_disconnect_frees_the_slot(tiny):
 def test_64_concurrent_streams_all_complete(tiny):
     async def one(client: openai.AsyncOpenAI, i: int) -> tuple[str, int]:
         stream = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": f"set an alarm for {i}"}], max_tokens=16,
-            stream=True, stream_options={"include_usage": True}, extra_body=LONG)
+            model="tiny",
+            messages=[{"role": "user", "content": f"set an alarm for {i}"}],
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body=LONG,
+        )
         finish, tokens = None, 0
         async for c in stream:
             if c.choices and c.choices[0].finish_reason:
@@ -160,18 +182,23 @@ def test_64_concurrent_streams_all_complete(tiny):
 
 def test_auth_and_429_when_the_queue_is_full(long_tiny):
     env = {"SLM_API_KEY": "k-123"}
-    with server(str(long_tiny), "--max-batch-size", "1", "--max-queue", "1", "--max-tokens", "4000", env=env) as (base, _):
+    with server(str(long_tiny), "--max-batch-size", "1", "--max-queue", "1", "--max-tokens", "4000", env=env) as (
+        base,
+        _,
+    ):
         good = openai.OpenAI(base_url=f"{base}/v1", api_key="k-123", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
         assert httpx.get(f"{base}/v1/models").status_code == 401
         assert httpx.get(f"{base}/ping").status_code == 200 and httpx.get(f"{base}/health").status_code == 200
         auth = {"Authorization": "Bearer k-123"}
-        stream = good.chat.completions.create(model="tiny", messages=MSGS, max_tokens=3900, stream=True,
-                                              extra_body=LONG)
+        stream = good.chat.completions.create(
+            model="tiny", messages=MSGS, max_tokens=3900, stream=True, extra_body=LONG
+        )
         next(iter(stream))  # the only slot is busy
-        queued = threading.Thread(target=lambda: good.chat.completions.create(
-            model="tiny", messages=MSGS, max_tokens=2, extra_body=LONG))
+        queued = threading.Thread(
+            target=lambda: good.chat.completions.create(model="tiny", messages=MSGS, max_tokens=2, extra_body=LONG)
+        )
         queued.start()
         assert wait_for(lambda: metric(base, "queue_depth", auth) == 1)
         with pytest.raises(openai.RateLimitError) as exc:
@@ -185,8 +212,16 @@ def test_auth_and_429_when_the_queue_is_full(long_tiny):
 def test_sigterm_drains_in_flight_streams(long_tiny):
     with server(str(long_tiny), "--max-tokens", "4000") as (base, proc):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
-        stream = iter(client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=400, stream=True,
-                                                     stream_options={"include_usage": True}, extra_body=LONG))
+        stream = iter(
+            client.chat.completions.create(
+                model="tiny",
+                messages=MSGS,
+                max_tokens=400,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=LONG,
+            )
+        )
         next(stream)
         proc.send_signal(signal.SIGTERM)
         rest = list(stream)
@@ -207,18 +242,28 @@ def test_onnx_backend_serves_a_runs_export(tmp_path_factory, tmp_path):
         assert httpx.get(f"{base}/health").json()["backend"] == "onnx"
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
         assert [m.id for m in client.models.list().data] == ["onnx-run"]
-        chat = client.chat.completions.create(model="onnx-run", messages=MSGS, max_tokens=9, temperature=0,
-                                              extra_body=LONG)
+        chat = client.chat.completions.create(
+            model="onnx-run", messages=MSGS, max_tokens=9, temperature=0, extra_body=LONG
+        )
         assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 9
-        stream = client.chat.completions.create(model="onnx-run", messages=MSGS, max_tokens=9, temperature=0,
-                                                stream=True, extra_body=LONG)
+        stream = client.chat.completions.create(
+            model="onnx-run", messages=MSGS, max_tokens=9, temperature=0, stream=True, extra_body=LONG
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content
 
         async def many():  # more streams than slots: they queue, interleave, and all finish
             async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=60) as aclient:
-                replies = await asyncio.gather(*(aclient.chat.completions.create(
-                    model="onnx-run", messages=[{"role": "user", "content": f"set an alarm for {i}"}], max_tokens=6,
-                    extra_body=LONG) for i in range(10)))
+                replies = await asyncio.gather(
+                    *(
+                        aclient.chat.completions.create(
+                            model="onnx-run",
+                            messages=[{"role": "user", "content": f"set an alarm for {i}"}],
+                            max_tokens=6,
+                            extra_body=LONG,
+                        )
+                        for i in range(10)
+                    )
+                )
             return [(r.choices[0].finish_reason, r.usage.completion_tokens) for r in replies]
 
         assert asyncio.run(many()) == [("length", 6)] * 10
@@ -230,9 +275,18 @@ def test_real_default_model(tmp_path):
     folder = resolve_model("default")
     with server(str(folder), "--served-model-name", "smollm2") as (base, _):
         client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
-        chat = client.chat.completions.create(model="smollm2", max_tokens=24, temperature=0,
-                                              messages=[{"role": "user", "content": "What is the capital of France?"}])
+        chat = client.chat.completions.create(
+            model="smollm2",
+            max_tokens=24,
+            temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         assert "Paris" in chat.choices[0].message.content
-        stream = client.chat.completions.create(model="smollm2", max_tokens=24, temperature=0, stream=True,
-                                                messages=[{"role": "user", "content": "What is the capital of France?"}])
+        stream = client.chat.completions.create(
+            model="smollm2",
+            max_tokens=24,
+            temperature=0,
+            stream=True,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+        )
         assert "".join(c.choices[0].delta.content or "" for c in stream) == chat.choices[0].message.content

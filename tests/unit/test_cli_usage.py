@@ -46,8 +46,17 @@ def _error_lines(text: str) -> list[str]:
 
 def test_every_command_is_walked():
     names = {p for p, _ in PATHS}
-    assert {("build",), ("data",), ("data", "inspect"), ("data", "run"), ("serve",), ("models", "show"),
-            ("eval-models",), ("export-model",), ("distill-cache",)} <= names
+    assert {
+        ("build",),
+        ("data",),
+        ("data", "inspect"),
+        ("data", "run"),
+        ("serve",),
+        ("models", "show"),
+        ("eval-models",),
+        ("export-model",),
+        ("distill-cache",),
+    } <= names
     assert len(names) == 22  # 19 commands and 3 groups (data, config, models)
 
 
@@ -71,13 +80,19 @@ def test_usage_errors_are_one_line_and_help_exits_0(path, is_group, capsys, tmp_
 
 def test_unknown_command_suggests_the_close_one(capsys):
     code, out, err = _slm(["buld"], capsys)
-    assert code == 2 and _error_lines(err) == ["error: No such command 'buld'. Did you mean 'build'?  hint: `slm "
-                                               "--help` lists the options"]
+    assert code == 2 and _error_lines(err) == [
+        "error: No such command 'buld'. Did you mean 'build'?  hint: `slm --help` lists the options"
+    ]
 
 
 def test_the_installed_entry_point_prints_no_traceback():
-    res = subprocess.run([sys.executable, "-m", "slmkit.cli", "build", "--bogus", "x"], capture_output=True, text=True,
-                         stdin=subprocess.DEVNULL, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "slmkit.cli", "build", "--bogus", "x"],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.count("error:") == 1
     assert res.stderr.splitlines()[0].startswith("Usage: slm build")
 
@@ -104,8 +119,23 @@ def test_eval_models_reads_the_users_own_files(tmp_path, tiny_model_dir, rows_cs
     system prompt from --system; a run's chat-record split still works as before."""
     system = "Reply with one intent: {labels}"
     out_dir = tmp_path / "eval-csv"
-    code, out, err = _slm(["eval-models", str(tiny_model_dir), "--data", str(rows_csv), "--system", system,
-                           "--out", str(out_dir), "--no-progress", "--no-perplexity", "--max-new-tokens", "2"], capsys)
+    code, out, err = _slm(
+        [
+            "eval-models",
+            str(tiny_model_dir),
+            "--data",
+            str(rows_csv),
+            "--system",
+            system,
+            "--out",
+            str(out_dir),
+            "--no-progress",
+            "--no-perplexity",
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["n"] == len(TINY_ROWS) and metrics["task"] == "classification"
@@ -116,14 +146,40 @@ def test_eval_models_reads_the_users_own_files(tmp_path, tiny_model_dir, rows_cs
 
     jsonl = tmp_path / "mine.jsonl"
     jsonl.write_text("".join(json.dumps({"input": t, "output": label}) + "\n" for t, label in TINY_ROWS))
-    code, out, err = _slm(["eval-models", str(tiny_model_dir), "--data", str(jsonl), "--out", str(tmp_path / "e2"),
-                           "--no-progress", "--no-perplexity", "--max-new-tokens", "2"], capsys)
+    code, out, err = _slm(
+        [
+            "eval-models",
+            str(tiny_model_dir),
+            "--data",
+            str(jsonl),
+            "--out",
+            str(tmp_path / "e2"),
+            "--no-progress",
+            "--no-perplexity",
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "e2" / "metrics.json").read_text())["n"] == len(TINY_ROWS)
 
     split = tmp_path / "e2" / "eval_rows.jsonl"  # chat records: scored as they are, nothing rewritten
-    code, out, err = _slm(["eval-models", str(tiny_model_dir), "--data", str(split), "--out", str(tmp_path / "e3"),
-                           "--no-progress", "--no-perplexity", "--max-new-tokens", "2"], capsys)
+    code, out, err = _slm(
+        [
+            "eval-models",
+            str(tiny_model_dir),
+            "--data",
+            str(split),
+            "--out",
+            str(tmp_path / "e3"),
+            "--no-progress",
+            "--no-perplexity",
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((tmp_path / "e3" / "metrics.json").read_text())["data"] == str(split)
     assert not (tmp_path / "e3" / "eval_rows.jsonl").exists()
@@ -132,6 +188,7 @@ def test_eval_models_reads_the_users_own_files(tmp_path, tiny_model_dir, rows_cs
 def test_eval_models_names_a_file_with_no_usable_rows(tmp_path, tiny_model_dir, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_text("question,answer\n")
-    code, out, err = _slm(["eval-models", str(tiny_model_dir), "--data", str(empty), "--out", str(tmp_path / "e")],
-                          capsys)
+    code, out, err = _slm(
+        ["eval-models", str(tiny_model_dir), "--data", str(empty), "--out", str(tmp_path / "e")], capsys
+    )
     assert code == 2 and len(_error_lines(err)) == 1 and "empty.csv" in err, err

@@ -76,7 +76,17 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 
 def test_redact_hides_secret_values_only():
-    out = redact({"teacher": {"api_key": "sk-123", "model": "m", "api_key_env": "OPENAI_API_KEY"},
-                  "list": [{"hf_token": "t"}], "empty_key": "", "eval": {"max_new_tokens": 5}})
-    assert out == {"teacher": {"api_key": "***", "model": "m", "api_key_env": "OPENAI_API_KEY"},
-                   "list": [{"hf_token": "***"}], "empty_key": "", "eval": {"max_new_tokens": 5}}
+    out = redact(
+        {
+            "teacher": {"api_key": "sk-123", "model": "m", "api_key_env": "OPENAI_API_KEY"},
+            "list": [{"hf_token": "t"}],
+            "empty_key": "",
+            "eval": {"max_new_tokens": 5},
+        }
+    )
+    assert out == {
+        "teacher": {"api_key": "***", "model": "m", "api_key_env": "OPENAI_API_KEY"},
+        "list": [{"hf_token": "***"}],
+        "empty_key": "",
+        "eval": {"max_new_tokens": 5},
+    }

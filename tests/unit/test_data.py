@@ -74,17 +74,24 @@ def test_read_json_shapes(tmp_path):
     assert rows == [{"text": "hello there", "label": "greeting"}]
 
 
-@pytest.mark.parametrize("name,expected", [("clinc_20.csv", ("text", "intent")),
-                                           ("clinc_10.tsv", ("utterance", "label")),
-                                           ("clinc_10.jsonl", ("query", "intent"))])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("clinc_20.csv", ("text", "intent")),
+        ("clinc_10.tsv", ("utterance", "label")),
+        ("clinc_10.jsonl", ("query", "intent")),
+    ],
+)
 def test_column_auto_detect(name, expected):
     rows, locs = read_table(FIX / name)
     records, report = to_records(rows, DataConfig(), locs)
     picked = report["columns_picked"]
     assert (picked["input"], picked["output"]) == expected
     assert set(report["auto_detected"]) == {"input", "output"}
-    assert records[0]["messages"] == [{"role": "user", "content": rows[0][expected[0]]},
-                                      {"role": "assistant", "content": rows[0][expected[1]]}]
+    assert records[0]["messages"] == [
+        {"role": "user", "content": rows[0][expected[0]]},
+        {"role": "assistant", "content": rows[0][expected[1]]},
+    ]
 
 
 def test_explicit_column_mapping_beats_auto_detect():
@@ -96,8 +103,11 @@ def test_explicit_column_mapping_beats_auto_detect():
 
 
 def test_messages_column_is_used_when_present():
-    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
-            {"role": "assistant", "content": "hello"}]
+    msgs = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
     rows = [{"messages": json.dumps(msgs)}, {"messages": msgs[1:2]}]  # second row has no answer -> dropped
     records, report = to_records(rows, DataConfig())
     assert report["columns_picked"]["messages"] == "messages"
@@ -143,8 +153,13 @@ def test_exact_dedup_counts_planted_duplicates():
 
 
 def test_empty_rows_are_dropped_and_counted():
-    rows = [{"text": "hi", "label": "greeting"}, {"text": "  ", "label": "greeting"},
-            {"text": "bye", "label": None}, {"label": "x"}, {"text": "thanks", "label": "thank_you"}]
+    rows = [
+        {"text": "hi", "label": "greeting"},
+        {"text": "  ", "label": "greeting"},
+        {"text": "bye", "label": None},
+        {"label": "x"},
+        {"text": "thanks", "label": "thank_you"},
+    ]
     records, report = to_records(rows, DataConfig())
     assert report["dropped"]["empty"] == 3 and [r["messages"][0]["content"] for r in records] == ["hi", "thanks"]
 
@@ -191,10 +206,8 @@ def test_assign_splits_rejects_no_room_for_train():
 def test_prepare_on_example_writes_four_files_and_counts_add_up(tmp_path):
     out = tmp_path / "data"
     summary = prepare(build_cfg(EXAMPLE, system_prompt="Intents: {labels}"), out)
-    assert sorted(p.name for p in out.iterdir()) == ["card.md", "lengths.png", "test.jsonl", "train.jsonl",
-                                                     "val.jsonl"]
-    assert {"rows", "dropped", "task", "labels", "source", "source_sha256", "license",
-            "columns_picked"} <= set(summary)
+    assert sorted(p.name for p in out.iterdir()) == ["card.md", "lengths.png", "test.jsonl", "train.jsonl", "val.jsonl"]
+    assert {"rows", "dropped", "task", "labels", "source", "source_sha256", "license", "columns_picked"} <= set(summary)
     counts = {s: len(read_jsonl(out / f"{s}.jsonl")) for s in ("train", "val", "test")}
     assert counts == summary["rows"] and sum(counts.values()) == 576 - summary["dropped"]["near_duplicate"]
     assert summary["dropped"]["duplicate"] == 0 and summary["dropped"]["empty"] == 0
@@ -212,8 +225,9 @@ def test_provenance_fields(tmp_path):
     assert summary["license"] == "Creative Commons Legal Code (LICENSE-CC-BY-3.0.txt)"
     assert all(r["meta"]["split"] == s for s in ("train", "val", "test") for r in read_jsonl(tmp_path / f"{s}.jsonl"))
     records = written(tmp_path)
-    assert {(r["meta"]["source_sha256"], r["meta"]["license"], r["meta"]["synthetic"]) for r in records} == \
-        {(sha, summary["license"], None)}
+    assert {(r["meta"]["source_sha256"], r["meta"]["license"], r["meta"]["synthetic"]) for r in records} == {
+        (sha, summary["license"], None)
+    }
     first = next(r for r in records if r["meta"]["source"] == f"{EXAMPLE}#row=1")
     assert first["messages"][0]["content"] == "wake me up at noon tomorrow"
 

@@ -28,16 +28,28 @@ ALPACA = FIX / "alpaca" / "alpaca_40.json"
 # Planted PII: (type, value). Card numbers are standard test PANs (Luhn-valid), IBANs are the
 # registry examples (mod-97 valid), SSNs follow the SSA rules, keys have the providers' shapes.
 PLANTED = [
-    ("email", "jane.doe+news@example.co.uk"), ("email", "ops@mail.example.org"),
-    ("phone", "+1 415-555-0132"), ("phone", "(212) 555-0188"), ("phone", "+44 20 7946 0958"),
-    ("phone", "650.555.0199"), ("phone", "+49 30 1234 5678"),
-    ("credit_card", "4111 1111 1111 1111"), ("credit_card", "5500-0000-0000-0004"), ("credit_card", "340000000000009"),
+    ("email", "jane.doe+news@example.co.uk"),
+    ("email", "ops@mail.example.org"),
+    ("phone", "+1 415-555-0132"),
+    ("phone", "(212) 555-0188"),
+    ("phone", "+44 20 7946 0958"),
+    ("phone", "650.555.0199"),
+    ("phone", "+49 30 1234 5678"),
+    ("credit_card", "4111 1111 1111 1111"),
+    ("credit_card", "5500-0000-0000-0004"),
+    ("credit_card", "340000000000009"),
     ("credit_card", "6011000990139424"),
-    ("iban", "DE89 3704 0044 0532 0130 00"), ("iban", "GB29NWBK60161331926819"), ("iban", "FR1420041010050500013M02606"),
-    ("ipv4", "192.168.10.254"), ("ipv4", "8.8.4.4"),
-    ("ipv6", "2001:db8:85a3::8a2e:370:7334"), ("ipv6", "fe80::1ff:fe23:4567:890a"),
-    ("us_ssn", "123-45-6789"), ("us_ssn", "078-05-1120"),
-    ("api_key", "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"), ("api_key", "sk-3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"),
+    ("iban", "DE89 3704 0044 0532 0130 00"),
+    ("iban", "GB29NWBK60161331926819"),
+    ("iban", "FR1420041010050500013M02606"),
+    ("ipv4", "192.168.10.254"),
+    ("ipv4", "8.8.4.4"),
+    ("ipv6", "2001:db8:85a3::8a2e:370:7334"),
+    ("ipv6", "fe80::1ff:fe23:4567:890a"),
+    ("us_ssn", "123-45-6789"),
+    ("us_ssn", "078-05-1120"),
+    ("api_key", "sk-proj-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789"),
+    ("api_key", "sk-3f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c"),
     ("api_key", "ghp_0123456789abcdefghijABCDEFGHIJ012345"),
     ("aws_key", "AKIAIOSFODNN7EXAMPLE"),
     ("bearer_token", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
@@ -73,16 +85,24 @@ def test_planted_pii_full_recall_and_redaction():
 
 
 def test_near_misses_are_not_pii():
-    clean = ["card 4111 1111 1111 1112 fails Luhn", "IBAN GB28NWBK60161331926819 fails mod-97",
-             "version 1.2.3.4.5 and 300.1.1.1", "slice a[::2] and time 12:30:45", "SSN-like 000-12-3456",
-             "order 2019-11-03", "std::vector<int>", "isk-small"]
+    clean = [
+        "card 4111 1111 1111 1112 fails Luhn",
+        "IBAN GB28NWBK60161331926819 fails mod-97",
+        "version 1.2.3.4.5 and 300.1.1.1",
+        "slice a[::2] and time 12:30:45",
+        "SSN-like 000-12-3456",
+        "order 2019-11-03",
+        "std::vector<int>",
+        "isk-small",
+    ]
     for text in clean:
         assert find_pii(text) == [], text
 
 
 def test_pii_on_records_counts_types_and_marks_provenance():
-    rows = [{"text": _sentence(k, v, i), "label": "x"} for i, (k, v) in enumerate(PLANTED)] + \
-        [{"text": "nothing to see here", "label": "y"}]
+    rows = [{"text": _sentence(k, v, i), "label": "x"} for i, (k, v) in enumerate(PLANTED)] + [
+        {"text": "nothing to see here", "label": "y"}
+    ]
     records, _ = to_records(rows, DataConfig())
     report = Report()
     out = clean_only(records, report, pii=PiiConfig())
@@ -99,7 +119,9 @@ def test_pii_on_records_counts_types_and_marks_provenance():
 
 def test_normalize_unicode_and_whitespace():
     cfg = NormalizeConfig()
-    assert normalize_text("ｆｕｌｌ\u200bwidth  \t spaces\r\n\n\n\nnext\x07", cfg) == "fullwidth spaces\n\nnext"  # ZWSP is no space
+    assert (
+        normalize_text("ｆｕｌｌ\u200bwidth  \t spaces\r\n\n\n\nnext\x07", cfg) == "fullwidth spaces\n\nnext"
+    )  # ZWSP is no space
     assert normalize_text("café", cfg) == normalize_text("cafe\u0301", cfg) == "café"
     records, _ = to_records([{"text": "a  b", "label": "x"}, {"text": "c", "label": "y"}], DataConfig())
     report = Report()
@@ -115,7 +137,9 @@ def _alpaca_records():
 def test_exact_dedup_after_normalisation():
     rows, _ = _alpaca_records()
     planted = [{"input": r["instruction"], "output": r["output"]} for r in rows]
-    planted += [{"input": "  " + planted[3]["input"].replace(" ", " \t ") + "  ", "output": planted[3]["output"] + "\u200b"}]
+    planted += [
+        {"input": "  " + planted[3]["input"].replace(" ", " \t ") + "  ", "output": planted[3]["output"] + "\u200b"}
+    ]
     records = to_records(planted, DataConfig())[0]
     assert len(records) == len(rows) + 1  # differs before normalisation
     report = Report()
@@ -141,10 +165,12 @@ def test_near_dedup_catches_planted_near_duplicates_only():
     kept = clean_only(records, report, dedup=DedupConfig(exact=False, num_perm=256))
     assert report.steps["near_dedup"]["dropped"] == 5
     kept_ids = {r["id"] for r in kept}
-    assert all(r["id"] in kept_ids for r in records[:len(base)])  # originals (first seen) kept
-    dropped = [r for r in records[len(base):]]
+    assert all(r["id"] in kept_ids for r in records[: len(base)])  # originals (first seen) kept
+    dropped = [r for r in records[len(base) :]]
     assert all(r["meta"]["near_duplicate_of"] == records[i]["id"] for i, r in enumerate(dropped))
-    strict = clean_only(to_records(base + planted, DataConfig())[0], Report(), dedup=DedupConfig(exact=False, threshold=1.0))
+    strict = clean_only(
+        to_records(base + planted, DataConfig())[0], Report(), dedup=DedupConfig(exact=False, threshold=1.0)
+    )
     assert len(strict) == len(base) + 5
 
 
@@ -152,8 +178,11 @@ def test_length_filter_uses_model_tokens(tiny_model_dir):
     from slmkit.data.tokens import get_tokenizer
 
     tok = get_tokenizer(str(tiny_model_dir))
-    rows = [{"text": "play some music", "label": "a"}, {"text": " ".join(["hello"] * 40), "label": "b"},
-            {"text": "hi", "label": "c"}]
+    rows = [
+        {"text": "play some music", "label": "a"},
+        {"text": " ".join(["hello"] * 40), "label": "b"},
+        {"text": "hi", "label": "c"},
+    ]
     records = to_records(rows, DataConfig())[0]
     report = Report()
     kept = clean_only(records, report, tok, length=LengthConfig(min_tokens=3, max_tokens=20))
@@ -162,7 +191,9 @@ def test_length_filter_uses_model_tokens(tiny_model_dir):
     assert report.steps["length_filter"] == {"in": 3, "out": 1, "dropped": 2, "changed": 0}
 
 
-def decontaminate(groups: dict[str, list[dict]], cfg: DecontamConfig, report: Report, out: Path) -> dict[str, list[dict]]:
+def decontaminate(
+    groups: dict[str, list[dict]], cfg: DecontamConfig, report: Report, out: Path
+) -> dict[str, list[dict]]:
     """The split files' decontamination over records placed by hand: each record's group lands in its split."""
     split = SplitConfig(val=0.3, test=0.3)
     place = {s: next(g for g in map(str, range(1000)) if split_of(g, split) == s) for s in SPLITS}
@@ -177,14 +208,31 @@ def decontaminate(groups: dict[str, list[dict]], cfg: DecontamConfig, report: Re
 
 
 def test_decontamination_drops_train_rows_overlapping_eval(tmp_path):
-    text = ("the quick brown fox jumps over the lazy dog while the cat watches from the warm window sill "
-            "in the late afternoon sun")
-    mk = lambda t: {"id": t, "messages": [{"role": "system", "content": "shared system prompt words"},  # noqa: E731
-                                          {"role": "user", "content": t}, {"role": "assistant", "content": "ok"}],
-                    "meta": {}}
-    groups = {"train": [mk("intro: " + " ".join(text.split()[:14])), mk("an unrelated training sentence"),
-                        mk("shared system prompt words")],
-              "val": [mk(text)], "test": [mk("shared system prompt words")]}
+    text = (
+        "the quick brown fox jumps over the lazy dog while the cat watches from the warm window sill "
+        "in the late afternoon sun"
+    )
+
+    def mk(t):
+        return {
+            "id": t,
+            "messages": [
+                {"role": "system", "content": "shared system prompt words"},
+                {"role": "user", "content": t},
+                {"role": "assistant", "content": "ok"},
+            ],
+            "meta": {},
+        }
+
+    groups = {
+        "train": [
+            mk("intro: " + " ".join(text.split()[:14])),
+            mk("an unrelated training sentence"),
+            mk("shared system prompt words"),
+        ],
+        "val": [mk(text)],
+        "test": [mk("shared system prompt words")],
+    }
     report = Report()
     out = decontaminate(groups, DecontamConfig(ngram=13), report, tmp_path / "a")
     assert [r["id"] for r in out["train"]] == ["an unrelated training sentence"]
@@ -205,17 +253,33 @@ def test_user_step_from_yaml_config(tmp_path, tiny_model_dir):
 
     assert "drop_if_contains" in registered()
     csv = tmp_path / "d.csv"
-    csv.write_text("text,intent\n" + "\n".join(f"row {i} {'banana' if i % 5 == 0 else 'apple'},lab{i % 3}"
-                                               for i in range(30)) + "\n")
+    csv.write_text(
+        "text,intent\n"
+        + "\n".join(f"row {i} {'banana' if i % 5 == 0 else 'apple'},lab{i % 3}" for i in range(30))
+        + "\n"
+    )
     steps_file = tmp_path / "my_steps.py"
-    steps_file.write_text("from slmkit.data.clean.steps import register_step\n\n"
-                          "@register_step('tag_source')\n"
-                          "def tag(record, tag='x'):\n    record['meta']['tag'] = tag\n    return record\n")
-    cfg = BuildConfig(config_dir=str(tmp_path), model={"base_model": str(tiny_model_dir)},
-                           data={"path": "d.csv", "split": {"val": 0.1, "test": 0.1},
-                                 "clean": {"imports": ["my_steps.py"], "decontaminate": {"enabled": False},
-                                           "steps": [{"name": "drop_if_contains", "params": {"word": "banana"}},
-                                                     {"name": "tag_source", "params": {"tag": "t1"}}]}})
+    steps_file.write_text(
+        "from slmkit.data.clean.steps import register_step\n\n"
+        "@register_step('tag_source')\n"
+        "def tag(record, tag='x'):\n    record['meta']['tag'] = tag\n    return record\n"
+    )
+    cfg = BuildConfig(
+        config_dir=str(tmp_path),
+        model={"base_model": str(tiny_model_dir)},
+        data={
+            "path": "d.csv",
+            "split": {"val": 0.1, "test": 0.1},
+            "clean": {
+                "imports": ["my_steps.py"],
+                "decontaminate": {"enabled": False},
+                "steps": [
+                    {"name": "drop_if_contains", "params": {"word": "banana"}},
+                    {"name": "tag_source", "params": {"tag": "t1"}},
+                ],
+            },
+        },
+    )
     summary = prepare(cfg, tmp_path / "out")
     assert summary["steps"]["step:drop_if_contains"] == {"in": 30, "out": 24, "dropped": 6, "changed": 0}
     recs = [json.loads(line) for s in ("train", "val", "test") for line in (tmp_path / "out" / f"{s}.jsonl").open()]
@@ -233,12 +297,18 @@ def test_prepare_counts_pii_and_dedup_in_summary_and_card(tmp_path, tiny_model_d
     from slmkit.data import prepare
 
     lines = ["text,intent"] + [f"please book flight number {i} for me,book" for i in range(30)]
-    lines += ["email me at jo@example.com,contact", "call +1 415-555-0132 now,contact",
-              "please book flight number 3 for me,book", "PLEASE  book flight number 4 for me,book"]
+    lines += [
+        "email me at jo@example.com,contact",
+        "call +1 415-555-0132 now,contact",
+        "please book flight number 3 for me,book",
+        "PLEASE  book flight number 4 for me,book",
+    ]
     csv = tmp_path / "d.csv"
     csv.write_text("\n".join(lines) + "\n")
-    cfg = BuildConfig(model={"base_model": str(tiny_model_dir)},
-                           data={"path": str(csv), "clean": {"decontaminate": {"enabled": False}}})
+    cfg = BuildConfig(
+        model={"base_model": str(tiny_model_dir)},
+        data={"path": str(csv), "clean": {"decontaminate": {"enabled": False}}},
+    )
     summary = prepare(cfg, tmp_path / "out")
     assert summary["pii"] == {"email": 1, "phone": 1}
     # Row "number 3" is an exact copy; "PLEASE  book ... 4" differs only in case/spacing: a near duplicate.

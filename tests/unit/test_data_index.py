@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
+from slmkit.chroma import query, read_collection
 from slmkit.cli import app as slm_app
 from slmkit.config import BuildConfig
 from slmkit.config.data import ChunkConfig
-from slmkit.chroma import query, read_collection
 from slmkit.data.index import build_index
 from slmkit.errors import SlmError
 
@@ -24,8 +23,13 @@ DOCS = FIX / "docs"
 @pytest.fixture(scope="module")
 def index_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("chroma") / "index"
-    res = build_index([str(DOCS / "markdown"), str(DOCS / "rst" / "pep-0020.rst")], "httpx-docs", out,
-                      ChunkConfig(max_tokens=128, overlap=16), show_progress=False)
+    res = build_index(
+        [str(DOCS / "markdown"), str(DOCS / "rst" / "pep-0020.rst")],
+        "httpx-docs",
+        out,
+        ChunkConfig(max_tokens=128, overlap=16),
+        show_progress=False,
+    )
     assert res["chunks"] == res["count"] > 10
     return out
 
@@ -36,14 +40,16 @@ def test_round_trip_query_finds_the_right_chunk(index_dir):
     assert hits[0]["distance"] < hits[-1]["distance"] or len({h["id"] for h in hits}) == 3
     zen = query(index_dir, "httpx-docs", "Beautiful is better than ugly. Explicit is better than implicit.", k=1)
     assert zen[0]["meta"]["source"].split("#")[0].endswith("pep-0020.rst")
-    assert "[EMAIL]" in " ".join(c["text"] for c in read_collection(index_dir, "httpx-docs")
-                                 if "pep-0020" in c["meta"]["source"])  # Tim Peters' address was redacted
+    assert "[EMAIL]" in " ".join(
+        c["text"] for c in read_collection(index_dir, "httpx-docs") if "pep-0020" in c["meta"]["source"]
+    )  # Tim Peters' address was redacted
 
 
 def test_reindex_is_idempotent_and_stored_metadata_is_provenance(index_dir):
     before = read_collection(index_dir, "httpx-docs")
-    res = build_index([str(DOCS / "markdown")], "httpx-docs", index_dir, ChunkConfig(max_tokens=128, overlap=16),
-                      show_progress=False)
+    res = build_index(
+        [str(DOCS / "markdown")], "httpx-docs", index_dir, ChunkConfig(max_tokens=128, overlap=16), show_progress=False
+    )
     assert res["count"] == len(before)  # upsert by content id, no duplicates
     meta = next(c["meta"] for c in before if "httpx_exceptions.md" in c["meta"]["source"])
     assert meta["kind"] == "markdown" and meta["tokens"] <= 128 and len(meta["source_sha256"]) == 64
@@ -53,8 +59,10 @@ def test_reindex_is_idempotent_and_stored_metadata_is_provenance(index_dir):
 def test_collection_is_a_data_source(index_dir, tmp_path, tiny_model_dir):
     from slmkit.data import prepare
 
-    cfg = BuildConfig(model={"base_model": str(tiny_model_dir)},
-                           data={"sources": [{"path": str(index_dir), "collection": "httpx-docs"}]})
+    cfg = BuildConfig(
+        model={"base_model": str(tiny_model_dir)},
+        data={"sources": [{"path": str(index_dir), "collection": "httpx-docs"}]},
+    )
     summary = prepare(cfg, tmp_path / "o")
     chunks = [json.loads(line) for line in (tmp_path / "o" / "chunks.jsonl").open()]
     assert summary["sources"][0]["type"] == "chroma" and len(chunks) == summary["chunks"] > 10
@@ -75,13 +83,32 @@ def test_cli_keeps_data_config_and_adds_inspect_and_index(tmp_path):
     app = slm_app
     res = runner.invoke(app, ["data", "no-such-build.yaml", "--force"])  # `slm data CONFIG` runs the stage command
     assert isinstance(res.exception, SlmError) and "config file not found: no-such-build.yaml" in res.exception.message
-    res = runner.invoke(app, ["data", "inspect", str(FIX / "alpaca" / "alpaca_40.json"), "--json", "--base-model",
-                              str(FIX.parent / "no-such-model")])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "inspect",
+            str(FIX / "alpaca" / "alpaca_40.json"),
+            "--json",
+            "--base-model",
+            str(FIX.parent / "no-such-model"),
+        ],
+    )
     assert isinstance(res.exception, SlmError) and "no-such-model" in res.exception.message  # user error, no traceback
     res = runner.invoke(app, ["index", str(DOCS), "--collection", "x"])
     assert isinstance(res.exception, SlmError)
-    res = runner.invoke(app, ["index", str(DOCS / "rst" / "pep-0020.rst"), "--collection", "zen", "--persist-dir",
-                              str(tmp_path / "ix"), "--no-progress"])
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            str(DOCS / "rst" / "pep-0020.rst"),
+            "--collection",
+            "zen",
+            "--persist-dir",
+            str(tmp_path / "ix"),
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "-> collection 'zen'" in res.output and (tmp_path / "ix" / "chroma.sqlite3").is_file()
     res = runner.invoke(app, ["index", str(DOCS), "--collection", "zen"])

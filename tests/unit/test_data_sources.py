@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from slmkit.data import inspect, prepare
 from slmkit.config import BuildConfig
+from slmkit.data import inspect, prepare
 from slmkit.data.read.documents import markdown_sections, rst_sections
 from slmkit.errors import SlmError
 from slmkit.io import read_jsonl, sha256_file
@@ -29,6 +29,7 @@ def cfg_for(tiny_model_dir, tmp_path):
     def make(path=None, **data):
         base = {"path": None if path is None else str(path), "split": {"val": 0.1, "test": 0.1}, **data}
         return BuildConfig(config_dir=str(tmp_path), model={"base_model": str(tiny_model_dir)}, data=base)
+
     return make
 
 
@@ -75,7 +76,9 @@ def test_folder_of_documents_with_pages_headings_licences(tmp_path, cfg_for):
     assert all(c["meta"]["tokens"] <= 64 for c in chunks)
     # PEP author e-mails are redacted and counted
     assert summary["pii"]["email"] >= 4 and not any("@python.org" in c["text"] for c in chunks)
-    assert (tmp_path / "out" / "lengths.png").is_file() and "## Document chunks" in (tmp_path / "out" / "card.md").read_text()
+    assert (tmp_path / "out" / "lengths.png").is_file() and "## Document chunks" in (
+        tmp_path / "out" / "card.md"
+    ).read_text()
 
 
 def test_markdown_and_rst_heading_rules():
@@ -87,19 +90,32 @@ def test_markdown_and_rst_heading_rules():
 
 
 def test_chat_shapes_alpaca_squad_preferences(tmp_path, cfg_for):
-    openai_rows = [{"messages": [{"role": "user", "content": f"q{i} hi"}, {"role": "assistant", "content": f"answer {i} ok"}]}
-                   for i in range(10)]
+    openai_rows = [
+        {"messages": [{"role": "user", "content": f"q{i} hi"}, {"role": "assistant", "content": f"answer {i} ok"}]}
+        for i in range(10)
+    ]
     (tmp_path / "openai.jsonl").write_text("\n".join(json.dumps(r) for r in openai_rows) + "\n")
-    sharegpt_rows = [{"conversations": [{"from": "system", "value": "be nice"}, {"from": "human", "value": f"hello {i}"},
-                                        {"from": "gpt", "value": f"hi there number {i}"}]} for i in range(10)]
+    sharegpt_rows = [
+        {
+            "conversations": [
+                {"from": "system", "value": "be nice"},
+                {"from": "human", "value": f"hello {i}"},
+                {"from": "gpt", "value": f"hi there number {i}"},
+            ]
+        }
+        for i in range(10)
+    ]
     (tmp_path / "sharegpt.json").write_text(json.dumps(sharegpt_rows))
     cases = {
         "openai.jsonl": lambda r: r["messages"][-1]["content"].startswith("answer"),
         "sharegpt.json": lambda r: r["messages"][0] == {"role": "system", "content": "be nice"},
         str(FIX / "alpaca" / "alpaca_40.json"): lambda r: r["messages"][0]["role"] == "user",
         str(FIX / "xquad" / "xquad_en_3articles.json"): lambda r: "\n\nQuestion: " in r["messages"][0]["content"],
-        str(FIX / "hh_rlhf" / "harmless_test_8.jsonl.gz"): lambda r: isinstance(r.get("rejected"), str)
-        and r["messages"][-1]["role"] == "assistant" and r["rejected"] != r["messages"][-1]["content"],
+        str(FIX / "hh_rlhf" / "harmless_test_8.jsonl.gz"): lambda r: (
+            isinstance(r.get("rejected"), str)
+            and r["messages"][-1]["role"] == "assistant"
+            and r["rejected"] != r["messages"][-1]["content"]
+        ),
     }
     for i, (name, check) in enumerate(cases.items()):
         cfg = cfg_for(name, clean={"decontaminate": {"enabled": False}, "dedup": {"near": False}})
@@ -114,10 +130,12 @@ def test_chat_shapes_alpaca_squad_preferences(tmp_path, cfg_for):
     for r in squad:
         by_group.setdefault(r["meta"]["group"], set()).add(r["meta"]["split"])
     assert len(by_group) == 6 and all(len(splits) == 1 for splits in by_group.values())  # a context never straddles
-    assert {r["meta"]["license"] for r in squad} == {"CC BY-SA 4.0 (Creative Commons Attribution-ShareAlike 4.0 "
-                                                      "International) (LICENSE.txt)"}
-    prefs = [{"prompt": "pick a colour", "chosen": "blue, because it is calm", "rejected": "no"}] * 1 + \
-        [{"prompt": f"p{i} tell me", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(9)]
+    assert {r["meta"]["license"] for r in squad} == {
+        "CC BY-SA 4.0 (Creative Commons Attribution-ShareAlike 4.0 International) (LICENSE.txt)"
+    }
+    prefs = [{"prompt": "pick a colour", "chosen": "blue, because it is calm", "rejected": "no"}] * 1 + [
+        {"prompt": f"p{i} tell me", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(9)
+    ]
     (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in prefs) + "\n")
     prepare(cfg_for(tmp_path / "prefs.jsonl", clean={"decontaminate": {"enabled": False}}), tmp_path / "op")
     recs = records(tmp_path / "op")
@@ -127,11 +145,16 @@ def test_chat_shapes_alpaca_squad_preferences(tmp_path, cfg_for):
 def test_hf_dataset_multiple_sources_and_sagemaker(tmp_path, cfg_for, monkeypatch):
     import datasets
 
-    rows = {"text": [f"turn the lights {w} in room {i}" for i in range(10) for w in ("on", "off")],
-            "label": [w for _ in range(10) for w in ("on", "off")]}
+    rows = {
+        "text": [f"turn the lights {w} in room {i}" for i in range(10) for w in ("on", "off")],
+        "label": [w for _ in range(10) for w in ("on", "off")],
+    }
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "hf")
-    sources = [{"path": str(tmp_path / "hf")}, {"path": str(FIX / "alpaca" / "alpaca_40.json"), "license": "CC BY-NC 4.0"},
-               {"path": str(tmp_path / "missing.csv")}]
+    sources = [
+        {"path": str(tmp_path / "hf")},
+        {"path": str(FIX / "alpaca" / "alpaca_40.json"), "license": "CC BY-NC 4.0"},
+        {"path": str(tmp_path / "missing.csv")},
+    ]
     summary = prepare(cfg_for(sources=sources, clean={"decontaminate": {"enabled": False}}), tmp_path / "o")
     names = [s["type"] for s in summary["sources"]]
     assert names == ["hf_dataset", "table"] and summary["skip_reasons"] == {"data file not found": 1}
@@ -167,9 +190,11 @@ def http_root(tmp_path):
 def test_html_file_and_urls_with_robots_size_cap_and_unreachable(tmp_path, cfg_for, http_root):
     root, base = http_root
     body = " ".join(f"Sentence {i} explains how timeouts work in the client library." for i in range(40))
-    page = (f"<html><head><title>Guide</title></head><body><nav>Home | About | Login</nav><article><h1>Timeouts</h1>"
-            f"<p>{body}</p><h2>Retries</h2><p>{body.replace('timeouts', 'retries')}</p></article>"
-            "<footer>Copyright footer text</footer></body></html>")
+    page = (
+        f"<html><head><title>Guide</title></head><body><nav>Home | About | Login</nav><article><h1>Timeouts</h1>"
+        f"<p>{body}</p><h2>Retries</h2><p>{body.replace('timeouts', 'retries')}</p></article>"
+        "<footer>Copyright footer text</footer></body></html>"
+    )
     (root / "guide.html").write_text(page)
     (root / "private").mkdir()
     (root / "private" / "secret.html").write_text(page)
@@ -177,10 +202,17 @@ def test_html_file_and_urls_with_robots_size_cap_and_unreachable(tmp_path, cfg_f
     (root / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
     local = tmp_path / "guide.html"
     local.write_text(page)
-    sources = [{"path": f"{base}/guide.html"}, {"path": f"{base}/private/secret.html"}, {"path": f"{base}/big.html"},
-               {"path": f"{base}/missing.html"}, {"path": "http://127.0.0.1:9/nothing-listens-here"}, {"path": str(local)}]
-    cfg = cfg_for(sources=sources, fetch={"timeout_s": 3, "max_bytes": 20_000},
-                  clean={"dedup": {"near": False, "exact": False}})
+    sources = [
+        {"path": f"{base}/guide.html"},
+        {"path": f"{base}/private/secret.html"},
+        {"path": f"{base}/big.html"},
+        {"path": f"{base}/missing.html"},
+        {"path": "http://127.0.0.1:9/nothing-listens-here"},
+        {"path": str(local)},
+    ]
+    cfg = cfg_for(
+        sources=sources, fetch={"timeout_s": 3, "max_bytes": 20_000}, clean={"dedup": {"near": False, "exact": False}}
+    )
     summary = prepare(cfg, tmp_path / "o")
     chunks = read_jsonl(tmp_path / "o" / "chunks.jsonl")
     url_chunks = [c for c in chunks if c["meta"]["source"].startswith(f"{base}/guide.html")]
@@ -191,7 +223,9 @@ def test_html_file_and_urls_with_robots_size_cap_and_unreachable(tmp_path, cfg_f
     assert reasons[f"{base}/private/secret.html"].startswith("disallowed by robots.txt")
     assert reasons[f"{base}/big.html"].startswith("response too large")
     assert reasons[f"{base}/missing.html"] == "unreachable URL (HTTP 404)"
-    assert reasons["http://127.0.0.1:9/nothing-listens-here"].startswith("disallowed by robots.txt (or robots.txt unreachable)")
+    assert reasons["http://127.0.0.1:9/nothing-listens-here"].startswith(
+        "disallowed by robots.txt (or robots.txt unreachable)"
+    )
     assert "## Skipped inputs (4)" in (tmp_path / "o" / "card.md").read_text()
 
 
@@ -208,8 +242,10 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, cfg_for):
     with open(bad / "locked.pdf", "wb") as f:
         writer.write(f)
     (bad / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
-    (bad / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me br\xfbl\xe9e, d\xe9j\xe0 vu, na\xefve fa\xe7ade, \xe0 la carte, "
-                                     "the menu was printed in French.\n".encode("latin-1"))
+    (bad / "latin1.txt").write_bytes(
+        "Caf\xe9 cr\xe8me br\xfbl\xe9e, d\xe9j\xe0 vu, na\xefve fa\xe7ade, \xe0 la carte, "
+        "the menu was printed in French.\n".encode("latin-1")
+    )
     (bad / "oneline.txt").write_text("x" * 2_000_001)
     (bad / "empty.rst").write_text("")
     (bad / "image.png").write_bytes(b"\x89PNG")
@@ -237,8 +273,12 @@ def test_nothing_usable_is_a_clear_error(tmp_path, cfg_for):
         prepare(cfg_for(only_bad), tmp_path / "o")
     assert exc.value.hint
     long_line = tmp_path / "long.jsonl"
-    long_line.write_text(json.dumps({"text": "y" * 1_100_000, "label": "a"}) + "\n"
-                         + "\n".join(json.dumps({"text": f"row {i}", "label": "ab"[i % 2]}) for i in range(20)) + "\n")
+    long_line.write_text(
+        json.dumps({"text": "y" * 1_100_000, "label": "a"})
+        + "\n"
+        + "\n".join(json.dumps({"text": f"row {i}", "label": "ab"[i % 2]}) for i in range(20))
+        + "\n"
+    )
     summary = prepare(cfg_for(long_line), tmp_path / "o2")
     assert summary["skipped"][0]["where"] == f"{long_line}#line=1" and sum(summary["rows"].values()) == 20
     gz = tmp_path / "broken.jsonl.gz"

@@ -24,8 +24,9 @@ EXAMPLE = ROOT / "examples" / "intent-router" / "data" / "clinc150_subset.csv"
 ALPACA = ROOT / "tests" / "fixtures" / "data" / "alpaca" / "alpaca_40.json"
 
 
-@pytest.mark.parametrize("name,good,bad", [("d.jsonl", '{"text": "hi", "label": "a"}', "{oops"),
-                                           ("d.csv", "hi,a", "one,two,three")])
+@pytest.mark.parametrize(
+    "name,good,bad", [("d.jsonl", '{"text": "hi", "label": "a"}', "{oops"), ("d.csv", "hi,a", "one,two,three")]
+)
 def test_readers_yield_rows_before_reading_the_whole_file(tmp_path, name, good, bad):
     path = tmp_path / name
     header = "" if name.endswith(".jsonl") else "text,label\n"
@@ -92,7 +93,7 @@ def test_near_dedup_matches_datasketch_lsh(tmp_path, threshold, num_perm):
     records = [{"id": f"{i:040x}", "meta": {}} for i in range(len(texts))]
     kept = []
     for start in range(0, len(texts), 37):  # many batches: candidates come from the index and the spill file
-        kept += near.filter(records[start:start + 37], texts[start:start + 37])
+        kept += near.filter(records[start : start + 37], texts[start : start + 37])
     near.close()
     expected = _reference_kept(texts, threshold, num_perm)
     assert [int(r["id"], 16) for r in kept] == expected and 0 < len(expected) < len(texts)
@@ -104,8 +105,13 @@ def test_held_ngrams_match_set_disjointness():
     held = HeldNgrams(3)
     for t in ["the quick brown fox jumps", "short one"]:
         held.add(t)
-    assert held.clean(["a quick brown fox indeed", "nothing shared here at all", "short one", "short", ""]) == \
-        [False, True, False, True, True]
+    assert held.clean(["a quick brown fox indeed", "nothing shared here at all", "short one", "short", ""]) == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
 
 
 def test_small_batches_give_the_same_files(tmp_path, tiny_model_dir, monkeypatch):
@@ -116,8 +122,10 @@ def test_small_batches_give_the_same_files(tmp_path, tiny_model_dir, monkeypatch
     rows = [r for r in EXAMPLE.read_text().splitlines()]
     csv = tmp_path / "d.csv"
     csv.write_text("\n".join(rows + rows[1:40] + [r.upper() for r in rows[40:60]]) + "\n")  # exact + near dups
-    cfg = BuildConfig(model={"base_model": str(tiny_model_dir)},
-                      data={"path": str(csv), "system_prompt": "One of: {labels}", "clean": {"decontaminate": {"ngram": 4}}})
+    cfg = BuildConfig(
+        model={"base_model": str(tiny_model_dir)},
+        data={"path": str(csv), "system_prompt": "One of: {labels}", "clean": {"decontaminate": {"ngram": 4}}},
+    )
     big = prepare(cfg, tmp_path / "big")
     monkeypatch.setattr(table_stream, "BATCH", 7)
     monkeypatch.setattr(split, "BATCH", 3)
@@ -126,8 +134,13 @@ def test_small_batches_give_the_same_files(tmp_path, tiny_model_dir, monkeypatch
     assert big["dropped"]["contaminated"] > 0 and big["task"] == "classification"
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "card.md"):
         assert (tmp_path / "small" / name).read_bytes() == (tmp_path / "big" / name).read_bytes(), name
-    assert sorted(p.name for p in (tmp_path / "small").iterdir()) == ["card.md", "lengths.png", "test.jsonl",
-                                                                       "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "small").iterdir()) == [
+        "card.md",
+        "lengths.png",
+        "test.jsonl",
+        "train.jsonl",
+        "val.jsonl",
+    ]
 
 
 def test_failed_run_leaves_previous_outputs(tmp_path, tiny_model_dir):
@@ -142,8 +155,10 @@ def test_failed_run_leaves_previous_outputs(tmp_path, tiny_model_dir):
     one.write_text("text,intent\nhello,greeting\n")
     rec_id = to_records([{"text": "hello", "intent": "greeting"}], DataConfig())[0][0]["id"]
     seed = next(s for s in map(str, range(100)) if bucket(s, rec_id) < 0.5)  # the only row lands in test
-    bad = BuildConfig(model={"base_model": str(tiny_model_dir)},
-                      data={"path": str(one), "split": {"val": 0.0, "test": 0.5, "seed": seed}})
+    bad = BuildConfig(
+        model={"base_model": str(tiny_model_dir)},
+        data={"path": str(one), "split": {"val": 0.0, "test": 0.5, "seed": seed}},
+    )
     with pytest.raises(SlmError, match="no training rows"):
         prepare(bad, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # no temp files left either
@@ -174,8 +189,9 @@ _MEASURE = textwrap.dedent("""
 def _peak_rss(n: int, tok: Path, tmp: Path) -> dict:
     out = tmp / str(n)
     out.mkdir()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(n), str(tok), str(out)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(n), str(tok), str(out)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

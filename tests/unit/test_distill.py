@@ -7,13 +7,12 @@ import re
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
-from slmkit.errors import SlmError
-from slmkit.distill.stage import DistillConfig, build_teacher_cache, distill
 from slmkit.cli import app
+from slmkit.distill.stage import DistillConfig, build_teacher_cache, distill
+from slmkit.errors import SlmError
 from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config
 
 
@@ -26,8 +25,10 @@ def run(tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("distill")
     csv = tmp / "rows.csv"
-    csv.write_text("text,intent\n" + "".join(f"{t}{s},{lab}\n" for s in ("", " please", " today", " tomorrow")
-                                             for t, lab in TINY_ROWS))
+    csv.write_text(
+        "text,intent\n"
+        + "".join(f"{t}{s},{lab}\n" for s in ("", " please", " today", " tomorrow") for t, lab in TINY_ROWS)
+    )
     cfg = tiny_config(tmp, tiny_model_dir, csv)
     run_dir = RunDir.of(cfg).root
     prepare(cfg, run_dir / "data")
@@ -35,9 +36,21 @@ def run(tmp_path_factory, tiny_model_dir):
 
 
 def _dcfg(teacher, **kw) -> DistillConfig:
-    base = {"teacher": str(teacher), "student": {"prune": {"layers": 1}}, "alpha": 0.0, "top_k": 16,
-            "train": {"max_steps": 16, "batch_size": 4, "lr": 2e-2, "logging_steps": 1, "save_steps": 100,
-                      "warmup_ratio": 0.0, "lr_scheduler": "constant"}}
+    base = {
+        "teacher": str(teacher),
+        "student": {"prune": {"layers": 1}},
+        "alpha": 0.0,
+        "top_k": 16,
+        "train": {
+            "max_steps": 16,
+            "batch_size": 4,
+            "lr": 2e-2,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "constant",
+        },
+    }
     for k, v in kw.items():
         base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
     return DistillConfig.model_validate(base)
@@ -50,15 +63,29 @@ def _kd_dropped(summary, run_dir):
     return end < 0.9 * start, (start, end)
 
 
-@pytest.mark.parametrize("mode,loss,positions", [("online", "forward_kl", "assistant"), ("offline", "jsd", "assistant"),
-                                                 ("on_policy", "reverse_kl", "assistant"), ("offline", "forward_kl", "all")])
+@pytest.mark.parametrize(
+    "mode,loss,positions",
+    [
+        ("online", "forward_kl", "assistant"),
+        ("offline", "jsd", "assistant"),
+        ("on_policy", "reverse_kl", "assistant"),
+        ("offline", "forward_kl", "all"),
+    ],
+)
 def test_modes_lower_the_kd_loss(run, tiny_model_dir, mode, loss, positions):
     from transformers import AutoModelForCausalLM
 
     cfg, run_dir, _ = run
-    dcfg = _dcfg(tiny_model_dir, mode=mode, loss=loss, lmbda=0.5, max_new_tokens=6, kd_positions=positions,
-                 alpha=0.3 if positions == "all" else 0.0,  # "all": CE on the reply subset of the KD positions
-                 cache_dir=str(run_dir / "distill" / f"cache-{positions}"))  # a cache is keyed by its positions
+    dcfg = _dcfg(
+        tiny_model_dir,
+        mode=mode,
+        loss=loss,
+        lmbda=0.5,
+        max_new_tokens=6,
+        kd_positions=positions,
+        alpha=0.3 if positions == "all" else 0.0,  # "all": CE on the reply subset of the KD positions
+        cache_dir=str(run_dir / "distill" / f"cache-{positions}"),
+    )  # a cache is keyed by its positions
     summary = distill(cfg, run_dir, dcfg, show_progress=False)
     dropped, values = _kd_dropped(summary, run_dir)
     assert dropped, values
@@ -108,8 +135,16 @@ def test_bad_inputs_are_refused_before_compute(run, tiny_model_dir):
     cfg, run_dir, tmp = run
     big = tmp / "big"
     tok = make_tiny_tokenizer()
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(big)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).save_pretrained(big)
     tok.save_pretrained(big)
     with pytest.raises(SlmError, match="larger than teacher"):
         distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(big), "prune": None}), show_progress=False)
@@ -119,10 +154,16 @@ def test_bad_inputs_are_refused_before_compute(run, tiny_model_dir):
     t2.add_tokens(["newword"])
     t2.save_pretrained(other_vocab)
     with pytest.raises(SlmError, match="different tokenizers"):
-        distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(other_vocab), "prune": None}), show_progress=False)
+        distill(
+            cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(other_vocab), "prune": None}), show_progress=False
+        )
     with pytest.raises(SlmError, match="top_k"):
-        distill(cfg, run_dir, _dcfg(tiny_model_dir, mode="offline", top_k=100_000, cache_dir=str(tmp / "c4")),
-                show_progress=False)
+        distill(
+            cfg,
+            run_dir,
+            _dcfg(tiny_model_dir, mode="offline", top_k=100_000, cache_dir=str(tmp / "c4")),
+            show_progress=False,
+        )
     with pytest.raises(SlmError, match="no layers"):
         distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"prune": {"ratio": 0.99}}), show_progress=False)
     with pytest.raises(Exception, match="exactly one"):
@@ -136,9 +177,18 @@ def test_sequence_level_when_tokenizers_differ(run, tiny_model_dir):
     t2 = make_tiny_tokenizer()
     t2.add_tokens(["newword"])
     t2.save_pretrained(other_vocab)
-    summary = distill(cfg, run_dir, _dcfg(tiny_model_dir, student={"model": str(other_vocab), "prune": None},
-                                          tokenizer_mismatch="sequence", max_new_tokens=4, train={"max_steps": 2}),
-                      show_progress=False)
+    summary = distill(
+        cfg,
+        run_dir,
+        _dcfg(
+            tiny_model_dir,
+            student={"model": str(other_vocab), "prune": None},
+            tokenizer_mismatch="sequence",
+            max_new_tokens=4,
+            train={"max_steps": 2},
+        ),
+        show_progress=False,
+    )
     assert summary["sequence_level"] and summary["steps"] == 2 and summary["final_loss"] > 0
 
 
@@ -147,8 +197,9 @@ def test_cli_cache_then_offline_distill(run, tiny_model_dir):
     conf = tmp / "build.yaml"
     dump = cfg.model_dump(mode="json")
     dump.pop("config_dir")
-    dump["distill"] = _dcfg(tiny_model_dir, mode="offline", cache_dir=str(tmp / "cli_cache"),
-                            train={"max_steps": 3}).model_dump(mode="json")
+    dump["distill"] = _dcfg(
+        tiny_model_dir, mode="offline", cache_dir=str(tmp / "cli_cache"), train={"max_steps": 3}
+    ).model_dump(mode="json")
     dump["stages"] = ["data", "distill"]
     conf.write_text(yaml.safe_dump(dump))
     runner = CliRunner()
@@ -186,21 +237,24 @@ def test_kd_mask_positions():
 def test_offline_step_loss_fused_head_equals_generic_path(tiny_model_dir, positions, monkeypatch):
     """The fused head + top-k forward KL gives the generic autograd path's loss and gradients on a real batch."""
     import slmkit.distill.stage as distill_mod
-    from slmkit.encoding import collate, encode_chat
     from slmkit.distill.kd_losses import kd_mask, labelled_logits, log_probs
     from slmkit.distill.prune import load_full_model
+    from slmkit.encoding import collate, encode_chat
 
     model, tok = load_full_model(str(tiny_model_dir))
-    rows = [[{"role": "user", "content": f"book a table for {n}"}, {"role": "assistant", "content": "restaurant booking"}]
-            for n in ("two", "four people tonight")]
+    rows = [
+        [{"role": "user", "content": f"book a table for {n}"}, {"role": "assistant", "content": "restaurant booking"}]
+        for n in ("two", "four people tonight")
+    ]
     batch = collate([encode_chat(tok, m, 64) for m in rows], tok.pad_token_id)
     keep = kd_mask(batch["labels"], batch["attention_mask"], positions)
     with torch.no_grad():  # the "teacher": the same model, perturbed logits
         t = log_probs(labelled_logits(model, batch["input_ids"], batch["attention_mask"], keep) * 1.5)
     vals, ids = t.topk(8, -1)
     cached = (ids, vals.half(), (1 - vals.exp().sum(-1)).clamp_min(0))
-    dcfg = DistillConfig.model_validate({"teacher": "x", "student": {"model": "y"}, "alpha": 0.3, "temperature": 2.0,
-                                        "kd_positions": positions})
+    dcfg = DistillConfig.model_validate(
+        {"teacher": "x", "student": {"model": "y"}, "alpha": 0.3, "temperature": 2.0, "kd_positions": positions}
+    )
     grads, losses, fused_calls = [], [], []
     real_head = distill_mod.topk_forward_kl_head
     monkeypatch.setattr(distill_mod, "topk_forward_kl_head", lambda *a: fused_calls.append(1) or real_head(*a))

@@ -7,8 +7,16 @@ import math
 import pytest
 
 from slmkit.errors import SlmError
-from slmkit.eval.metrics import (compute_metrics, confusion_matrix, exact_match, extract_number, infer_task,
-                                 math_accuracy, normalize_answer, token_f1)
+from slmkit.eval.metrics import (
+    compute_metrics,
+    confusion_matrix,
+    exact_match,
+    extract_number,
+    infer_task,
+    math_accuracy,
+    normalize_answer,
+    token_f1,
+)
 
 
 def test_squad_normalisation_cases() -> None:
@@ -29,14 +37,17 @@ def test_qa_task_metrics() -> None:
     assert out["f1"] == pytest.approx(5 / 9)
 
 
-@pytest.mark.parametrize("text, value", [
-    ("Natalia sold 48/2 = 24 clips in May.\n#### 72", 72.0),
-    ("so the total is 1,000 + 234\n#### 1,234", 1234.0),
-    ("#### -5", -5.0),
-    ("The answer is $1,250.50.", 1250.5),
-    ("first 3 then 17 apples", 17.0),
-    ("no digits here", None),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Natalia sold 48/2 = 24 clips in May.\n#### 72", 72.0),
+        ("so the total is 1,000 + 234\n#### 1,234", 1234.0),
+        ("#### -5", -5.0),
+        ("The answer is $1,250.50.", 1250.5),
+        ("first 3 then 17 apples", 17.0),
+        ("no digits here", None),
+    ],
+)
 def test_extract_number(text: str, value: float | None) -> None:
     assert extract_number(text) == value
 
@@ -79,9 +90,9 @@ def test_unknown_task_lists_new_kinds() -> None:
 def test_perplexity_matches_hand_computed_cross_entropy(tiny_model_dir) -> None:
     import torch
 
+    from slmkit.encoding import encode_chat
     from slmkit.eval.perplexity import answer_perplexity
     from slmkit.models import load_model, load_tokenizer
-    from slmkit.encoding import encode_chat
 
     model, tok = load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
     conv = [{"role": "user", "content": "set an alarm"}, {"role": "assistant", "content": "alarm"}]

@@ -22,10 +22,12 @@ def test_extraction_items_ignore_order_duplicates_case_and_spacing():
 
 def test_extraction_scores_partial_wrong_and_malformed_answers():
     refs = ["artist: a; album: b", "none", "city: paris", "city: rome"]
-    preds = ["artist: a; album: c",   # 1 of 2 right, 1 wrong
-             "none",                  # right (empty = empty)
-             "city paris",            # malformed: no item read
-             "city: rome; country: italy"]  # 1 right, 1 extra
+    preds = [
+        "artist: a; album: c",  # 1 of 2 right, 1 wrong
+        "none",  # right (empty = empty)
+        "city paris",  # malformed: no item read
+        "city: rome; country: italy",
+    ]  # 1 right, 1 extra
     s = extraction_scores(preds, refs)
     # tp = 1 + 0 + 0 + 1 = 2; predicted items = 2 + 0 + 0 + 2 = 4; reference items = 2 + 0 + 1 + 1 = 4
     assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
@@ -74,9 +76,14 @@ def test_collapsed_model_is_flagged_and_a_good_one_is_not():
 
 
 def test_warnings_name_small_splits_and_collapsed_models_but_not_the_base_model():
-    summary = {"n": 40, "quality": {"base": {"collapse": {"collapsed": True, "reason": "r0"}},
-                                    "trained": {"collapse": {"collapsed": True, "reason": "r1"}},
-                                    "student": {"collapse": {"collapsed": False, "reason": ""}}}}
+    summary = {
+        "n": 40,
+        "quality": {
+            "base": {"collapse": {"collapsed": True, "reason": "r0"}},
+            "trained": {"collapse": {"collapsed": True, "reason": "r1"}},
+            "student": {"collapse": {"collapsed": False, "reason": ""}},
+        },
+    }
     w = warnings_for(summary, skip=("base",))
     assert any("only 40 test rows" in x for x in w) and "trained collapsed: r1" in w
     assert not any(x.startswith("base") for x in w)
@@ -93,22 +100,35 @@ def test_a_model_trained_on_one_answer_is_flagged_and_fails_on_collapse(tmp_path
     from tests.conftest import TINY_ROWS, tiny_config
 
     majority = tmp_path / "majority.csv"
-    majority.write_text("text,intent\n" + "".join(f"{t}{s},weather\n" for s in ("", " please", " today", " now")
-                                                  for t, _ in TINY_ROWS))
+    majority.write_text(
+        "text,intent\n" + "".join(f"{t}{s},weather\n" for s in ("", " please", " today", " now") for t, _ in TINY_ROWS)
+    )
     cfg = tiny_config(tmp_path, tiny_model_dir, majority, max_steps=20, lr=5e-2, warmup_ratio=0.0, dtype="float32")
     run = RunDir.of(cfg).root
     prepare(cfg, run / "data")
     train(cfg, run, show_progress=False)
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"input": t, "output": label}) + "\n" for t, label in TINY_ROWS))
-    args = ["eval-models", str(run), "--data", str(rows), "--system", "classify request reply with one intent",
-            "--out", str(tmp_path / "e"), "--no-progress", "--no-perplexity", "--max-new-tokens", "3"]
+    args = [
+        "eval-models",
+        str(run),
+        "--data",
+        str(rows),
+        "--system",
+        "classify request reply with one intent",
+        "--out",
+        str(tmp_path / "e"),
+        "--no-progress",
+        "--no-perplexity",
+        "--max-new-tokens",
+        "3",
+    ]
     with pytest.raises(SystemExit) as e:
         main([*args, "--fail-on-collapse"])
     assert e.value.code == 1
     assert "collapsed:" in capsys.readouterr().err
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    (name, q), = metrics["quality"].items()
+    ((name, q),) = metrics["quality"].items()
     assert q["metric"] == "accuracy" and q["collapse"]["collapsed"] and q["collapse"]["top"].startswith("weather")
     assert len(q["ci95"]) == 2 and q["ci95"][0] <= metrics["models"][name]["accuracy"] <= q["ci95"][1]
     assert any("collapsed" in w for w in metrics["warnings"])

@@ -15,14 +15,18 @@ from slmkit.eval.rag import RagSettings, open_collection, with_context
 
 DOCS = {
     "weather.md": "# Weather service\n\nThe weather forecast gives rain, sunshine and temperature for today and "
-                  "tomorrow in every city.\n",
+    "tomorrow in every city.\n",
     "alarm.md": "# Alarm clock\n\nAn alarm rings at the time you set. You can set an alarm for six in the morning "
-                "and snooze it.\n",
+    "and snooze it.\n",
     "flights.md": "# Flight booking\n\nBook a flight to Paris, London or any airport. A booking needs the "
-                  "passenger name and a date.\n",
+    "passenger name and a date.\n",
 }
-QUESTIONS = [("what is the weather today", "weather", "weather.md"), ("set an alarm for six", "alarm", "alarm.md"),
-             ("book a flight to paris", "book_flight", "flights.md"), ("what is the weather tomorrow", "weather", "weather.md")]
+QUESTIONS = [
+    ("what is the weather today", "weather", "weather.md"),
+    ("set an alarm for six", "alarm", "alarm.md"),
+    ("book a flight to paris", "book_flight", "flights.md"),
+    ("what is the weather tomorrow", "weather", "weather.md"),
+]
 SYSTEM = "classify request reply with one intent"
 
 
@@ -44,8 +48,17 @@ def index(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
 
 @pytest.fixture()
 def split(tmp_path) -> Path:
-    rows = [{"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q},
-                          {"role": "assistant", "content": label}], "label": label} for q, label, _ in QUESTIONS]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": label},
+            ],
+            "label": label,
+        }
+        for q, label, _ in QUESTIONS
+    ]
     path = tmp_path / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -77,13 +90,31 @@ def _source_of(chunk: dict) -> str:
     return Path(chunk["meta"]["source"].split("|", 1)[1].split("#")[0]).name
 
 
-def test_eval_models_with_rag_reports_both_rows_and_prompts_hold_the_chunks(tmp_path, tiny_model_dir, split, index,
-                                                                            seen):
+def test_eval_models_with_rag_reports_both_rows_and_prompts_hold_the_chunks(
+    tmp_path, tiny_model_dir, split, index, seen
+):
     persist_dir, chunks = index
     out = tmp_path / "eval"
-    res = CliRunner().invoke(_app(), ["eval-models", str(tiny_model_dir), "--data", str(split), "--out", str(out),
-                                      "--max-new-tokens", "3", "--no-progress", "--rag-collection", "eval-docs",
-                                      "--rag-dir", str(persist_dir), "--rag-k", "2"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "eval-models",
+            str(tiny_model_dir),
+            "--data",
+            str(split),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+            "--no-progress",
+            "--rag-collection",
+            "eval-docs",
+            "--rag-dir",
+            str(persist_dir),
+            "--rag-k",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     name = tiny_model_dir.name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -125,9 +156,14 @@ def test_eval_stage_rag_only_from_config(tmp_path, tiny_model_dir, index, split)
     run = tmp_path / "run"
     (run / "data").mkdir(parents=True)
     (run / "data" / "test.jsonl").write_text(split.read_text())
-    cfg = BuildConfig(model={"base_model": str(tiny_model_dir)}, config_dir=str(tmp_path),
-                      eval={"max_new_tokens": 3, "rag": {"collection": "eval-docs", "persist_dir": str(persist_dir),
-                                                         "top_k": 1, "compare_without": False}})
+    cfg = BuildConfig(
+        model={"base_model": str(tiny_model_dir)},
+        config_dir=str(tmp_path),
+        eval={
+            "max_new_tokens": 3,
+            "rag": {"collection": "eval-docs", "persist_dir": str(persist_dir), "top_k": 1, "compare_without": False},
+        },
+    )
     summary = evaluate(cfg, run, task="auto", show_progress=False)
     assert list(summary["models"]) == ["base+rag"] and summary["rag"]["top_k"] == 1
     preds = [json.loads(line) for line in (run / "eval" / "predictions.jsonl").read_text().splitlines()]
@@ -148,15 +184,21 @@ def test_missing_collection_is_one_line_error_naming_it_and_the_folder(tmp_path,
         eval_models([str(tiny_model_dir)], str(split), tmp_path / "e", rag=RagSettings("eval-docs", empty))
     assert not empty.exists()  # looking must not create an empty ChromaDB folder
 
-    res = CliRunner().invoke(_app(), ["eval-models", str(tiny_model_dir), "--data", str(split), "--rag-collection", "x"])
+    res = CliRunner().invoke(
+        _app(), ["eval-models", str(tiny_model_dir), "--data", str(split), "--rag-collection", "x"]
+    )
     assert isinstance(res.exception, SlmError) and "--rag-dir" in res.exception.message
     res = CliRunner().invoke(_app(), ["eval-models", str(tiny_model_dir), "--data", str(split), "--rag-only"])
     assert isinstance(res.exception, SlmError) and "--rag-collection" in res.exception.message
 
 
 def test_with_context_uses_the_last_user_turn_and_keeps_system_prompt():
-    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "first"},
-            {"role": "assistant", "content": "ok"}, {"role": "user", "content": "second"}]
+    msgs = [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "second"},
+    ]
     out = with_context(msgs, [{"id": "a", "text": "alpha </context> tail"}, {"id": "b", "text": " beta "}])
     assert out[:3] == msgs[:3] and msgs[3]["content"] == "second"  # copy; input untouched
     text = out[3]["content"]
@@ -176,9 +218,17 @@ def test_reindexing_the_collection_changes_the_eval_fingerprint(tmp_path, tiny_c
     docs.mkdir()
     (docs / "a.md").write_text("Alarms ring at the time you set.\n")
     build_index([str(docs)], "kb-docs", tmp_path / "index", show_progress=False)
-    cfg = load_config(None, {"output_dir": str(tmp_path / "runs"), "model": {"base_model": str(tiny_model_dir)},
-                             "data": {"path": str(tiny_csv)}, "config_dir": str(tmp_path),
-                             "eval": {"rag": {"collection": "kb-docs", "persist_dir": "index"}}}, environ={})
+    cfg = load_config(
+        None,
+        {
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"base_model": str(tiny_model_dir)},
+            "data": {"path": str(tiny_csv)},
+            "config_dir": str(tmp_path),
+            "eval": {"rag": {"collection": "kb-docs", "persist_dir": "index"}},
+        },
+        environ={},
+    )
     first = fingerprints(cfg)
     assert fingerprints(cfg) == first  # opening the collection does not change it
     (docs / "b.md").write_text("Flights to Paris leave daily.\n")

@@ -22,11 +22,20 @@ def make_bpe_llama(path: Path, seed: int = 0) -> Path:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator([" ".join(WORDS), " ".join(PROMPTS), "classify request reply with one intent"] * 5, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|im_end|>",
-                                  bos_token="<|im_start|>", unk_token="<|endoftext|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        bos_token="<|im_start|>",
+        unk_token="<|endoftext|>",
+    )
     tok.chat_template = CHATML
     return save_onnx_ready_llama(path, tok, seed=seed, initializer_range=0.1)
 
@@ -63,7 +72,11 @@ def test_gguf_f16_reads_back_with_same_logits_q8_close(tmp_path, bpe_llama, sour
         assert results[quant]["tokenizer_match"]
     assert results["f16"]["rel_diff"] < 2e-3
     assert results["f16"]["top1_agreement"] == 1.0
-    assert results["f16"]["max_abs_diff"] < results["q8_0"]["max_abs_diff"] < 0.05 * results["f16"]["max_abs_diff"] / results["f16"]["rel_diff"]
+    assert (
+        results["f16"]["max_abs_diff"]
+        < results["q8_0"]["max_abs_diff"]
+        < 0.05 * results["f16"]["max_abs_diff"] / results["f16"]["rel_diff"]
+    )
 
 
 def test_gguf_without_qk_permutation_would_be_wrong(tmp_path, bpe_llama, source, monkeypatch):
@@ -119,16 +132,24 @@ def exported_run(tmp_path_factory, bpe_llama):
 
     tmp = tmp_path_factory.mktemp("exported_run")
     csv = tmp / "rows.csv"
-    csv.write_text("text,intent\n" + "".join(f"{t}{s},{label}\n" for s in ("", " please", " today", " tomorrow")
-                                              for t, label in TINY_ROWS))
+    csv.write_text(
+        "text,intent\n"
+        + "".join(f"{t}{s},{label}\n" for s in ("", " please", " today", " tomorrow") for t, label in TINY_ROWS)
+    )
     cfg = tiny_config(tmp, bpe_llama, csv)
     cfg.data.license = "CC-BY-NC-4.0"
     run = RunDir.of(cfg).root
     fp = fingerprints(cfg)
     for stage in ("data", "train"):
         run_stage(cfg, run, stage, fp, show_progress=False)
-    opts = ExportOptions(formats=["merged", "gguf", "onnx", "pt2"], gguf_quant=["q8_0"], onnx_quant=["int4"],
-                         verify_examples=8, metric_margin=100.0, metric_margin_4bit=100.0)
+    opts = ExportOptions(
+        formats=["merged", "gguf", "onnx", "pt2"],
+        gguf_quant=["q8_0"],
+        onnx_quant=["int4"],
+        verify_examples=8,
+        metric_margin=100.0,
+        metric_margin_4bit=100.0,
+    )
     return run, export_formats(cfg, run, opts)
 
 
@@ -146,8 +167,9 @@ def test_export_stage_all_formats_verified_with_cards(exported_run):
     assert (run / "export" / "onnx-int4" / "genai_config.json").is_file()
     assert summary["licence"]["warnings"] and not summary["licence"]["commercial_ok"]
     warnings = summary["licence"]["warnings"]  # each names the file it is about, in plain English
-    assert any(w.startswith(f"data source {run.parent.parent / 'rows.csv'} has a non-commercial licence")
-               for w in warnings), warnings
+    assert any(
+        w.startswith(f"data source {run.parent.parent / 'rows.csv'} has a non-commercial licence") for w in warnings
+    ), warnings
     assert any(w.startswith("base model ") and " has an unknown licence" in w for w in warnings), warnings
     assert summary["formats"]["pt2"]["verify"]["metric"]["drop_points"] == 0.0  # same fp32 graph, same answers
     assert not list((run / "export").glob(".*.tmp"))
@@ -171,6 +193,7 @@ def test_metric_drop_beyond_margin_fails_and_leaves_nothing(tmp_path, bpe_llama,
 
     class Broken:
         """An 'export' that always answers the same wrong thing but has the source's logits."""
+
         name, kind, tok = "broken", "torch", source.tok
 
         def prompt_ids(self, m):
@@ -201,12 +224,37 @@ def test_export_model_cli_shows_no_library_progress_bars(exported_run):
     from slmkit.config import load_config
 
     run, _summary = exported_run
-    cfg = load_config(None, {"name": run.name, "output_dir": str(run.parent), "model": {"base_model": str(
-        json.loads((run / "train" / "final" / "slmkit.json").read_text())["base_model"])}}, environ={})
+    cfg = load_config(
+        None,
+        {
+            "name": run.name,
+            "output_dir": str(run.parent),
+            "model": {
+                "base_model": str(json.loads((run / "train" / "final" / "slmkit.json").read_text())["base_model"])
+            },
+        },
+        environ={},
+    )
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
-    res = subprocess.run([sys.executable, "-m", "slmkit.cli", "export-model", str(run), "-f", "gguf", "-q", "f16",
-                          "--verify-examples", "2"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                         timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slmkit.cli",
+            "export-model",
+            str(run),
+            "-f",
+            "gguf",
+            "-q",
+            "f16",
+            "--verify-examples",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "gguf-f16" in res.stdout and "max |logit diff|" in res.stdout
     assert "de-quantizing" not in res.stdout + res.stderr and "\r" not in res.stdout + res.stderr

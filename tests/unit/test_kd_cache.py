@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slmkit.errors import SlmError
-from slmkit.encoding import collate
 from slmkit.distill.kd_cache import TopKCache, build_cache, cache_key, teacher_fingerprint
 from slmkit.distill.kd_losses import assistant_mask, labelled_logits, log_probs
 from slmkit.distill.prune import load_full_model
+from slmkit.encoding import collate
+from slmkit.errors import SlmError
 from slmkit.train.loop import encode_split
 from tests.conftest import TINY_ROWS, make_tiny_model_dir
 
@@ -21,8 +21,11 @@ def setup(tmp_path_factory, tiny_model_dir):
     import json
 
     path = tmp_path_factory.mktemp("kdc") / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"{t} {s}"}, {"role": "assistant", "content": lab}]}
-            for s in ("", "please", "today") for t, lab in TINY_ROWS]
+    rows = [
+        {"messages": [{"role": "user", "content": f"{t} {s}"}, {"role": "assistant", "content": lab}]}
+        for s in ("", "please", "today")
+        for t, lab in TINY_ROWS
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     teacher, tok = load_full_model(str(tiny_model_dir))
     examples, _ = encode_split(tok, path, 64)
@@ -35,7 +38,9 @@ def _key(model_dir, examples, k=K, vocab=None):
 
 def _build(setup, folder, key, **kw):
     teacher, tok, examples = setup
-    return build_cache(teacher, examples, folder, key, tok.pad_token_id, shard_rows=7, batch_size=4, show_progress=False, **kw)
+    return build_cache(
+        teacher, examples, folder, key, tok.pad_token_id, shard_rows=7, batch_size=4, show_progress=False, **kw
+    )
 
 
 def test_round_trip_is_exact_and_compact(setup, tmp_path, tiny_model_dir):
@@ -51,7 +56,9 @@ def test_round_trip_is_exact_and_compact(setup, tmp_path, tiny_model_dir):
     ids, vals, miss = cache.lookup(rows)
     batch = collate([examples[i] for i in rows], tok.pad_token_id)
     with torch.no_grad():
-        logp = log_probs(labelled_logits(teacher, batch["input_ids"], batch["attention_mask"], assistant_mask(batch["labels"])))
+        logp = log_probs(
+            labelled_logits(teacher, batch["input_ids"], batch["attention_mask"], assistant_mask(batch["labels"]))
+        )
     top, top_ids = logp.topk(K, -1)
     assert torch.equal(ids, top_ids)
     assert torch.equal(vals, top.half().float())

@@ -8,8 +8,19 @@ import os
 import pytest
 import torch
 
-from slmkit.distill.kd_losses import (divergence, forward_kl, generalized_jsd, generalized_jsd_loss, log_probs, masked_mean,
-                                    mix_with_ce, reverse_kl, skew_kl, topk_student_log_probs, topk_teacher_log_probs)
+from slmkit.distill.kd_losses import (
+    divergence,
+    forward_kl,
+    generalized_jsd,
+    generalized_jsd_loss,
+    log_probs,
+    masked_mean,
+    mix_with_ce,
+    reverse_kl,
+    skew_kl,
+    topk_student_log_probs,
+    topk_teacher_log_probs,
+)
 
 P = torch.tensor([0.5, 0.5])
 Q = torch.tensor([0.25, 0.75])

@@ -129,8 +129,15 @@ def test_training_with_and_without_fused_lora_ends_at_the_same_loss(tmp_path, ti
 
     finals = []
     for fused in (True, False):
-        cfg = tiny_config(tmp_path / str(fused), tiny_model_dir, tiny_csv, max_steps=6, lr=5e-2, warmup_ratio=0.0,
-                          lora={"r": 4, "alpha": 8, "fused": fused})
+        cfg = tiny_config(
+            tmp_path / str(fused),
+            tiny_model_dir,
+            tiny_csv,
+            max_steps=6,
+            lr=5e-2,
+            warmup_ratio=0.0,
+            lora={"r": 4, "alpha": 8, "fused": fused},
+        )
         run = RunDir.of(cfg).root
         prepare(cfg, run / "data")
         summary = train(cfg, run, show_progress=False)

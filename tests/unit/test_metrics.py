@@ -8,28 +8,43 @@ import sys
 import pytest
 
 from slmkit.errors import SlmError
-from slmkit.eval.metrics import (accuracy, bleu, compute_metrics, exact_match, macro_f1,
-                                 normalize_answer, normalize_label, rouge_l, token_f1)
+from slmkit.eval.metrics import (
+    accuracy,
+    bleu,
+    compute_metrics,
+    exact_match,
+    macro_f1,
+    normalize_answer,
+    normalize_label,
+    rouge_l,
+    token_f1,
+)
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("The Cat, sat!  on a mat.", "cat sat on mat"),
-    ("An apple a day", "apple day"),
-    ("Theatre then", "theatre then"),  # articles only as whole words
-    ("U.S.A. don't", "usa dont"),  # punctuation is deleted, not turned into spaces
-    ("  \tthe  \n", ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("The Cat, sat!  on a mat.", "cat sat on mat"),
+        ("An apple a day", "apple day"),
+        ("Theatre then", "theatre then"),  # articles only as whole words
+        ("U.S.A. don't", "usa dont"),  # punctuation is deleted, not turned into spaces
+        ("  \tthe  \n", ""),
+    ],
+)
 def test_normalize_answer(raw: str, expected: str) -> None:
     assert normalize_answer(raw) == expected
 
 
-@pytest.mark.parametrize("raw, expected", [
-    ("Book_Flight.\nblah", "book_flight"),
-    ("\n\n  Weather  \n", "weather"),
-    ('"Play  Music"!', "play music"),
-    ("'Weather.'", "weather"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Book_Flight.\nblah", "book_flight"),
+        ("\n\n  Weather  \n", "weather"),
+        ('"Play  Music"!', "play music"),
+        ("'Weather.'", "weather"),
+        ("", ""),
+    ],
+)
 def test_normalize_label(raw: str, expected: str) -> None:
     assert normalize_label(raw) == expected
 
@@ -115,12 +130,15 @@ def test_compute_metrics_generation() -> None:
     assert all(isinstance(v, float) for k, v in out.items() if k != "n")
 
 
-@pytest.mark.parametrize("preds, refs, task, needle", [
-    ([], [], "generation", "empty"),
-    (["a"], ["a", "b"], "generation", "1 predictions but 2 references"),
-    (["a"], ["a"], "summarize", "unknown eval task"),
-    (["a"], [1], "classification", "must be strings"),
-])
+@pytest.mark.parametrize(
+    "preds, refs, task, needle",
+    [
+        ([], [], "generation", "empty"),
+        (["a"], ["a", "b"], "generation", "1 predictions but 2 references"),
+        (["a"], ["a"], "summarize", "unknown eval task"),
+        (["a"], [1], "classification", "must be strings"),
+    ],
+)
 def test_compute_metrics_errors(preds: list, refs: list, task: str, needle: str) -> None:
     with pytest.raises(SlmError, match=needle) as err:
         compute_metrics(preds, refs, task)

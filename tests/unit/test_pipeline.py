@@ -16,7 +16,12 @@ def test_build_runs_every_stage_then_skips(tmp_path, tiny_model_dir, tiny_csv):
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
     outcomes = build(cfg, show_progress=False)
-    assert [(o.stage, o.status) for o in outcomes] == [("data", "ran"), ("train", "ran"), ("eval", "ran"), ("export", "ran")]
+    assert [(o.stage, o.status) for o in outcomes] == [
+        ("data", "ran"),
+        ("train", "ran"),
+        ("eval", "ran"),
+        ("export", "ran"),
+    ]
     run = RunDir.of(cfg).root
     for stage in ("data", "train", "eval", "export"):
         assert read_manifest(run, stage)["status"] == "done"
@@ -90,10 +95,18 @@ def test_build_with_distill_stage_ships_the_student(tmp_path, tiny_model_dir, ti
     from slmkit.runs import RunDir
 
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv)
-    cfg = cfg.model_copy(update={"stages": ["export", "distill", "data", "train", "eval"]})  # any order: run canonically
-    cfg = type(cfg).model_validate(cfg.model_dump() | {"distill": {
-        "student": {"prune": {"ratio": 0.5, "calibration_rows": 8}},
-        "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "save_steps": 100, "logging_steps": 1}}})
+    cfg = cfg.model_copy(
+        update={"stages": ["export", "distill", "data", "train", "eval"]}
+    )  # any order: run canonically
+    cfg = type(cfg).model_validate(
+        cfg.model_dump()
+        | {
+            "distill": {
+                "student": {"prune": {"ratio": 0.5, "calibration_rows": 8}},
+                "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "save_steps": 100, "logging_steps": 1},
+            }
+        }
+    )
     outcomes = build(cfg, show_progress=False)
     assert [o.stage for o in outcomes] == ["data", "train", "distill", "eval", "export"]
     run = RunDir.of(cfg).root
@@ -108,8 +121,13 @@ def test_build_with_distill_stage_ships_the_student(tmp_path, tiny_model_dir, ti
     # A changed distill setting reruns distill, eval and export, not the teacher's training.
     cfg.distill.train.lr = 5e-3
     again = build(cfg, show_progress=False)
-    assert [(o.stage, o.status) for o in again] == [("data", "skipped"), ("train", "skipped"), ("distill", "ran"),
-                                                    ("eval", "ran"), ("export", "ran")]
+    assert [(o.stage, o.status) for o in again] == [
+        ("data", "skipped"),
+        ("train", "skipped"),
+        ("distill", "ran"),
+        ("eval", "ran"),
+        ("export", "ran"),
+    ]
 
 
 def test_build_with_synth_stage_feeds_teacher_rows_through_cleaning(tmp_path, tiny_model_dir):
@@ -120,15 +138,33 @@ def test_build_with_synth_stage_feeds_teacher_rows_through_cleaning(tmp_path, ti
     from slmkit.runs import RunDir
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"question number {i} about the weather\n" for i in range(12)) +
-                       "my email is jane.doe@example.com\n")
-    cfg = load_config(None, {"name": "syn", "output_dir": str(tmp_path / "runs"), "config_dir": str(tmp_path),
-                             "stages": ["synth", "data"], "model": {"base_model": str(tiny_model_dir)},
-                             "data": {"task": "generation", "split": {"val": 0.1, "test": 0.1}},
-                             "synth": {"cache": "run", "license": "apache-2.0",
-                                       "teacher": {"backend": "local", "model": str(tiny_model_dir), "max_tokens": 6,
-                                                   "temperature": 0.0, "api_key_env": None},
-                                       "recipes": [{"type": "respond", "prompts": "prompts.txt"}]}}, environ={})
+    prompts.write_text(
+        "".join(f"question number {i} about the weather\n" for i in range(12)) + "my email is jane.doe@example.com\n"
+    )
+    cfg = load_config(
+        None,
+        {
+            "name": "syn",
+            "output_dir": str(tmp_path / "runs"),
+            "config_dir": str(tmp_path),
+            "stages": ["synth", "data"],
+            "model": {"base_model": str(tiny_model_dir)},
+            "data": {"task": "generation", "split": {"val": 0.1, "test": 0.1}},
+            "synth": {
+                "cache": "run",
+                "license": "apache-2.0",
+                "teacher": {
+                    "backend": "local",
+                    "model": str(tiny_model_dir),
+                    "max_tokens": 6,
+                    "temperature": 0.0,
+                    "api_key_env": None,
+                },
+                "recipes": [{"type": "respond", "prompts": "prompts.txt"}],
+            },
+        },
+        environ={},
+    )
     p = plan(cfg)
     assert p["synth"]["calls"] == 13 and p["synth"]["cached"] == 0 and "rows" not in p
     outcomes = build(cfg, show_progress=False)

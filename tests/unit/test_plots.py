@@ -43,8 +43,10 @@ def check_png(path: Path, returned: Path) -> None:
 
 def test_loss_curve(tmp_path: Path) -> None:
     out = tmp_path / "sub" / "loss.png"  # parent does not exist yet
-    series = {"train": [(s, 3.0 / (s + 1)) for s in range(0, 100, 10)],
-              "val": [(50, 0.2), (0, 1.5), (99, 0.1)]}  # unsorted on purpose
+    series = {
+        "train": [(s, 3.0 / (s + 1)) for s in range(0, 100, 10)],
+        "val": [(50, 0.2), (0, 1.5), (99, 0.1)],
+    }  # unsorted on purpose
     check_png(out, loss_curve(series, out))
     assert has_colour(out, TAB_BLUE) and has_colour(out, TAB_ORANGE)
 
@@ -63,16 +65,17 @@ def test_loss_curve_needs_points(tmp_path: Path) -> None:
 
 def test_metric_bars(tmp_path: Path) -> None:
     out = tmp_path / "bars.png"
-    metrics = {"base": {"n": 10, "accuracy": 0.2, "f1": 0.3, "bleu": 12.5},
-               "trained": {"n": 10, "accuracy": 0.9, "f1": 0.8, "bleu": 40.0, "extra": 0.5}}
+    metrics = {
+        "base": {"n": 10, "accuracy": 0.2, "f1": 0.3, "bleu": 12.5},
+        "trained": {"n": 10, "accuracy": 0.9, "f1": 0.8, "bleu": 40.0, "extra": 0.5},
+    }
     check_png(out, metric_bars(metrics, out))
     assert has_colour(out, TAB_BLUE) and has_colour(out, TAB_ORANGE)
 
 
 def test_metric_bars_default_keys_skip_unshared_and_out_of_range(tmp_path: Path) -> None:
     # Only bleu (0-100) and n are shared, and "a"/"b" are each in one model: nothing to plot.
-    metrics = {"base": {"n": 5, "bleu": 10.0, "a": 0.5},
-               "trained": {"n": 5, "bleu": 30.0, "b": 0.5}}
+    metrics = {"base": {"n": 5, "bleu": 10.0, "a": 0.5}, "trained": {"n": 5, "bleu": 30.0, "b": 0.5}}
     with pytest.raises(SlmError, match="no metric is shared"):
         metric_bars(metrics, tmp_path / "x.png")
     out = tmp_path / "bleu.png"

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
-from slmkit.errors import SlmError
 from slmkit.cli import app
 from slmkit.distill.prune import layers_to_keep, prune
+from slmkit.errors import SlmError
 from tests.conftest import make_tiny_tokenizer
 
 
@@ -20,9 +19,19 @@ def _teacher(path: Path, layers: int = 4, seed: int = 0) -> Path:
 
     tok = make_tiny_tokenizer()
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.3,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=0.3,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -83,9 +92,16 @@ def test_depth_and_width_together_with_ratio(tmp_path):
     assert torch.isfinite(pruned(IDS).logits).all()
 
 
-@pytest.mark.parametrize("layers,ratio,match", [(0, None, "no layers"), (None, 1.0, r"outside \[0, 1\)"),
-                                                (None, 0.9, "no layers"), (5, None, "larger than its teacher"),
-                                                (2, 0.5, "either")])
+@pytest.mark.parametrize(
+    "layers,ratio,match",
+    [
+        (0, None, "no layers"),
+        (None, 1.0, r"outside \[0, 1\)"),
+        (None, 0.9, "no layers"),
+        (5, None, "larger than its teacher"),
+        (2, 0.5, "either"),
+    ],
+)
 def test_bad_prune_specs(layers, ratio, match):
     with pytest.raises(SlmError, match=match):
         layers_to_keep(4, layers, ratio)

@@ -19,13 +19,21 @@ from typer.testing import CliRunner
 from slmkit.errors import SlmError
 from tests.conftest import TINY_ROWS, make_tiny_model_dir
 
-SUMMARY = {"task": "classification", "n": 3, "models": {
-    "base": {"n": 3, "accuracy": 1 / 3, "macro_f1": 0.2, "perplexity": 40.0},
-    "trained": {"n": 3, "accuracy": 1.0, "macro_f1": 1.0, "perplexity": 1.5}}}
-PREDICTIONS = [{"model": m, "index": i, "prompt": p, "reference": r, "prediction": y}
-               for m, ys in (("base", ["weather", "music <b>", "weather"]), ("trained", ["weather", "alarm", "play_music"]))
-               for i, ((p, r), y) in enumerate(zip([("what is the weather", "weather"), ("set an alarm", "alarm"),
-                                                     ("play music", "play_music")], ys))]
+SUMMARY = {
+    "task": "classification",
+    "n": 3,
+    "models": {
+        "base": {"n": 3, "accuracy": 1 / 3, "macro_f1": 0.2, "perplexity": 40.0},
+        "trained": {"n": 3, "accuracy": 1.0, "macro_f1": 1.0, "perplexity": 1.5},
+    },
+}
+PREDICTIONS = [
+    {"model": m, "index": i, "prompt": p, "reference": r, "prediction": y}
+    for m, ys in (("base", ["weather", "music <b>", "weather"]), ("trained", ["weather", "alarm", "play_music"]))
+    for i, ((p, r), y) in enumerate(
+        zip([("what is the weather", "weather"), ("set an alarm", "alarm"), ("play music", "play_music")], ys)
+    )
+]
 
 
 def _render(tmp_path: Path) -> str:
@@ -33,7 +41,10 @@ def _render(tmp_path: Path) -> str:
     from slmkit.eval.report import write_report
 
     refs = ["weather", "alarm", "play_music"]
-    cms = {m: confusion_matrix([p["prediction"] for p in PREDICTIONS if p["model"] == m], refs) for m in ("base", "trained")}
+    cms = {
+        m: confusion_matrix([p["prediction"] for p in PREDICTIONS if p["model"] == m], refs)
+        for m in ("base", "trained")
+    }
     path = write_report(tmp_path / "report.html", SUMMARY, PREDICTIONS, cms, {"run-a": [(1, 2.0), (2, 1.2), (3, 0.7)]})
     return path.read_text()
 
@@ -84,9 +95,22 @@ class Cdp:
             os.dup2(child_w, 4)
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-pipe",
-             f"--user-data-dir={profile}", "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, preexec_fn=onto_3_and_4, pass_fds=(3, 4))
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-pipe",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=onto_3_and_4,
+            pass_fds=(3, 4),
+        )
         os.close(child_r)
         os.close(child_w)
         self.buf, self.last_id, self.events = b"", 0, []
@@ -106,7 +130,9 @@ class Cdp:
     def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
         """Send one command and return its result; events read meanwhile are kept in self.events."""
         self.last_id += 1
-        msg = {"id": self.last_id, "method": method, "params": params or {}} | ({"sessionId": session} if session else {})
+        msg = {"id": self.last_id, "method": method, "params": params or {}} | (
+            {"sessionId": session} if session else {}
+        )
         os.write(self.w, json.dumps(msg).encode() + b"\0")
         deadline = time.monotonic() + timeout
         while (reply := self._read(deadline)).get("id") != self.last_id:
@@ -148,7 +174,9 @@ def page_errors(events: list[dict]) -> list[str]:
             d = p["exceptionDetails"]
             out.append(f"uncaught: {d.get('exception', {}).get('description') or d.get('text')}")
         elif method == "Runtime.consoleAPICalled" and p["type"] in ("error", "assert"):
-            out.append(f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"]))
+            out.append(
+                f"console.{p['type']}: " + " ".join(str(a.get("value", a.get("description"))) for a in p["args"])
+            )
         elif method == "Log.entryAdded" and p["entry"]["level"] == "error":
             out.append(f"log: {p['entry']['text']} {p['entry'].get('url', '')}")
     return out
@@ -177,8 +205,10 @@ def test_cdp_helper_reports_page_errors(tmp_path):
     if binary is None:
         pytest.skip("no chromium binary found (apt-get install chromium, or set SLM_CHROMIUM=/path/to/chrome)")
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><html><body><img src='missing.png'><script>console.error('boom');"
-                   "notDefined();</script></body></html>")
+    bad.write_text(
+        "<!DOCTYPE html><html><body><img src='missing.png'><script>console.error('boom');"
+        "notDefined();</script></body></html>"
+    )
     _, errors = open_in_chromium(binary, bad, tmp_path / "profile", [])
     assert any("missing.png" in e for e in errors) and "console.error: boom" in errors
     assert any(e.startswith("uncaught: ReferenceError: notDefined") for e in errors), errors
@@ -189,17 +219,22 @@ def test_report_renders_in_headless_chromium_without_errors(tmp_path):
     if binary is None:
         pytest.skip("no chromium binary found (apt-get install chromium, or set SLM_CHROMIUM=/path/to/chrome)")
     _render(tmp_path)
-    values, errors = open_in_chromium(binary, tmp_path / "report.html", tmp_path / "profile", [
-        "[...document.querySelectorAll('#summary tbody tr')].map(r => r.cells[0].textContent)",
-        "[...document.querySelectorAll('#summary thead th')].map(h => h.textContent)",
-        # every inlined PNG decoded: a broken data: URL leaves naturalWidth at 0 without any console message
-        "[...document.images].map(i => i.complete && i.naturalWidth > 0)",
-        "document.querySelectorAll('table.cm').length",
-        # the filter box's script runs: typing hides the disagreement rows that do not match
-        "(() => { const f = document.getElementById('filter'); f.value = 'alarm';"
-        " f.dispatchEvent(new Event('input'));"
-        " return [...document.querySelectorAll('#disagree tbody tr')].filter(r => r.style.display !== 'none').length; })()",
-    ])
+    values, errors = open_in_chromium(
+        binary,
+        tmp_path / "report.html",
+        tmp_path / "profile",
+        [
+            "[...document.querySelectorAll('#summary tbody tr')].map(r => r.cells[0].textContent)",
+            "[...document.querySelectorAll('#summary thead th')].map(h => h.textContent)",
+            # every inlined PNG decoded: a broken data: URL leaves naturalWidth at 0 without any console message
+            "[...document.images].map(i => i.complete && i.naturalWidth > 0)",
+            "document.querySelectorAll('table.cm').length",
+            # the filter box's script runs: typing hides the disagreement rows that do not match
+            "(() => { const f = document.getElementById('filter'); f.value = 'alarm';"
+            " f.dispatchEvent(new Event('input'));"
+            " return [...document.querySelectorAll('#disagree tbody tr')].filter(r => r.style.display !== 'none').length; })()",
+        ],
+    )
     assert errors == []
     rows, head, images, confusion, shown = values
     assert rows == ["base", "trained"] and head[0] == "model" and {"accuracy", "macro_f1", "perplexity"} <= set(head)
@@ -208,9 +243,17 @@ def test_report_renders_in_headless_chromium_without_errors(tmp_path):
 
 @pytest.fixture()
 def split(tmp_path) -> Path:
-    rows = [{"messages": [{"role": "system", "content": "classify request reply with one intent"},
-                          {"role": "user", "content": t}, {"role": "assistant", "content": label}], "label": label}
-            for t, label in TINY_ROWS[:6]]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "classify request reply with one intent"},
+                {"role": "user", "content": t},
+                {"role": "assistant", "content": label},
+            ],
+            "label": label,
+        }
+        for t, label in TINY_ROWS[:6]
+    ]
     path = tmp_path / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -225,8 +268,18 @@ def _app() -> typer.Typer:
 def test_eval_models_cli_compares_models_and_fails_under(tmp_path, tiny_model_dir, split):
     other = make_tiny_model_dir(tmp_path / "other", seed=1)
     out = tmp_path / "eval"
-    args = ["eval-models", str(tiny_model_dir), str(other), "--data", str(split), "--out", str(out),
-            "--max-new-tokens", "3", "--no-progress"]
+    args = [
+        "eval-models",
+        str(tiny_model_dir),
+        str(other),
+        "--data",
+        str(split),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "3",
+        "--no-progress",
+    ]
     res = CliRunner().invoke(_app(), args + ["--fail-under", "accuracy=1.01"])
     assert res.exit_code == 1, res.output
     metrics = json.loads((out / "metrics.json").read_text())

@@ -148,9 +148,25 @@ def test_keep_freed_memory_stops_page_faulting_buffers_back_in(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    runs = {mode: int(subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
-                                     env=env, cwd=Path(__file__).resolve().parents[2]).stdout) for mode in ("default", "keep")}
+    runs = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", FAULTS, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+                cwd=Path(__file__).resolve().parents[2],
+            ).stdout
+        )
+        for mode in ("default", "keep")
+    }
     assert runs["keep"] < runs["default"] / 2, runs
-    user = subprocess.run([sys.executable, "-c", "from slmkit.hardware import keep_freed_memory; print(keep_freed_memory())"],
-                          capture_output=True, text=True, env={**env, "MALLOC_ARENA_MAX": "2"}, check=True)
+    user = subprocess.run(
+        [sys.executable, "-c", "from slmkit.hardware import keep_freed_memory; print(keep_freed_memory())"],
+        capture_output=True,
+        text=True,
+        env={**env, "MALLOC_ARENA_MAX": "2"},
+        check=True,
+    )
     assert user.stdout.strip() == "False"

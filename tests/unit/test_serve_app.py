@@ -9,9 +9,9 @@ import pytest
 from fastapi.testclient import TestClient
 from transformers import AutoTokenizer
 
-from slmkit.serve.app import create_app
 from slmkit.config.serve import ServeConfig
-from slmkit.serve.engine import Engine, SamplingParams
+from slmkit.serve.app import create_app
+from slmkit.serve.engine import SamplingParams
 from slmkit.serve.load import load_engine
 
 MSGS = [{"role": "system", "content": "reply with one intent"}, {"role": "user", "content": "play some music"}]
@@ -58,9 +58,14 @@ def test_chat_completion_matches_engine_and_counts_usage(client, engine, tiny_mo
     choice = out["choices"][0]
     assert choice["message"]["role"] == "assistant" and choice["finish_reason"] == "length"
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # independent count of the prompt tokens
-    prompt_ids = tok(tok.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True),
-                     add_special_tokens=False)["input_ids"]
-    assert out["usage"] == {"prompt_tokens": len(prompt_ids), "completion_tokens": 10, "total_tokens": len(prompt_ids) + 10}
+    prompt_ids = tok(
+        tok.apply_chat_template(MSGS, tokenize=False, add_generation_prompt=True), add_special_tokens=False
+    )["input_ids"]
+    assert out["usage"] == {
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": 10,
+        "total_tokens": len(prompt_ids) + 10,
+    }
     direct = engine.generate(MSGS, SamplingParams(max_tokens=10, ignore_eos=True)).text
     assert choice["message"]["content"] == direct
 
@@ -80,11 +85,19 @@ def test_chat_streaming_sse(client, engine):
 
 
 def test_completions_plain_and_streaming(client, engine):
-    body = {"model": engine.name, "prompt": "what is the weather", "max_tokens": 7, "temperature": 0, "ignore_eos": True}
+    body = {
+        "model": engine.name,
+        "prompt": "what is the weather",
+        "max_tokens": 7,
+        "temperature": 0,
+        "ignore_eos": True,
+    }
     out = client.post("/v1/completions", json=body).json()
     assert out["object"] == "text_completion" and out["usage"]["completion_tokens"] == 7
-    assert out["choices"][0]["text"] == engine.generate(prompt="what is the weather",
-                                                        params=SamplingParams(max_tokens=7, ignore_eos=True)).text
+    assert (
+        out["choices"][0]["text"]
+        == engine.generate(prompt="what is the weather", params=SamplingParams(max_tokens=7, ignore_eos=True)).text
+    )
     events = sse_events(client.post("/v1/completions", json={**body, "stream": True}).text)
     assert "".join(e["choices"][0]["text"] for e in events) == out["choices"][0]["text"]
     assert events[-1]["choices"][0]["finish_reason"] == "length"
@@ -97,7 +110,7 @@ def test_stop_sequence_over_http(client, engine):
     full = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
     stop = full.split()[2]
     out = client.post("/v1/chat/completions", json={**body, "stop": stop}).json()
-    assert out["choices"][0]["message"]["content"] == full[:full.index(stop)]
+    assert out["choices"][0]["message"]["content"] == full[: full.index(stop)]
     assert out["choices"][0]["finish_reason"] == "stop"
 
 
@@ -108,14 +121,17 @@ def test_models_and_wrong_model(client, engine):
     assert_openai_error(r, 404, param="model", code="model_not_found")
 
 
-@pytest.mark.parametrize("patch, param", [
-    ({"messages": None}, "messages"),
-    ({"temperature": 5}, "temperature"),
-    ({"n": 2}, "n"),
-    ({"max_tokens": 65}, "max_tokens"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, None),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
-])
+@pytest.mark.parametrize(
+    "patch, param",
+    [
+        ({"messages": None}, "messages"),
+        ({"temperature": 5}, "temperature"),
+        ({"n": 2}, "n"),
+        ({"max_tokens": 65}, "max_tokens"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, None),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
+    ],
+)
 def test_bad_requests_get_openai_errors(client, engine, patch, param):
     body = {"model": engine.name, "messages": MSGS, **patch}
     body = {k: v for k, v in body.items() if v is not None}
@@ -159,8 +175,14 @@ def test_health_and_metrics(client, engine):
     text = client.get("/metrics").text
     assert engine.metrics.counter_value("requests_total", route="/v1/models", status="200") == before + 3
     assert f'slm_requests_total{{route="/v1/models",status="200"}} {before + 3:g}' in text
-    for name in ("slm_queue_depth", "slm_tokens_per_second", "slm_request_latency_seconds_bucket",
-                 "slm_time_to_first_token_seconds_count", "slm_errors_total", "slm_generated_tokens_total"):
+    for name in (
+        "slm_queue_depth",
+        "slm_tokens_per_second",
+        "slm_request_latency_seconds_bucket",
+        "slm_time_to_first_token_seconds_count",
+        "slm_errors_total",
+        "slm_generated_tokens_total",
+    ):
         assert name in text
     sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? -?[0-9.e+Inf-]+$')
     bad = [ln for ln in text.splitlines() if ln and not ln.startswith("#") and not sample.match(ln)]
@@ -179,7 +201,6 @@ def test_auth(engine):
 
 
 def test_cli_config_precedence_and_missing_target(tmp_path, monkeypatch):
-    import typer
     from typer.testing import CliRunner
 
     from slmkit.errors import SlmError

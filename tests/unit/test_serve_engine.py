@@ -14,8 +14,15 @@ from slmkit.serve.engine import Engine, EngineStopped, PromptTooLong, QueueFull,
 from slmkit.serve.load import load_engine, served_name
 from slmkit.serve.text import TextTracker
 
-PROMPTS = ["what is the weather today", "set an alarm for six", "play some music please", "book a flight to paris",
-           "translate hello into french", "hello", "what is the weather tomorrow in paris please"]
+PROMPTS = [
+    "what is the weather today",
+    "set an alarm for six",
+    "play some music please",
+    "book a flight to paris",
+    "translate hello into french",
+    "hello",
+    "what is the weather tomorrow in paris please",
+]
 
 
 def chat(text: str) -> list[dict]:
@@ -33,9 +40,15 @@ def reference(engine: Engine, messages: list[dict], max_new: int, ignore_eos: bo
     """Plain transformers greedy generation, one prompt at a time."""
     ids = torch.tensor([engine.encode_chat(messages)])
     extra = {"min_new_tokens": max_new} if ignore_eos else {}
-    out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                                pad_token_id=engine.tok.pad_token_id, **extra)
-    return engine.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    out = engine.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        pad_token_id=engine.tok.pad_token_id,
+        **extra,
+    )
+    return engine.tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 
 def run_concurrently(engine: Engine, jobs: list[tuple[list[dict], SamplingParams]], stagger_s: float = 0.003):
@@ -80,7 +93,7 @@ def test_stop_sequence_truncates_and_is_not_sent(engine):
     stop = " ".join(words[3:5])  # two tokens: a stop sequence that spans a token boundary
     pieces = list(engine.generate_stream(messages, SamplingParams(max_tokens=30, ignore_eos=True, stop=["zzz", stop])))
     res = engine.generate(messages, SamplingParams(max_tokens=30, ignore_eos=True, stop=["zzz", stop]))
-    assert res.text == full[:full.index(stop)]
+    assert res.text == full[: full.index(stop)]
     assert "".join(pieces) == res.text
     assert res.finish_reason == "stop"
 
@@ -89,14 +102,17 @@ def test_seeds_reproduce_and_differ(engine):
     messages = chat(PROMPTS[1])
 
     def sampled(seed: int) -> str:
-        return engine.generate(messages, SamplingParams(max_tokens=25, temperature=1.0, seed=seed, ignore_eos=True)).text
+        return engine.generate(
+            messages, SamplingParams(max_tokens=25, temperature=1.0, seed=seed, ignore_eos=True)
+        ).text
 
     greedy = engine.generate(messages, SamplingParams(max_tokens=25, ignore_eos=True)).text
     assert sampled(7) == sampled(7)
     assert len({sampled(7), sampled(8), sampled(9)}) > 1
     # a tiny nucleus keeps only the most likely token: sampling collapses to greedy
-    nucleus = engine.generate(messages, SamplingParams(max_tokens=25, temperature=1.0, top_p=1e-6, seed=3,
-                                                       ignore_eos=True)).text
+    nucleus = engine.generate(
+        messages, SamplingParams(max_tokens=25, temperature=1.0, top_p=1e-6, seed=3, ignore_eos=True)
+    ).text
     assert nucleus == greedy
 
 

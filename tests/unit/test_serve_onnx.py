@@ -15,16 +15,23 @@ from pathlib import Path
 
 import pytest
 
-from slmkit.errors import SlmError
 from slmkit.config.serve import ServeConfig
+from slmkit.errors import SlmError
 from slmkit.serve.engine import Engine, EngineStopped, QueueFull, SamplingParams
 from slmkit.serve.load import load_engine, pick_backend, served_name
 from tests.unit.test_serve_engine import run_concurrently
 
 pytest.importorskip("onnxruntime_genai")
 
-PROMPTS = ["what is the weather today", "set an alarm for six", "play some music please", "book a flight to paris",
-           "translate hello into french", "hello", "what is the weather tomorrow in paris please"]
+PROMPTS = [
+    "what is the weather today",
+    "set an alarm for six",
+    "play some music please",
+    "book a flight to paris",
+    "translate hello into french",
+    "hello",
+    "what is the weather tomorrow in paris please",
+]
 
 
 def tiny_onnx_export(tmp_path_factory) -> Path:
@@ -79,7 +86,7 @@ def plain_greedy(engine: Engine, messages: list[dict], max_new: int) -> list[int
 
 def text_of(engine: Engine, ids: list[int]) -> str:
     eos = [i for i, t in enumerate(ids) if t in engine.eos_ids]
-    return engine.tok.decode(ids[:eos[0]] if eos else ids, skip_special_tokens=True)
+    return engine.tok.decode(ids[: eos[0]] if eos else ids, skip_special_tokens=True)
 
 
 def test_engine_on_onnx_export_matches_plain_onnxruntime_genai(engine):
@@ -128,7 +135,7 @@ def test_stream_stop_sequences_and_seeds(engine):
     words = full.split()
     stop = " ".join(words[2:4])  # spans a token boundary
     res = engine.generate(messages, SamplingParams(**params, stop=["zzz", stop]))
-    assert res.text == full[:full.index(stop)] and res.finish_reason == "stop"
+    assert res.text == full[: full.index(stop)] and res.finish_reason == "stop"
 
     def sampled(seed: int, top_p: float = 1.0) -> str:
         return engine.generate(messages, SamplingParams(**params, temperature=1.0, top_p=top_p, seed=seed)).text
@@ -200,14 +207,22 @@ def test_chat_completions_through_the_app(engine):
         streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
         assert streamed == out["choices"][0]["message"]["content"]
         assert chunks[-1]["usage"]["completion_tokens"] == 9
-        r = client.post("/v1/completions", json={"model": engine.name, "prompt": "play some music", "max_tokens": 4,
-                                                 "temperature": 0, "ignore_eos": True})
+        r = client.post(
+            "/v1/completions",
+            json={
+                "model": engine.name,
+                "prompt": "play some music",
+                "max_tokens": 4,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        )
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
 
 
 def test_backend_selection_run_layout_and_chat(onnx_dir, tmp_path, monkeypatch):
-    from slmkit.serve.chat import load_engine_for_chat, stream_reply
     from slmkit.onnx_runtime import find_onnx_folder
+    from slmkit.serve.chat import load_engine_for_chat, stream_reply
 
     assert pick_backend(str(onnx_dir), "auto") == "onnx"
     assert pick_backend(str(onnx_dir.parent / "hf"), "auto") == "torch"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slmkit.config.serve import ServeConfig
-from slmkit.serve.engine import Engine, SamplingParams
+from slmkit.serve.engine import SamplingParams
 from slmkit.serve.load import load_engine
 from slmkit.serve.packed import PackedLinear, can_pack, pack_linears
 

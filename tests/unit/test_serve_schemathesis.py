@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from slmkit.serve.app import create_app
 from slmkit.config.serve import ServeConfig
+from slmkit.serve.app import create_app
 from slmkit.serve.load import load_engine
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -35,8 +35,9 @@ def served(tiny_model_dir):
     engine.stop()
 
 
-@pytest.mark.parametrize("label, mode", [(op, m) for op in POST for m in ("positive", "negative")]
-                         + [(op, "positive") for op in GET])
+@pytest.mark.parametrize(
+    "label, mode", [(op, m) for op in POST for m in ("positive", "negative")] + [(op, "positive") for op in GET]
+)
 def test_fuzzed_requests_never_get_a_server_error(served, label, mode):
     engine, _, schema = served
     operation = schema.find_operation_by_label(label)
@@ -44,8 +45,9 @@ def test_fuzzed_requests_never_get_a_server_error(served, label, mode):
     strategy = operation.as_strategy(generation_mode=schemathesis.GenerationMode(mode))
     failed_before = engine.metrics.counter_value("finished_total", reason="internal")
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(case=strategy)
     def fuzz(case) -> None:
         if isinstance(case.body, dict) and "model" in case.body:
@@ -56,18 +58,25 @@ def test_fuzzed_requests_never_get_a_server_error(served, label, mode):
     assert engine.metrics.counter_value("finished_total", reason="internal") == failed_before  # no step failed
 
 
-@pytest.mark.parametrize("path, body, status", [
-    # seeds beyond 64 bits overflowed torch.Generator.manual_seed
-    ("/v1/chat/completions", {"seed": 2**70, "temperature": 1}, 400),
-    ("/invocations", {"inputs": "hello", "parameters": {"seed": -(2**70), "do_sample": True, "temperature": 1}}, 400),
-    # logits / 1e-38 overflowed to inf and softmax gave NaN; a top_p that rounds to 0 in float32 dropped every token
-    ("/v1/chat/completions", {"temperature": 1.1754943508222875e-38}, 200),
-    ("/v1/chat/completions", {"temperature": 2, "top_p": 5e-324, "stream": True}, 200),
-    # lone surrogate escapes are valid JSON but not text: the tokenizer (and JSON error replies) failed on them
-    ("/v1/completions", {"prompt": "a\udaaa b", "max_tokens": 3}, 400),
-    ("/invocations", {"inputs": "a\udaaa b"}, 400),
-    ("/v1/chat/completions", {"model": "\udaaa"}, 400),
-])
+@pytest.mark.parametrize(
+    "path, body, status",
+    [
+        # seeds beyond 64 bits overflowed torch.Generator.manual_seed
+        ("/v1/chat/completions", {"seed": 2**70, "temperature": 1}, 400),
+        (
+            "/invocations",
+            {"inputs": "hello", "parameters": {"seed": -(2**70), "do_sample": True, "temperature": 1}},
+            400,
+        ),
+        # logits / 1e-38 overflowed to inf and softmax gave NaN; a top_p that rounds to 0 in float32 dropped every token
+        ("/v1/chat/completions", {"temperature": 1.1754943508222875e-38}, 200),
+        ("/v1/chat/completions", {"temperature": 2, "top_p": 5e-324, "stream": True}, 200),
+        # lone surrogate escapes are valid JSON but not text: the tokenizer (and JSON error replies) failed on them
+        ("/v1/completions", {"prompt": "a\udaaa b", "max_tokens": 3}, 400),
+        ("/invocations", {"inputs": "a\udaaa b"}, 400),
+        ("/v1/chat/completions", {"model": "\udaaa"}, 400),
+    ],
+)
 def test_requests_that_once_got_a_500(served, path, body, status):
     import json
 

@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
+from slmkit.config.synth import BudgetConfig, SynthConfig, TeacherConfig
 from slmkit.errors import SlmError
 from slmkit.synth.cache import CachedReply, SynthCache, cache_key, default_cache_path
-from slmkit.config.synth import BudgetConfig, SynthConfig, TeacherConfig
 from slmkit.synth.stage import plan
 from slmkit.synth.teacher import FatalCallError, LocalBackend, Request, Teacher, TransientError
 
@@ -19,12 +19,19 @@ SAMPLING = {"temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "seed": 0}
 
 def test_key_changes_with_every_input_and_only_those():
     base = cache_key("openai", "m", SAMPLING, MSGS, None)
-    assert base == cache_key("openai", "m", dict(SAMPLING), [dict(m, name="x") for m in MSGS], None)  # extra keys ignored
-    variants = [cache_key("local", "m", SAMPLING, MSGS), cache_key("openai", "m2", SAMPLING, MSGS),
-                cache_key("openai", "m", SAMPLING, MSGS, "json"),
-                cache_key("openai", "m", SAMPLING, [MSGS[0], {"role": "user", "content": "hello!"}])]
-    variants += [cache_key("openai", "m", {**SAMPLING, k: v}, MSGS)
-                 for k, v in (("temperature", 0.0), ("top_p", 0.9), ("max_tokens", 65), ("seed", 1))]
+    assert base == cache_key(
+        "openai", "m", dict(SAMPLING), [dict(m, name="x") for m in MSGS], None
+    )  # extra keys ignored
+    variants = [
+        cache_key("local", "m", SAMPLING, MSGS),
+        cache_key("openai", "m2", SAMPLING, MSGS),
+        cache_key("openai", "m", SAMPLING, MSGS, "json"),
+        cache_key("openai", "m", SAMPLING, [MSGS[0], {"role": "user", "content": "hello!"}]),
+    ]
+    variants += [
+        cache_key("openai", "m", {**SAMPLING, k: v}, MSGS)
+        for k, v in (("temperature", 0.0), ("top_p", 0.9), ("max_tokens", 65), ("seed", 1))
+    ]
     assert len({base, *variants}) == 1 + len(variants)
 
 
@@ -114,8 +121,9 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after(tmp_path):
 
 
 def test_local_backend_batches_caches_and_respects_max_calls(tmp_path, tiny_model_dir):
-    cfg = TeacherConfig(backend="local", model=str(tiny_model_dir), api_key_env=None, concurrency=2, max_tokens=4,
-                        temperature=0.0)
+    cfg = TeacherConfig(
+        backend="local", model=str(tiny_model_dir), api_key_env=None, concurrency=2, max_tokens=4, temperature=0.0
+    )
     t = Teacher(cfg, BudgetConfig(max_calls=3), SynthCache(tmp_path / "c.sqlite"))
     t.preflight()
     out = t.complete(reqs(5))
@@ -131,9 +139,13 @@ def test_local_backend_batches_caches_and_respects_max_calls(tmp_path, tiny_mode
 def test_dry_run_counts_planned_and_cached_calls_without_a_teacher(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\nb\nc\nd\n")
-    cfg = SynthConfig.model_validate({"teacher": {"model": "m", "api_key_env": "SLM_UNSET_KEY", "base_url": "http://127.0.0.1:9"},
-                                      "cache": "run", "recipes": [{"type": "respond", "prompts": "p.txt"},
-                                                                  {"type": "judge", "min_score": 3}]})
+    cfg = SynthConfig.model_validate(
+        {
+            "teacher": {"model": "m", "api_key_env": "SLM_UNSET_KEY", "base_url": "http://127.0.0.1:9"},
+            "cache": "run",
+            "recipes": [{"type": "respond", "prompts": "p.txt"}, {"type": "judge", "min_score": 3}],
+        }
+    )
     p = plan(cfg, tmp_path / "run", tmp_path)
     assert (p["calls"], p["cached"], p["more_at_most"]) == (4, 0, 4)
     t = Teacher(cfg.teacher, cfg.budget, SynthCache(tmp_path / "run" / "synth" / "cache.sqlite"), backend=Scripted())

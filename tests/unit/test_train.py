@@ -8,13 +8,16 @@ import shutil
 import pytest
 import torch
 
-from slmkit.errors import SlmError
 from slmkit.encoding import IGNORE, batch_order, collate, encode_chat, prompt_messages
+from slmkit.errors import SlmError
 from slmkit.train.losses import assistant_ce_loss
 from tests.conftest import make_tiny_tokenizer, read_json, tiny_config
 
-MSGS = [{"role": "system", "content": "classify request"}, {"role": "user", "content": "play some music"},
-        {"role": "assistant", "content": "play_music"}]
+MSGS = [
+    {"role": "system", "content": "classify request"},
+    {"role": "user", "content": "play some music"},
+    {"role": "assistant", "content": "play_music"},
+]
 
 
 def test_only_assistant_tokens_are_labelled():
@@ -45,13 +48,20 @@ def test_batch_order_is_deterministic_covers_all_rows_and_groups_lengths():
     assert a == b and a != batch_order(lengths, 8, seed=3, epoch=1)
     assert sorted(i for batch in a for i in batch) == list(range(300))
     spread = sum(max(lengths[i] for i in bt) - min(lengths[i] for i in bt) for bt in a) / len(a)
-    random_spread = sum(max(lengths[i] for i in range(k, k + 8)) - min(lengths[i] for i in range(k, k + 8))
-                        for k in range(0, 296, 8)) / 37
+    random_spread = (
+        sum(
+            max(lengths[i] for i in range(k, k + 8)) - min(lengths[i] for i in range(k, k + 8))
+            for k in range(0, 296, 8)
+        )
+        / 37
+    )
     assert spread < random_spread / 3  # length grouping removes most padding
 
 
 def test_collate_pads_right_and_masks():
-    batch = collate([{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [5], "labels": [IGNORE]}], pad_id=2)
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [5], "labels": [IGNORE]}], pad_id=2
+    )
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 2, 2]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[IGNORE, 6, 7], [IGNORE, IGNORE, IGNORE]]
@@ -62,7 +72,10 @@ def test_fast_loss_equals_transformers_loss(tiny_model_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tok = make_tiny_tokenizer()
-    exs = [encode_chat(tok, MSGS, 64), encode_chat(tok, MSGS[:2] + [{"role": "assistant", "content": "alarm weather"}], 64)]
+    exs = [
+        encode_chat(tok, MSGS, 64),
+        encode_chat(tok, MSGS[:2] + [{"role": "assistant", "content": "alarm weather"}], 64),
+    ]
     batch = collate(exs, tok.pad_token_id)
     ours, n = assistant_ce_loss(model, **batch)
     reference = model(**batch).loss  # HF shifts labels and averages over non-ignored tokens the same way
@@ -76,7 +89,15 @@ def test_lora_targets_auto_and_bad_name(tiny_model_dir):
     from slmkit.train.loop import find_lora_targets
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    assert find_lora_targets(model, "auto") == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert find_lora_targets(model, "auto") == [
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     with pytest.raises(SlmError) as e:
         find_lora_targets(model, ["q_proj", "query_key_value"])
     assert "query_key_value" in e.value.message and "q_proj" in e.value.hint

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import slmkit.train.losses as losses
 import slmkit.train.speed as speed
-from slmkit.errors import SlmError
 from slmkit.encoding import IGNORE, collate, encode_chat
+from slmkit.errors import SlmError
 from slmkit.train.losses import assistant_ce_loss, linear_cross_entropy
 from tests.conftest import make_tiny_tokenizer, tiny_config
 
@@ -30,8 +30,10 @@ def peft_model(tiny_model_dir, dropout: float = 0.0, target_modules="all-linear"
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=target_modules))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=target_modules),
+    )
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)  # make the adapters matter
@@ -165,8 +167,16 @@ def test_compiled_training_builds_its_graphs_up_front_and_trains(tmp_path, tiny_
     for compiled in (False, True):
         # fp32: eager and compiled runs then agree to 1e-4 (under bf16 autocast, e.g. `auto` on an AMX CPU, the
         # compiled kernels round differently and 6 steps at this lr drift apart by a few percent)
-        cfg = tiny_config(tmp_path / str(compiled), tiny_model_dir, tiny_csv, compile=compiled, max_steps=6, lr=5e-2,
-                          warmup_ratio=0.0, dtype="float32")
+        cfg = tiny_config(
+            tmp_path / str(compiled),
+            tiny_model_dir,
+            tiny_csv,
+            compile=compiled,
+            max_steps=6,
+            lr=5e-2,
+            warmup_ratio=0.0,
+            dtype="float32",
+        )
         run = RunDir.of(cfg).root
         prepare(cfg, run / "data")
         torch._dynamo.reset()

@@ -13,8 +13,15 @@ from tests.conftest import tiny_config
 
 
 def _validator(every=None, patience=3) -> Validator:
-    return Validator(prompts=[[{"role": "user", "content": "x"}]], refs=["a"], task="classification", max_new_tokens=4,
-                     batch_size=1, every=every, patience=patience)
+    return Validator(
+        prompts=[[{"role": "user", "content": "x"}]],
+        refs=["a"],
+        task="classification",
+        max_new_tokens=4,
+        batch_size=1,
+        every=every,
+        patience=patience,
+    )
 
 
 def test_auto_interval_keeps_validation_under_a_tenth_of_training():
@@ -27,11 +34,11 @@ def test_auto_interval_keeps_validation_under_a_tenth_of_training():
 
 def test_ties_go_to_the_later_step_and_only_gains_reset_patience():
     v = _validator(every=5, patience=2)
-    assert v.record(5, 0.2, 1, 100, 1)          # first: best
-    assert v.record(10, 0.5, 1, 100, 1)         # gain
-    assert v.record(15, 0.5, 1, 100, 1)         # tie: the later step becomes the best, but it is no gain
+    assert v.record(5, 0.2, 1, 100, 1)  # first: best
+    assert v.record(10, 0.5, 1, 100, 1)  # gain
+    assert v.record(15, 0.5, 1, 100, 1)  # tie: the later step becomes the best, but it is no gain
     assert v.best == {"step": 15, "value": 0.5} and v.since_best == 1 and not v.should_stop
-    assert not v.record(20, 0.4, 1, 100, 1)     # worse: kept step 15
+    assert not v.record(20, 0.4, 1, 100, 1)  # worse: kept step 15
     assert v.best["step"] == 15 and v.should_stop
 
 
@@ -50,8 +57,9 @@ def test_training_stops_on_a_plateau_and_keeps_the_best_weights(tmp_path, tiny_m
 
     scores = iter([0.1, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5])  # best at the 2nd validation, then a plateau below it
     monkeypatch.setattr(validate.Validator, "score", lambda self, model, tok, autocast: next(scores))
-    cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, max_steps=20, eval_steps=2, early_stopping_patience=3,
-                      dtype="float32")
+    cfg = tiny_config(
+        tmp_path, tiny_model_dir, tiny_csv, max_steps=20, eval_steps=2, early_stopping_patience=3, dtype="float32"
+    )
     run = RunDir.of(cfg).root
     prepare(cfg, run / "data")
     summary = train(cfg, run, show_progress=False)
@@ -70,8 +78,9 @@ def test_training_stops_on_a_plateau_and_keeps_the_best_weights(tmp_path, tiny_m
     (run / "train" / "manifest.json").write_text(json.dumps({"summary": summary}))
     series = read_val_series({"tiny": run})
     assert series == {"tiny val accuracy": [(h["step"], h["value"]) for h in summary["val_history"]]}
-    html = render_report({"task": "classification", "n": 1, "models": {"trained": {"accuracy": 1.0}}}, [],
-                         val_series=series)
+    html = render_report(
+        {"task": "classification", "n": 1, "models": {"trained": {"accuracy": 1.0}}}, [], val_series=series
+    )
     assert "Validation during training" in html and "alt='validation metric curves'" in html
 
 

@@ -60,8 +60,14 @@ class Cleaner:
     finish(); as a context manager it closes on exit and finishes when no error was raised.
     """
 
-    def __init__(self, cfg: CleanConfig, tok: Any, report: Report, base_dir: str | None = None,
-                 spill_dir: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: CleanConfig,
+        tok: Any,
+        report: Report,
+        base_dir: str | None = None,
+        spill_dir: str | Path | None = None,
+    ):
         self.cfg, self.tok, self.report, self.base_dir, self.spill_dir = cfg, tok, report, base_dir, spill_dir
         self.counts: list[tuple[str, list[int]]] = []
         self._stages: list[Callable] | None = None
@@ -90,8 +96,9 @@ class Cleaner:
         if cfg.pii.enabled:
             stages.append((f"pii_{cfg.pii.action}", lambda b: pii_batch(b, cfg.pii, self.report.pii)))
         exact = ExactDedup() if cfg.dedup.exact else None
-        stages.append(("exact_dedup" if exact else "",
-                       lambda b: (exact.filter(refresh_ids(b)) if exact else refresh_ids(b), 0)))
+        stages.append(
+            ("exact_dedup" if exact else "", lambda b: (exact.filter(refresh_ids(b)) if exact else refresh_ids(b), 0))
+        )
         if cfg.dedup.near:
             d = cfg.dedup
             self._near = NearDedup(d.threshold, d.num_perm, d.ngram, d.seed, self.spill_dir)

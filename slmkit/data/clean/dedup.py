@@ -34,8 +34,9 @@ def texts_of(rec: Record, roles: tuple[str, ...] = ("user", "assistant")) -> lis
     """The contents that carry the record's meaning: user/assistant turns (not the shared system prompt)."""
     if "text" in rec:
         return [rec["text"]]
-    return [m["content"] for m in rec["messages"] if m["role"] in roles] + \
-        ([rec["rejected"]] if rec.get("rejected") and "assistant" in roles else [])
+    return [m["content"] for m in rec["messages"] if m["role"] in roles] + (
+        [rec["rejected"]] if rec.get("rejected") and "assistant" in roles else []
+    )
 
 
 def near_text(rec: Record) -> str:
@@ -44,6 +45,7 @@ def near_text(rec: Record) -> str:
 
 
 # ----------------------------------------------------------------------------- exact
+
 
 def id_key(record_id: str) -> int:
     """The first 64 bits of a hex record id (sha1): the exact-dedup key."""
@@ -85,16 +87,17 @@ def dedup_records(records: list[Record]) -> tuple[list[Record], int]:
 
 # ----------------------------------------------------------------------------- near (MinHash LSH)
 
+
 def shingles(text: str, n: int, kind: str = "words") -> set[bytes]:
     """The n-grams MinHash compares: lower-cased word n-grams (a text shorter than n words is one shingle), or with
     kind="chars" character n-grams of the lower-cased text with runs of white space made one space."""
     if kind == "chars":
         t = _SPACES.sub(" ", text.lower()).strip()
-        return {t[i:i + n].encode() for i in range(max(len(t) - n + 1, 1))}
+        return {t[i : i + n].encode() for i in range(max(len(t) - n + 1, 1))}
     words = _WORD.findall(text.lower())
     if len(words) <= n:
         return {" ".join(words).encode()}
-    return {" ".join(words[i:i + n]).encode() for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
 class NearDedup:
@@ -107,8 +110,15 @@ class NearDedup:
     Close it (or use it in a `with`) to remove its signature file.
     """
 
-    def __init__(self, threshold: float, num_perm: int, ngram: int, seed: int, spill_dir: str | Path | None = None,
-                 shingle: str = "words"):
+    def __init__(
+        self,
+        threshold: float,
+        num_perm: int,
+        ngram: int,
+        seed: int,
+        spill_dir: str | Path | None = None,
+        shingle: str = "words",
+    ):
         from datasketch import MinHashLSH
 
         if shingle not in ("words", "chars"):
@@ -145,7 +155,7 @@ class NearDedup:
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
         """[rows, b] 64-bit hashes of each band of r values (band number mixed in)."""
         m = sigs.shape[0]
-        vals = sigs[:, :self.b * self.r].reshape(m, self.b, self.r).astype(np.uint64)
+        vals = sigs[:, : self.b * self.r].reshape(m, self.b, self.r).astype(np.uint64)
         h = np.broadcast_to(self._band_seeds, (m, self.b)).copy()
         for j in range(self.r):
             h = (h ^ vals[:, :, j]) * np.uint64(0x100000001B3)
@@ -229,8 +239,9 @@ class NearDedup:
             return
         rows = np.asarray(kept_rows)
         raw = b"".join(ids[i].encode("ascii")[:ID_BYTES].ljust(ID_BYTES) for i in kept_rows)
-        blob = np.concatenate([sigs[rows].view(np.uint8), np.frombuffer(raw, np.uint8).reshape(len(rows), ID_BYTES)],
-                              axis=1)
+        blob = np.concatenate(
+            [sigs[rows].view(np.uint8), np.frombuffer(raw, np.uint8).reshape(len(rows), ID_BYTES)], axis=1
+        )
         os.pwrite(self._spill.fileno(), blob.tobytes(), self.kept * self._row_bytes)
         numbers = np.repeat(np.arange(self.kept, self.kept + len(rows), dtype=np.int32), self.b)
         self.bands.insert(keys[rows].ravel(), numbers)
@@ -239,12 +250,13 @@ class NearDedup:
 
 # ----------------------------------------------------------------------------- decontamination
 
+
 def ngram_hashes(text: str, n: int) -> set[int]:
     """Hashes of the lower-cased word n-grams (the whole text as one when shorter than n words)."""
     words = tuple(_WORD.findall(text.lower()))
     if len(words) < n:
         return {hash(("short",) + words)} if words else set()
-    return {hash(words[i:i + n]) for i in range(len(words) - n + 1)}
+    return {hash(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 class HeldNgrams:
@@ -331,9 +343,11 @@ class HashIndex:
         old_keys, old_vals = self.keys, self.vals
         self._alloc(capacity)
         for start in range(0, old_keys.size, CHUNK):
-            keys = old_keys[start:start + CHUNK]
+            keys = old_keys[start : start + CHUNK]
             used = keys != EMPTY
-            vals = old_vals[start:start + CHUNK][used] if old_vals is not None else np.zeros(int(used.sum()), np.int32)
+            vals = (
+                old_vals[start : start + CHUNK][used] if old_vals is not None else np.zeros(int(used.sum()), np.int32)
+            )
             self._place(keys[used], vals)
 
     def _place(self, keys: np.ndarray, vals: np.ndarray) -> None:

@@ -67,14 +67,22 @@ def _ipv6_ok(s: str) -> bool:
 # Issuer prefixes and lengths of the major card networks (ISO/IEC 7812 IIN ranges as published by the
 # networks): (prefix range low, high, number of prefix digits, allowed lengths).
 _CARD_BRANDS = [
-    (4, 4, 1, (13, 16, 19)),            # Visa
-    (51, 55, 2, (16,)), (2221, 2720, 4, (16,)),  # Mastercard
-    (34, 34, 2, (15,)), (37, 37, 2, (15,)),      # American Express
-    (6011, 6011, 4, (16, 17, 18, 19)), (644, 649, 3, (16, 17, 18, 19)), (65, 65, 2, (16, 17, 18, 19)),  # Discover
-    (300, 305, 3, (14, 15, 16, 17, 18, 19)), (36, 36, 2, (14, 15, 16, 17, 18, 19)), (38, 39, 2, (16, 17, 18, 19)),
+    (4, 4, 1, (13, 16, 19)),  # Visa
+    (51, 55, 2, (16,)),
+    (2221, 2720, 4, (16,)),  # Mastercard
+    (34, 34, 2, (15,)),
+    (37, 37, 2, (15,)),  # American Express
+    (6011, 6011, 4, (16, 17, 18, 19)),
+    (644, 649, 3, (16, 17, 18, 19)),
+    (65, 65, 2, (16, 17, 18, 19)),  # Discover
+    (300, 305, 3, (14, 15, 16, 17, 18, 19)),
+    (36, 36, 2, (14, 15, 16, 17, 18, 19)),
+    (38, 39, 2, (16, 17, 18, 19)),
     (3528, 3589, 4, (16, 17, 18, 19)),  # JCB
-    (62, 62, 2, (16, 17, 18, 19)),      # UnionPay
-    (50, 50, 2, (12, 13, 16, 19)), (56, 58, 2, (12, 13, 16, 19)), (67, 69, 2, (12, 13, 16, 19)),  # Maestro
+    (62, 62, 2, (16, 17, 18, 19)),  # UnionPay
+    (50, 50, 2, (12, 13, 16, 19)),
+    (56, 58, 2, (12, 13, 16, 19)),
+    (67, 69, 2, (12, 13, 16, 19)),  # Maestro
 ]
 
 
@@ -99,23 +107,48 @@ def _phone_ok(s: str) -> bool:
 _DETECTORS: list[tuple[str, re.Pattern, Callable[[str], bool] | None, int]] = [
     ("secret", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"), None, 0),
     ("bearer_token", re.compile(r"\bBearer\s+([A-Za-z0-9\-._~+/]{16,}=*)"), None, 1),  # RFC 6750 b64token
-    ("api_key", re.compile(r"(?<![\w-])(sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{36,}|"
-                           r"github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_\-]{35}|"
-                           r"hf_[A-Za-z0-9]{30,})"), None, 1),
+    (
+        "api_key",
+        re.compile(
+            r"(?<![\w-])(sk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}|gh[pousr]_[A-Za-z0-9]{36,}|"
+            r"github_pat_[A-Za-z0-9_]{22,}|xox[abposr]-[A-Za-z0-9-]{10,}|AIza[0-9A-Za-z_\-]{35}|"
+            r"hf_[A-Za-z0-9]{30,})"
+        ),
+        None,
+        1,
+    ),
     ("aws_key", re.compile(r"(?<![A-Z0-9])((?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[A-Z0-9]{16})(?![A-Z0-9])"), None, 1),
     ("aws_key", re.compile(r"(?i)aws_?secret_?access_?key\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})"), None, 1),
-    ("secret", re.compile(r"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|password|passwd|access[_-]?token|auth[_-]?token)"
-                          r"\s*[:=]\s*[\"']?([^\s\"']{8,})"), None, 1),
+    (
+        "secret",
+        re.compile(
+            r"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|password|passwd|access[_-]?token|auth[_-]?token)"
+            r"\s*[:=]\s*[\"']?([^\s\"']{8,})"
+        ),
+        None,
+        1,
+    ),
     ("email", re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![\w-])"), None, 0),
     ("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), iban_ok, 0),
     ("credit_card", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card_ok, 0),
     ("us_ssn", re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])"), _ssn_ok, 0),
     ("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?!\d|\.\d)"), _ipv4_ok, 0),
-    ("ipv6", re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
-     _ipv6_ok, 0),
+    (
+        "ipv6",
+        re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])"),
+        _ipv6_ok,
+        0,
+    ),
     # International numbers with '+', bracketed area codes, or the NANP 3-3-4 shape; 9-15 digits (ITU-T E.164).
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}|"
-                         r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w])"), _phone_ok, 0),
+    (
+        "phone",
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]\d{2,4}){1,4}|"
+            r"\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}|\d{3}[.-]\d{3}[.-]\d{4})(?![\w])"
+        ),
+        _phone_ok,
+        0,
+    ),
 ]
 
 TYPES = tuple(dict.fromkeys(t for t, *_ in _DETECTORS))
@@ -124,8 +157,10 @@ TYPES = tuple(dict.fromkeys(t for t, *_ in _DETECTORS))
 # Cheap pre-checks: a detector only runs when the text has what every match of it must contain.
 _DIGIT = re.compile(r"\d")
 _NEEDS: dict[str, Callable[[str], bool]] = {
-    "email": lambda t: "@" in t, "ipv6": lambda t: "::" in t or t.count(":") >= 3,
-    "bearer_token": lambda t: "Bearer" in t, "secret": lambda t: "-----BEGIN" in t or "=" in t or ":" in t,
+    "email": lambda t: "@" in t,
+    "ipv6": lambda t: "::" in t or t.count(":") >= 3,
+    "bearer_token": lambda t: "Bearer" in t,
+    "secret": lambda t: "-----BEGIN" in t or "=" in t or ":" in t,
     **{k: lambda t: _DIGIT.search(t) is not None for k in ("iban", "credit_card", "us_ssn", "ipv4", "phone")},
 }
 
@@ -156,7 +191,7 @@ def redact(text: str, types: Iterable[str] | None = None, placeholder: str = "[{
     spans = find_pii(text, types)
     out, last = [], 0
     for s in spans:
-        out += [text[last:s.start], placeholder.format(type=s.type.upper())]
+        out += [text[last : s.start], placeholder.format(type=s.type.upper())]
         last = s.end
     out.append(text[last:])
     return "".join(out), spans

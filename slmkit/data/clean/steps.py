@@ -1,16 +1,16 @@
 """User cleaning steps: Python functions registered by name, named in YAML, run over each batch of records.
 
-    from slmkit.data import register_step
+from slmkit.data import register_step
 
-    @register_step("strip_signature")
-    def strip_signature(record, marker="--"):
-        ...            # edit record["messages"] / record["text"]; return the record, or None to drop it
+@register_step("strip_signature")
+def strip_signature(record, marker="--"):
+    ...            # edit record["messages"] / record["text"]; return the record, or None to drop it
 
-    # build.yaml
-    data:
-      clean:
-        imports: [my_steps.py]          # or a module name on sys.path
-        steps: [{name: strip_signature, params: {marker: "--"}}]
+# build.yaml
+data:
+  clean:
+    imports: [my_steps.py]          # or a module name on sys.path
+    steps: [{name: strip_signature, params: {marker: "--"}}]
 """
 
 from __future__ import annotations
@@ -30,14 +30,18 @@ _STEPS: dict[str, Step] = {}
 
 def register_step(name: str | None = None) -> Callable[[Step], Step]:
     """Decorator: make `fn(record, **params) -> record | None` available as data.clean.steps[].name."""
+
     def deco(fn: Step) -> Step:
         key = name or fn.__name__
         old = _STEPS.get(key)
         if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise SlmError(f"a data step named {key!r} is already registered ({_STEPS[key].__module__})",
-                           "pick another name in @register_step(...)")
+            raise SlmError(
+                f"a data step named {key!r} is already registered ({_STEPS[key].__module__})",
+                "pick another name in @register_step(...)",
+            )
         _STEPS[key] = fn
         return fn
+
     return deco
 
 
@@ -47,8 +51,10 @@ def registered() -> list[str]:
 
 def get_step(name: str) -> Step:
     if name not in _STEPS:
-        raise SlmError(f"data.clean.steps: no step named {name!r} (registered: {', '.join(registered()) or 'none'})",
-                       "decorate the function with @register_step and list its module in data.clean.imports")
+        raise SlmError(
+            f"data.clean.steps: no step named {name!r} (registered: {', '.join(registered()) or 'none'})",
+            "decorate the function with @register_step and list its module in data.clean.imports",
+        )
     return _STEPS[name]
 
 
@@ -69,8 +75,10 @@ def import_steps(imports: list[str], base_dir: str | None = None) -> None:
             try:
                 importlib.import_module(item)
             except ImportError as e:
-                raise SlmError(f"data.clean.imports: cannot import {item!r} ({e})",
-                               "use an importable module name or a path to a .py file") from None
+                raise SlmError(
+                    f"data.clean.imports: cannot import {item!r} ({e})",
+                    "use an importable module name or a path to a .py file",
+                ) from None
 
 
 def run_step(fn: Step, step: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,8 +88,10 @@ def run_step(fn: Step, step: Any, records: list[dict[str, Any]]) -> list[dict[st
         try:
             out = fn(rec, **step.params)
         except TypeError as e:
-            raise SlmError(f"data step {step.name!r} failed on {rec['meta'].get('source')}: {e}",
-                           "check data.clean.steps[].params against the function's arguments") from None
+            raise SlmError(
+                f"data step {step.name!r} failed on {rec['meta'].get('source')}: {e}",
+                "check data.clean.steps[].params against the function's arguments",
+            ) from None
         if out is not None:
             out["meta"].setdefault("transformations", []).append(step.name)
             kept.append(out)

@@ -17,8 +17,17 @@ from slmkit.errors import SlmError
 log = logging.getLogger("slmkit.data")
 
 Rows = list[dict[str, Any]]
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
@@ -47,8 +56,10 @@ def sharegpt(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
         for t in row.get("conversations") or []:
             role = SHAREGPT_ROLES.get(str(t.get("from", "")).lower()) if isinstance(t, dict) else None
             if role is None:
-                raise SlmError(f"{loc}: ShareGPT turn with unknown 'from' {t.get('from') if isinstance(t, dict) else t!r}",
-                               f"use one of {', '.join(SHAREGPT_ROLES)}")
+                raise SlmError(
+                    f"{loc}: ShareGPT turn with unknown 'from' {t.get('from') if isinstance(t, dict) else t!r}",
+                    f"use one of {', '.join(SHAREGPT_ROLES)}",
+                )
             msgs.append({"role": role, "content": str(t.get("value") or "")})
         yield {"messages": msgs}, loc
 
@@ -71,10 +82,15 @@ def squad(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
             for qa in para.get("qas") or []:
                 answers = [a.get("text", "") for a in qa.get("answers") or []]
                 n += 1
-                yield ({"input": f"{context}\n\nQuestion: {qa.get('question', '')}",
-                        "output": answers[0] if answers else "", "title": article.get("title"),
-                        "_group": hashlib.sha1(context.encode("utf-8")).hexdigest()},
-                       f"{loc}&paragraph={p_no}&qa={qa.get('id', n)}")
+                yield (
+                    {
+                        "input": f"{context}\n\nQuestion: {qa.get('question', '')}",
+                        "output": answers[0] if answers else "",
+                        "title": article.get("title"),
+                        "_group": hashlib.sha1(context.encode("utf-8")).hexdigest(),
+                    },
+                    f"{loc}&paragraph={p_no}&qa={qa.get('id', n)}",
+                )
 
 
 def _as_turns(value: Any, role: str) -> list[dict[str, str]]:
@@ -94,8 +110,10 @@ def preference(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:
 def hh_turns(transcript: str) -> list[dict[str, str]]:
     """'\\n\\nHuman: ...\\n\\nAssistant: ...' as messages."""
     parts = _HH_TURN.split("\n\n" + transcript.lstrip("\n") if not transcript.startswith("\n\n") else transcript)
-    return [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
-            for who, text in zip(parts[1::2], parts[2::2])]
+    return [
+        {"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+        for who, text in zip(parts[1::2], parts[2::2])
+    ]
 
 
 def hh(pairs: Pairs) -> Iterator[tuple[dict[str, Any], str]]:

@@ -16,8 +16,16 @@ from slmkit.config.data import FetchConfig, LimitsConfig
 
 from ..report import Report
 
-DOC_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
-                  ".pdf": "pdf", ".html": "html", ".htm": "html"}
+DOC_EXTENSIONS = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".rst": "rst",
+    ".pdf": "pdf",
+    ".html": "html",
+    ".htm": "html",
+}
 _ATX = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _RST_UNDERLINE = re.compile(r"^([=\-~^\"'`#*+:.])\1{2,}\s*$")
@@ -86,7 +94,7 @@ def markdown_sections(text: str) -> list[Section]:
         if m:
             _flush(sections, buf, path)
             level = len(m.group(1))
-            path = path[:level - 1] + [""] * max(0, level - 1 - len(path)) + [m.group(2)]
+            path = path[: level - 1] + [""] * max(0, level - 1 - len(path)) + [m.group(2)]
             buf = [line]
         else:
             buf.append(line)
@@ -102,8 +110,12 @@ def rst_sections(text: str) -> list[Section]:
     while i < len(lines):
         line = lines[i]
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        if line.strip() and not _RST_UNDERLINE.match(line) and _RST_UNDERLINE.match(nxt) \
-                and len(nxt.rstrip()) >= len(line.rstrip()):
+        if (
+            line.strip()
+            and not _RST_UNDERLINE.match(line)
+            and _RST_UNDERLINE.match(nxt)
+            and len(nxt.rstrip()) >= len(line.rstrip())
+        ):
             _flush(sections, buf, path)
             char = nxt.strip()[0]
             if char not in levels:
@@ -151,13 +163,18 @@ def html_sections(html: str, url: str | None = None) -> list[Section]:
     """Main text of an HTML page (trafilatura, boilerplate removed), split at its headings."""
     import trafilatura
 
-    text = trafilatura.extract(html, url=url, output_format="markdown", include_comments=False,
-                               include_tables=True, favor_precision=True) or ""
+    text = (
+        trafilatura.extract(
+            html, url=url, output_format="markdown", include_comments=False, include_tables=True, favor_precision=True
+        )
+        or ""
+    )
     return markdown_sections(text)
 
 
-def read_document(path: Path, kind: str | None = None, limits: LimitsConfig | None = None,
-                  report: Report | None = None) -> Document | None:
+def read_document(
+    path: Path, kind: str | None = None, limits: LimitsConfig | None = None, report: Report | None = None
+) -> Document | None:
     """A document from a file of `kind` (text, markdown, rst, pdf, html; default: what its suffix says, see
     DOC_EXTENSIONS), or None when skipped (the reason goes to `report`, and to the log)."""
     path = Path(path)
@@ -183,7 +200,8 @@ def read_document(path: Path, kind: str | None = None, limits: LimitsConfig | No
         if text is None:
             return None
         sections = {"markdown": markdown_sections, "rst": rst_sections, "html": html_sections}.get(
-            kind, lambda t: [Section(t.strip())])(text)
+            kind, lambda t: [Section(t.strip())]
+        )(text)
     if not sections:
         if kind != "pdf":
             report.skip(where, "no text found")
@@ -192,6 +210,7 @@ def read_document(path: Path, kind: str | None = None, limits: LimitsConfig | No
 
 
 # ----------------------------------------------------------------------------- URLs
+
 
 def _robots_allow(url: str, client, cfg: FetchConfig) -> bool:
     """RFC 9309: a 4xx robots.txt means no rules; an unreachable one (5xx, network) means disallow."""

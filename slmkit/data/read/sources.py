@@ -30,8 +30,13 @@ from .stores import chroma_chunks, hf_rows, is_chroma, is_hf_dataset
 from .tables import EXTENSIONS, iter_table, table_suffix
 
 log = logging.getLogger("slmkit.data")
-SHAPE_TYPES = {"openai": "openai", "sharegpt": "sharegpt", "alpaca": "alpaca", "squad": "squad",
-               "preference": "preference"}
+SHAPE_TYPES = {
+    "openai": "openai",
+    "sharegpt": "sharegpt",
+    "alpaca": "alpaca",
+    "squad": "squad",
+    "preference": "preference",
+}
 
 
 @dataclass
@@ -60,8 +65,11 @@ class SourceResult:
         """A folder's sha256, over the documents and tables that were not skipped, in file order."""
         if self.folder_parts is None:
             return
-        shas = [p if isinstance(p, str) else p.meta["source_sha256"] for p in self.folder_parts
-                if isinstance(p, str) or not p.failed]
+        shas = [
+            p if isinstance(p, str) else p.meta["source_sha256"]
+            for p in self.folder_parts
+            if isinstance(p, str) or not p.failed
+        ]
         self.sha256 = hashlib.sha256("".join(shas).encode()).hexdigest() if shas else None
 
 
@@ -72,13 +80,24 @@ def resolve_sources(cfg: BuildConfig) -> list[SourceConfig]:
         return list(sources)
     d = cfg.data
     if d.path:
-        return [SourceConfig(path=d.path, json_field=d.json_field, columns=d.columns, license=d.license,
-                             type=d.format if d.format != "auto" else "auto")]
+        return [
+            SourceConfig(
+                path=d.path,
+                json_field=d.json_field,
+                columns=d.columns,
+                license=d.license,
+                type=d.format if d.format != "auto" else "auto",
+            )
+        ]
     if os.environ.get("SM_CHANNEL_TRAIN"):
-        log.info("data: no data.path; reading the SageMaker channel SM_CHANNEL_TRAIN=%s", os.environ["SM_CHANNEL_TRAIN"])
+        log.info(
+            "data: no data.path; reading the SageMaker channel SM_CHANNEL_TRAIN=%s", os.environ["SM_CHANNEL_TRAIN"]
+        )
         return [SourceConfig(path=os.environ["SM_CHANNEL_TRAIN"], type="folder")]
-    raise SlmError("data.path is not set",
-                   "set data.path in the config (or --set data.path=FILE) to a file, folder or URL, or list data.sources")
+    raise SlmError(
+        "data.path is not set",
+        "set data.path in the config (or --set data.path=FILE) to a file, folder or URL, or list data.sources",
+    )
 
 
 def is_url(path: str) -> bool:
@@ -98,8 +117,9 @@ def source_kind(src: SourceConfig, path: Path) -> str:
     return DOC_EXTENSIONS.get(path.suffix.lower(), "table")
 
 
-def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
-                chunk: ChunkConfig | None = None) -> SourceResult:
+def read_source(
+    src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report, chunk: ChunkConfig | None = None
+) -> SourceResult:
     """Records and chunks of one source; bad parts are skipped into `report`, a bad whole raises SlmError."""
     chunk = chunk or cfg.data.chunk
     if is_url(src.path):
@@ -111,8 +131,10 @@ def read_source(src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
         return res
     path = resolve_path(cfg, src.path)
     if not path.exists():
-        raise SlmError(f"data file not found: {path}", "check data.path / data.sources[].path "
-                       "(relative paths are resolved from the config file's folder)")
+        raise SlmError(
+            f"data file not found: {path}",
+            "check data.path / data.sources[].path (relative paths are resolved from the config file's folder)",
+        )
     kind = source_kind(src, path)
     res = SourceResult(str(path), kind)
     if kind == "folder":
@@ -140,17 +162,34 @@ def _data_cfg(src: SourceConfig, cfg: BuildConfig):
     return cfg.data.model_copy(update={"columns": src.columns, "json_field": src.json_field, "format": fmt})
 
 
-def _add_table(res: SourceResult, path: Path, src: SourceConfig, cfg: BuildConfig, report: Report,
-               rows: RowsFn | None = None, skip_as: str | None = None) -> TableStream:
+def _add_table(
+    res: SourceResult,
+    path: Path,
+    src: SourceConfig,
+    cfg: BuildConfig,
+    report: Report,
+    rows: RowsFn | None = None,
+    skip_as: str | None = None,
+) -> TableStream:
     """Open one table of the source (scan pass, column pick); its records stream later from table.batches()."""
     data_cfg = _data_cfg(src, cfg)
     if rows is None:
         limit, sheet = cfg.data.limits.max_line_chars, src.sheet
         rows = lambda rep: iter_table(path, data_cfg, rep, limit, sheet)  # noqa: E731
-    meta = {"source_sha256": sha256_file(path) if path.is_file() else res.sha256,
-            "license": src.license or find_license(path)}
-    table = TableStream(str(path), rows, SHAPE_TYPES.get(src.type, "auto"), data_cfg, cfg.data.max_rows or None, meta,
-                        user_steps=bool(cfg.data.clean.steps), skip_as=skip_as)
+    meta = {
+        "source_sha256": sha256_file(path) if path.is_file() else res.sha256,
+        "license": src.license or find_license(path),
+    }
+    table = TableStream(
+        str(path),
+        rows,
+        SHAPE_TYPES.get(src.type, "auto"),
+        data_cfg,
+        cfg.data.max_rows or None,
+        meta,
+        user_steps=bool(cfg.data.clean.steps),
+        skip_as=skip_as,
+    )
     table.scan(report)
     res.rows_in += table.rows_in
     table.prepare()
@@ -167,9 +206,12 @@ def _add_document(res: SourceResult, doc: Document, license_: str | None, tok: A
     res.rows_in += 1
 
 
-def _read_folder(res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report,
-                 chunk: ChunkConfig) -> None:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts))
+def _read_folder(
+    res: SourceResult, folder: Path, src: SourceConfig, cfg: BuildConfig, tok: Any, report: Report, chunk: ChunkConfig
+) -> None:
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.relative_to(folder).parts)
+    )
     limits = cfg.data.limits
     if not files:
         report.skip(str(folder), "empty folder (no files)")
@@ -201,7 +243,9 @@ def source_fingerprint(cfg: BuildConfig) -> str:
             continue
         path = resolve_path(cfg, src.path)
         if not path.exists():
-            raise SlmError(f"data file not found: {path}", "check data.path (relative paths are from the config file's folder)")
+            raise SlmError(
+                f"data file not found: {path}", "check data.path (relative paths are from the config file's folder)"
+            )
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for f in files:
             h.update(str(f.relative_to(path) if f != path else f.name).encode())
@@ -213,8 +257,9 @@ def find_license(path: Path, configured: str | None = None) -> str | None:
     """`data.license`, else the first line of a LICENSE*/LICENCE* file beside the data (with its name), else None."""
     if configured:
         return configured
-    candidates = sorted(p for p in path.parent.iterdir()
-                        if p.is_file() and p.name.lower().startswith(("license", "licence")))
+    candidates = sorted(
+        p for p in path.parent.iterdir() if p.is_file() and p.name.lower().startswith(("license", "licence"))
+    )
     for cand in candidates:
         text = cand.read_text(encoding="utf-8", errors="replace")
         first = next((line.strip() for line in text.splitlines() if line.strip()), "")

@@ -28,8 +28,10 @@ def hf_rows(path: Path, src: SourceConfig) -> Iterator[tuple[dict[str, Any], str
     try:
         ds = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError, OSError) as e:
-        raise SlmError(f"{path}: not a dataset saved with save_to_disk ({str(e)[:160]})",
-                       "save it with Dataset.save_to_disk(PATH), or point at a file") from None
+        raise SlmError(
+            f"{path}: not a dataset saved with save_to_disk ({str(e)[:160]})",
+            "save it with Dataset.save_to_disk(PATH), or point at a file",
+        ) from None
     split = None
     if isinstance(ds, datasets.DatasetDict):
         split = src.split or ("train" if "train" in ds else next(iter(ds)))

@@ -26,10 +26,20 @@ from ..report import Report
 
 log = logging.getLogger("slmkit.data")
 
-EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
-              ".parquet": "parquet", ".xlsx": "excel", ".xlsm": "excel"}
-SUPPORTED = ("CSV (.csv), TSV (.tsv), JSON (.json), JSONL (.jsonl), Parquet (.parquet), Excel (.xlsx), "
-             "any of these gzipped (.gz)")
+EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".xlsx": "excel",
+    ".xlsm": "excel",
+}
+SUPPORTED = (
+    "CSV (.csv), TSV (.tsv), JSON (.json), JSONL (.jsonl), Parquet (.parquet), Excel (.xlsx), "
+    "any of these gzipped (.gz)"
+)
 DEFAULT_MAX_LINE = 1_000_000
 # CLINC150 stores rows as bare [text, label] pairs; these names feed column auto-detection.
 PAIR_COLUMNS = ("text", "label")
@@ -43,8 +53,10 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
         return fmt
     ext = table_suffix(path)
     if ext not in EXTENSIONS:
-        raise SlmError(f"{path}: unsupported file extension {ext or '(none)'!r}; supported: {SUPPORTED}",
-                       "rename the file or set data.format to csv, tsv, json or jsonl")
+        raise SlmError(
+            f"{path}: unsupported file extension {ext or '(none)'!r}; supported: {SUPPORTED}",
+            "rename the file or set data.format to csv, tsv, json or jsonl",
+        )
     return EXTENSIONS[ext]
 
 
@@ -61,18 +73,22 @@ def _open_bytes(path: Path) -> bytes:
         try:
             raw = gzip.decompress(raw)
         except (OSError, EOFError) as e:
-            raise SlmError(f"{path}: not a valid gzip file ({e})", "re-create it with gzip, or drop the .gz suffix") from None
+            raise SlmError(
+                f"{path}: not a valid gzip file ({e})", "re-create it with gzip, or drop the .gz suffix"
+            ) from None
     return raw
 
 
 def _check_path(path: Path) -> None:
     """Refuse a folder or a missing file."""
     if path.is_dir():
-        raise SlmError(f"data.path {path} is a directory, not a file",
-                       "point data.path at one CSV/TSV/JSON/JSONL file inside it")
+        raise SlmError(
+            f"data.path {path} is a directory, not a file", "point data.path at one CSV/TSV/JSON/JSONL file inside it"
+        )
     if not path.is_file():
-        raise SlmError(f"data file not found: {path}",
-                       "check data.path; relative paths are resolved from the config file's folder")
+        raise SlmError(
+            f"data file not found: {path}", "check data.path; relative paths are resolved from the config file's folder"
+        )
 
 
 def _check_file(path: Path) -> bytes:
@@ -89,9 +105,11 @@ def _decode(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise SlmError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})",
-                       "re-save the file as UTF-8 (e.g. 'Save as... > CSV UTF-8' or `iconv -t UTF-8`)") from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise SlmError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})",
+            "re-save the file as UTF-8 (e.g. 'Save as... > CSV UTF-8' or `iconv -t UTF-8`)",
+        ) from None
 
 
 def _normalize(obj: Any, locator: str) -> dict[str, Any]:
@@ -100,8 +118,10 @@ def _normalize(obj: Any, locator: str) -> dict[str, Any]:
         return {str(k): v for k, v in obj.items()}
     if isinstance(obj, list) and len(obj) == 2:
         return dict(zip(PAIR_COLUMNS, obj))
-    raise SlmError(f"{locator}: expected an object or a [text, label] pair, got {type(obj).__name__}",
-                   "each row must be a JSON object like {\"text\": ..., \"label\": ...}")
+    raise SlmError(
+        f"{locator}: expected an object or a [text, label] pair, got {type(obj).__name__}",
+        'each row must be a JSON object like {"text": ..., "label": ...}',
+    )
 
 
 def _iter_delimited(path: Path, delimiter: str) -> Iterator[tuple[dict[str, Any], str]]:
@@ -116,13 +136,17 @@ def _iter_delimited(path: Path, delimiter: str) -> Iterator[tuple[dict[str, Any]
                     continue  # blank line
                 n += 1
                 if len(record) > len(header):
-                    raise SlmError(f"{path}: row {n} (line {reader.line_num}) has {len(record)} fields "
-                                   f"but the header has {len(header)}",
-                                   "quote fields that contain the delimiter, e.g. \"hello, world\"")
+                    raise SlmError(
+                        f"{path}: row {n} (line {reader.line_num}) has {len(record)} fields "
+                        f"but the header has {len(header)}",
+                        'quote fields that contain the delimiter, e.g. "hello, world"',
+                    )
                 yield dict(zip(header, record)), f"{path}#row={n}"
         except csv.Error as e:
-            raise SlmError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})",
-                           "check quoting on that line") from None
+            raise SlmError(
+                f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})",
+                "check quoting on that line",
+            ) from None
         except UnicodeDecodeError:
             _decode(path, _open_bytes(path))  # raises the error with its line and offset
             raise
@@ -142,7 +166,7 @@ def _open_text(path: Path):
 def _has_content(path: Path) -> bool:
     """Whether the file (gunzipped for .gz) has anything but whitespace, read a block at a time."""
     try:
-        with (gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb") as f:
             while block := f.read(1 << 16):
                 if block.strip():
                     return True
@@ -156,19 +180,25 @@ def _pick_json_list(path: Path, data: Any, json_field: str | None) -> list:
     """The list of rows inside a parsed JSON document."""
     if isinstance(data, list):
         if json_field:
-            raise SlmError(f"{path}: data.json_field is {json_field!r} but the top level is already a list",
-                           "unset data.json_field")
+            raise SlmError(
+                f"{path}: data.json_field is {json_field!r} but the top level is already a list",
+                "unset data.json_field",
+            )
         return data
     if not isinstance(data, dict):
-        raise SlmError(f"{path}: top level is a {type(data).__name__}, expected a list of rows or an object",
-                       "store rows as a JSON list, or as a list under one key")
+        raise SlmError(
+            f"{path}: top level is a {type(data).__name__}, expected a list of rows or an object",
+            "store rows as a JSON list, or as a list under one key",
+        )
     if json_field:
         return _lookup_field(path, data, json_field)
     lists = [k for k, v in data.items() if isinstance(v, list)]
     if len(lists) != 1:
         found = ", ".join(lists) if lists else "none"
-        raise SlmError(f"{path}: cannot tell which key holds the rows (keys with a list: {found})",
-                       "set data.json_field to the key holding the list of rows")
+        raise SlmError(
+            f"{path}: cannot tell which key holds the rows (keys with a list: {found})",
+            "set data.json_field to the key holding the list of rows",
+        )
     log.info("%s: using the list under key %r (the only list at the top level)", path, lists[0])
     return data[lists[0]]
 
@@ -182,12 +212,16 @@ def _lookup_field(path: Path, data: dict, field: str) -> list:
         for part in field.split("."):
             if not isinstance(node, dict) or part not in node:
                 keys = ", ".join(map(str, node)) if isinstance(node, dict) else "none"
-                raise SlmError(f"{path}: data.json_field {field!r} not found (available keys: {keys})",
-                               "set data.json_field to the key holding the list of rows")
+                raise SlmError(
+                    f"{path}: data.json_field {field!r} not found (available keys: {keys})",
+                    "set data.json_field to the key holding the list of rows",
+                )
             node = node[part]
     if not isinstance(node, list):
-        raise SlmError(f"{path}: data.json_field {field!r} holds a {type(node).__name__}, not a list of rows",
-                       "point data.json_field at the list of rows")
+        raise SlmError(
+            f"{path}: data.json_field {field!r} holds a {type(node).__name__}, not a list of rows",
+            "point data.json_field at the list of rows",
+        )
     return node
 
 
@@ -197,8 +231,10 @@ def _iter_json(path: Path, json_field: str | None) -> Iterator[tuple[dict[str, A
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SlmError(f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})",
-                       "fix the JSON syntax there; a file with one object per line should be named .jsonl") from None
+        raise SlmError(
+            f"{path}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})",
+            "fix the JSON syntax there; a file with one object per line should be named .jsonl",
+        ) from None
     del text
     for i, obj in enumerate(_pick_json_list(path, data, json_field), 1):
         loc = f"{path}#row={i}"
@@ -219,21 +255,26 @@ def _jsonl_lines(path: Path, f, report: Report, max_line: int) -> Iterator[tuple
     """Parse JSONL lines from an open binary file."""
     for lineno, raw in enumerate(f, 1):
         if len(raw) > max_line:
-            report.skip(f"{path}#line={lineno}", f"line too long ({len(raw)} bytes; data.limits.max_line_chars "
-                        f"is {max_line})")
+            report.skip(
+                f"{path}#line={lineno}", f"line too long ({len(raw)} bytes; data.limits.max_line_chars is {max_line})"
+            )
             continue
         try:
             line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as e:
-            raise SlmError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x})",
-                           "re-save the file as UTF-8 (e.g. `iconv -t UTF-8`)") from None
+            raise SlmError(
+                f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x})",
+                "re-save the file as UTF-8 (e.g. `iconv -t UTF-8`)",
+            ) from None
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SlmError(f"{path}:{lineno}: malformed JSON line ({e.msg})",
-                           "fix or remove that line; each line must be one JSON object") from None
+            raise SlmError(
+                f"{path}:{lineno}: malformed JSON line ({e.msg})",
+                "fix or remove that line; each line must be one JSON object",
+            ) from None
         loc = f"{path}#line={lineno}"
         yield _normalize(obj, loc), loc
 
@@ -251,7 +292,9 @@ def _iter_parquet(path: Path) -> Iterator[tuple[dict[str, Any], str]]:
                 n += 1
                 yield row, f"{path}#row={n}"
     except (pa.ArrowException, OSError) as e:
-        raise SlmError(f"{path}: cannot read Parquet ({str(e)[:200]})", "check the file is a complete Parquet file") from None
+        raise SlmError(
+            f"{path}: cannot read Parquet ({str(e)[:200]})", "check the file is a complete Parquet file"
+        ) from None
 
 
 def _iter_excel(path: Path, sheet: str | None) -> Iterator[tuple[dict[str, Any], str]]:
@@ -281,8 +324,13 @@ def _iter_excel(path: Path, sheet: str | None) -> Iterator[tuple[dict[str, Any],
         wb.close()
 
 
-def iter_table(path: str | Path, data: DataConfig | None = None, report: Report | None = None,
-               max_line: int = DEFAULT_MAX_LINE, sheet: str | None = None) -> Iterator[tuple[dict[str, Any], str]]:
+def iter_table(
+    path: str | Path,
+    data: DataConfig | None = None,
+    report: Report | None = None,
+    max_line: int = DEFAULT_MAX_LINE,
+    sheet: str | None = None,
+) -> Iterator[tuple[dict[str, Any], str]]:
     """(row, locator) pairs of a table file, read as they are needed; JSON documents are parsed whole.
 
     Over-long JSONL lines go to `report` as skips; a file without rows raises SlmError once read to the end.
@@ -310,8 +358,13 @@ def iter_table(path: str | Path, data: DataConfig | None = None, report: Report 
         raise SlmError(f"data file has no rows: {path}", "add data rows below the header / inside the list")
 
 
-def read_table(path: str | Path, data: DataConfig | None = None, report: Report | None = None,
-               max_line: int = DEFAULT_MAX_LINE, sheet: str | None = None) -> tuple[Rows, list[str]]:
+def read_table(
+    path: str | Path,
+    data: DataConfig | None = None,
+    report: Report | None = None,
+    max_line: int = DEFAULT_MAX_LINE,
+    sheet: str | None = None,
+) -> tuple[Rows, list[str]]:
     """Rows of a table file and a locator for each; over-long JSONL lines go to `report` as skips."""
     pairs = list(iter_table(path, data, report, max_line, sheet))
     return [row for row, _ in pairs], [loc for _, loc in pairs]
