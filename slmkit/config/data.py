@@ -30,6 +30,8 @@ SOURCE_TYPES = (
     "preference",
     "hf_dataset",
     "chroma",
+    "conll",
+    "bio",
 )
 PII_TYPES = (
     "email",
@@ -57,6 +59,9 @@ class SourceConfig(_Strict):
     sheet: str | None = Field(None, description="Excel: sheet name (default: the first)")
     split: str | None = Field(None, description="saved HF DatasetDict: which split (default: train)")
     collection: str | None = Field(None, description="ChromaDB: collection name")
+    role: Literal["data", "test"] = Field(
+        "data", description="'test': every record of this source is the test split, as given (see data.test_path)"
+    )
 
 
 class NormalizeConfig(_Strict):
@@ -142,6 +147,12 @@ class LimitsConfig(_Strict):
     max_file_bytes: int = Field(200_000_000, gt=0)
 
 
+class BioConfig(_Strict):
+    answer_format: Literal["pairs", "json"] = Field(
+        "pairs", description="how token tags become the answer: 'type: span; type: span' (none: 'none'), or JSON"
+    )
+
+
 class SplitConfig(_Strict):
     val: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
@@ -156,7 +167,13 @@ class DataConfig(_Strict):
     system_prompt: str | None = Field(
         None, description="system message for every row; {labels} expands to the label list"
     )
-    task: Literal["auto", "classification", "generation"] = "auto"
+    task: Literal["auto", "classification", "extraction", "generation"] = "auto"
+    test_path: str | None = Field(
+        None,
+        description="your own test file (e.g. a data set's official test split): used as the test split as is, "
+        "never resampled; data.split.test is then 0",
+    )
+    bio: BioConfig = Field(default_factory=BioConfig, description="CoNLL and seq.in/seq.out sources")
     dedup: bool = True
     max_rows: int | None = Field(None, gt=0)
     split: SplitConfig = Field(default_factory=SplitConfig)

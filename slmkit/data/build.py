@@ -98,7 +98,7 @@ def _ingest(
     results = []
 
     def failed(err: SlmError, src: Any) -> None:
-        if len(sources) == 1:
+        if len(sources) == 1 or src.role == "test":  # a test split that fails to read is never skipped
             raise err
         report.skip(src.path, err.message)
 
@@ -128,11 +128,14 @@ def _ingest(
 
 
 def _task(cfg: BuildConfig, results: list[SourceResult]) -> str:
-    """data.task, else classification when every table looked like classification."""
+    """data.task, else classification (or extraction) when every table looked like it."""
     if cfg.data.task != "auto":
         return cfg.data.task
     reports = [rep for r in results for rep in r.reports]
-    return "classification" if reports and all(rep["task"] == "classification" for rep in reports) else "generation"
+    for task in ("classification", "extraction"):
+        if reports and all(rep["task"] == task for rep in reports):
+            return task
+    return "generation"
 
 
 def _label_rule(cfg: BuildConfig, task: str) -> Callable[[dict], Any] | None:
@@ -165,7 +168,15 @@ def build(cfg: BuildConfig, out_dir: Path, show_progress: bool = False) -> Built
     report = Report()
     clean_cfg = cfg.data.clean
     held = HeldNgrams(clean_cfg.decontaminate.ngram) if clean_cfg.decontaminate.enabled else None
-    with SplitFiles(Path(out_dir), cfg.data.split, held) as files:
+    split = cfg.data.split
+    if any(s.role == "test" for s in resolve_sources(cfg)):  # the user's test file is the test split, whole
+        log.info(
+            "data: the test split is %s, as given; data.split.test (%s) is not used",
+            cfg.data.test_path or "the test source",
+            split.test,
+        )
+        split = split.model_copy(update={"test": 0.0})
+    with SplitFiles(Path(out_dir), split, held) as files:
         with Cleaner(clean_cfg, tok, report, cfg.config_dir, spill_dir=files.dir) as cleaner:
             results = _ingest(cfg, tok, report, lambda batch: files.add(cleaner(batch)), show_progress)
         chunks = _clean_chunks(cfg, [c for r in results for c in r.chunks], tok, report)

@@ -66,7 +66,18 @@ def render_card(summary: dict[str, Any], groups: Labels) -> str:
     ]
     if summary["task"] == "classification":
         lines += [f"## Labels ({len(summary['labels'])})", "", *_label_table(groups), ""]
+    lines += _answer_section(summary)
     return "\n".join(lines + _cleaning_sections(summary))
+
+
+def _answer_section(summary: dict[str, Any]) -> list[str]:
+    """The most common answers with their share of the rows (as read), and the imbalance warning."""
+    answers = summary.get("answers") or {}
+    if not answers.get("top"):
+        return []
+    lines = ["## Most common answers", "", "| answer | rows | share |", "|---|---:|---:|"]
+    lines += [f"| {_cell(a[:80])} | {n} | {share:.1%} |" for a, n, share in answers["top"]]
+    return lines + [""] + [f"**Warning:** {w}" for w in summary.get("warnings", [])] + [""]
 
 
 def _cleaning_sections(summary: dict[str, Any]) -> list[str]:

@@ -50,6 +50,12 @@ def print_summary(summary: dict[str, Any], console: Console = out) -> None:
         for name, c in summary["steps"].items():
             t.add_row(name, *(str(c[k]) for k in ("in", "out", "dropped", "changed")))
         console.print(t)
+    answers = summary.get("answers") or {}
+    if answers.get("top"):
+        shown = ", ".join(f"{a[:40]!r} {share:.0%}" for a, _n, share in answers["top"][:3])
+        console.print(f"[bold]answers[/]: {shown}", soft_wrap=True)
+    for w in summary.get("warnings", []):
+        console.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
     console.print(f"[bold]PII[/]: {', '.join(f'{k} {v}' for k, v in summary.get('pii', {}).items()) or 'none found'}")
     if summary.get("skipped"):
         console.print(
@@ -93,6 +99,8 @@ def show(summary: dict[str, Any], console: Console = out) -> None:
         console.print(
             f"rows: {sum(rows.values())} ({', '.join(f'{k} {v}' for k, v in rows.items())}); task {summary.get('task')}"
         )
+    for w in summary.get("warnings", []):
+        console.print(f"[bold red]warning:[/] {w}", soft_wrap=True)
 
 
 def data_inspect(

@@ -26,6 +26,8 @@ OUTPUT_CANDIDATES = ("output", "label", "intent", "answer", "response", "complet
 ROLES = ("system", "user", "assistant")
 MAX_LABEL_WORDS = 5
 MAX_LABELS = 50
+MAX_ANSWERS = 100_000  # distinct answers counted for the answer distribution (~100 B each)
+EXTRACTION_SAMPLE = 2000  # outputs kept to tell extraction answers apart
 
 
 @dataclass
@@ -217,19 +219,28 @@ def _build(draft: _Draft, system_prompt: str | None) -> dict[str, Any]:
 
 @dataclass
 class TaskDetector:
-    """The task of a stream of outputs: 'classification' when they are short and few distinct (<= MAX_LABELS and
-    <= half the rows), else 'generation'; label counts are dropped once more than MAX_LABELS are distinct."""
+    """The task of a stream of outputs: 'extraction' when they are `type: span; ...` lists or `none` (or JSON objects
+    of typed spans), 'classification' when they are short and few distinct (<= MAX_LABELS and <= half the rows),
+    else 'generation'; label counts are dropped once more than MAX_LABELS are distinct. `answers` counts every
+    distinct answer (up to MAX_ANSWERS of them) for the answer distribution the card and `slm data inspect` show."""
 
     keep_all: bool = False  # explicit classification: count every label, however many
     rows: int = 0
     short: bool = True
     counts: Counter | None = None
+    answers: Counter | None = None
+    sample: list | None = None
 
     def __post_init__(self) -> None:
-        self.counts = Counter()
+        self.counts, self.answers, self.sample = Counter(), Counter(), []
 
     def add(self, output: str) -> None:
         self.rows += 1
+        if len(self.sample) < EXTRACTION_SAMPLE:
+            self.sample.append(output)
+        key = " ".join(output.lower().split())
+        if key in self.answers or len(self.answers) < MAX_ANSWERS:
+            self.answers[key] += 1
         if self.short and len(output.split()) > MAX_LABEL_WORDS:
             self.short = False
         if self.counts is not None:
@@ -238,8 +249,16 @@ class TaskDetector:
                 self.counts = None
 
     def task(self) -> str:
+        from slmkit.extraction import looks_like_extraction
+
+        if looks_like_extraction(self.sample):
+            return "extraction"
         few = self.counts is not None and len(self.counts) <= MAX_LABELS and len(self.counts) <= self.rows / 2
         return "classification" if self.rows and self.short and few else "generation"
+
+    def top_answers(self, k: int = 5) -> list[list]:
+        """[[answer, rows], ...] of the k most common answers (a lower bound past MAX_ANSWERS distinct answers)."""
+        return [[a, n] for a, n in self.answers.most_common(k)]
 
 
 def drafts_of(pairs: Iterable[tuple[dict[str, Any], str]], picked: dict) -> tuple[list[_Draft], int]:
@@ -305,6 +324,11 @@ class RecordMaker:
             "task": task,
             "labels": list(counts),
             "label_counts": counts,
+            "answers": {
+                "rows": self.detector.rows,
+                "distinct": len(self.detector.answers),
+                "top": self.detector.top_answers(),
+            },
             "dropped": {"duplicate": self.duplicates, "empty": empty},
             "rows_in": rows_in,
         }

@@ -118,7 +118,8 @@ class SplitFiles:
     def add(self, records: list[Record]) -> None:
         """Set meta.split on each record and stage it; val/test texts feed the decontamination set."""
         for rec in records:
-            split = split_of(rec["meta"].get("group") or rec["id"], self.split)
+            # a record from a test source (data.test_path) keeps its split; the rest are hashed
+            split = rec["meta"].get("split") or split_of(rec["meta"].get("group") or rec["id"], self.split)
             rec["meta"]["split"] = split
             if self.held is not None and split != "train":
                 self.held.add(near_text(rec))

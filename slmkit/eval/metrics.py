@@ -121,7 +121,7 @@ def compute_metrics(preds: list[str], refs: list[str], task: str) -> dict[str, f
         out["answered"] = sum(extract_number(p) is not None for p in preds) / len(preds)
         return out
     if task == "extraction":
-        from slmkit.eval.extraction import extraction_scores
+        from slmkit.extraction import extraction_scores
 
         return out | extraction_scores(preds, refs)
     if task == "classification":
@@ -191,7 +191,7 @@ def infer_task(refs: list[str]) -> str:
     of typed spans; classification: few distinct short references that repeat; qa: short answers (at most 8 words,
     the SQuAD answer-length regime); generation otherwise.
     """
-    from slmkit.eval.extraction import looks_like_extraction
+    from slmkit.extraction import looks_like_extraction
 
     if not refs:
         raise SlmError("cannot infer the task of an empty split", "add examples to the split, or set the task")

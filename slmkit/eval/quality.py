@@ -21,7 +21,7 @@ def _row_scores(preds: list[str], refs: list[str], task: str):
     """Per-row statistics whose resampled aggregate is the task's headline metric, and that aggregate: a mean of
     per-row scores (accuracy, token F1, ROUGE-L), or micro F1 from per-row item counts (extraction)."""
     if task == "extraction":
-        from slmkit.eval.extraction import _prf, parse_items
+        from slmkit.extraction import _prf, parse_items
 
         rows = []
         for p, r in zip(preds, refs):
@@ -90,7 +90,7 @@ def assess(preds: list[str], refs: list[str], task: str) -> dict:
     lo, hi = bootstrap_ci(preds, refs, task)
     out = {"metric": HEADLINE[task], "ci95": [round(lo, 4), round(hi, 4)], "collapse": collapse(preds, refs)}
     if task == "extraction":
-        from slmkit.eval.extraction import per_type_f1
+        from slmkit.extraction import per_type_f1
 
         out["per_type_f1"] = per_type_f1(preds, refs)
     return out

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from slmkit.eval.extraction import extraction_scores, looks_like_extraction, parse_items, per_type_f1
 from slmkit.eval.metrics import compute_metrics, infer_task
 from slmkit.eval.quality import bootstrap_ci, collapse, collapsed_models, warnings_for
+from slmkit.extraction import extraction_scores, looks_like_extraction, parse_items, per_type_f1
 
 
 def test_extraction_items_ignore_order_duplicates_case_and_spacing():

@@ -25,6 +25,7 @@ from slmkit.io import sha256_file
 from ..chunk import chunk_document
 from ..report import Report
 from ..table_stream import RowsFn, TableStream
+from .bio import conll_rows, is_seq_folder, seq_rows
 from .documents import DOC_EXTENSIONS, Document, fetch_url, read_document
 from .stores import chroma_chunks, hf_rows, is_chroma, is_hf_dataset
 from .tables import EXTENSIONS, iter_table, table_suffix
@@ -74,7 +75,18 @@ class SourceResult:
 
 
 def resolve_sources(cfg: BuildConfig) -> list[SourceConfig]:
-    """data.sources, else data.path as one source, else $SM_CHANNEL_TRAIN (inside SageMaker)."""
+    """data.sources, else data.path as one source, else $SM_CHANNEL_TRAIN (inside SageMaker); data.test_path first,
+    as a source whose records are the test split (read first, so its rows win the exact dedup against training)."""
+    d = cfg.data
+    test = []
+    if d.test_path:
+        test = [
+            SourceConfig(path=d.test_path, columns=d.columns, json_field=d.json_field, license=d.license, role="test")
+        ]
+    return test + _main_sources(cfg)
+
+
+def _main_sources(cfg: BuildConfig) -> list[SourceConfig]:
     sources = cfg.data.sources
     if sources:
         return list(sources)
@@ -109,11 +121,15 @@ def source_kind(src: SourceConfig, path: Path) -> str:
     if src.type != "auto" and src.type not in SHAPE_TYPES and src.type not in EXTENSIONS.values():
         return src.type
     if path.is_dir():
+        if is_seq_folder(path):
+            return "bio"
         if is_chroma(path):
             return "chroma"
         if is_hf_dataset(path):
             return "hf_dataset"
         return "folder"
+    if path.suffix.lower() in (".conll", ".bio", ".iob", ".iob2"):
+        return "conll"
     return DOC_EXTENSIONS.get(path.suffix.lower(), "table")
 
 
@@ -144,6 +160,15 @@ def read_source(
         res.rows_in = len(res.chunks)
     elif kind == "hf_dataset":
         _add_table(res, path, src, cfg, report, rows=lambda _rep: hf_rows(path, src))
+    elif kind in ("bio", "conll"):
+        if kind == "bio":  # the folder's sha256: its seq.in, seq.out and label files
+            res.sha256 = hashlib.sha256(
+                "".join(
+                    sha256_file(f) for f in sorted(path.iterdir()) if f.name in ("seq.in", "seq.out", "label")
+                ).encode()
+            ).hexdigest()
+        read = seq_rows if kind == "bio" else conll_rows
+        _add_table(res, path, src, cfg, report, rows=lambda _rep: read(path, cfg.data.bio.answer_format))
     elif kind in DOC_EXTENSIONS.values():
         doc = read_document(path, kind, cfg.data.limits, report)
         if doc is not None:
@@ -178,8 +203,10 @@ def _add_table(
         rows = lambda rep: iter_table(path, data_cfg, rep, limit, sheet)  # noqa: E731
     meta = {
         "source_sha256": sha256_file(path) if path.is_file() else res.sha256,
-        "license": src.license or find_license(path),
+        "license": src.license or find_license(path if path.is_file() else path / "_"),
     }
+    if src.role == "test":
+        meta["split"] = "test"  # SplitFiles keeps a record's given split
     table = TableStream(
         str(path),
         rows,

@@ -1,4 +1,5 @@
-"""Extraction answers as sets of (type, span) items, scored like CoNLL entity F1.
+"""Extraction answers as sets of (type, span) items: rendered (the data stage's canonical answers), parsed, and
+scored like CoNLL entity F1 (eval). Shared by the data stage (BIO/CoNLL readers, task detection) and eval.
 
 An answer is `type: span; type: span` (the data stage's canonical rendering), `none` for no items, or JSON: an object
 {"type": "span" | ["span", ...]} or a list of {"type": ..., "span"/"text": ...} objects. Types and spans are compared
@@ -63,6 +64,18 @@ def parse_items(answer: str) -> tuple[set[Item], bool]:
             continue
         items.add((_norm(kind), _norm(span)))
     return items, bad == 0 and bool(items)
+
+
+def render_items(items: list[Item], fmt: str = "pairs") -> str:
+    """The canonical answer for items in order of appearance: `type: span; type: span` (or `none`), or JSON
+    `{"type": ["span", ...]}` (`{}` for none). Repeats are kept once."""
+    items = list(dict.fromkeys(items))
+    if fmt == "json":
+        grouped: dict[str, list[str]] = {}
+        for kind, span in items:
+            grouped.setdefault(kind, []).append(span)
+        return json.dumps(grouped, ensure_ascii=False)
+    return "; ".join(f"{kind}: {span}" for kind, span in items) or "none"
 
 
 def looks_like_extraction(answers: list[str]) -> bool:
