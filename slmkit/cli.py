@@ -317,6 +317,7 @@ COMMANDS = [
     (None, "index", data_cli.index),
     (None, "synth", synth),
     (None, "train", train),
+    (None, "tune", train_cli.tune),
     (None, "distill", distill),
     (None, "distill-cache", distill_cli.distill_cache),
     (None, "prune", distill_cli.prune),

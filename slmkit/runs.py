@@ -110,6 +110,11 @@ class RunDir:
         return self.root / "train" / "best"
 
     @property
+    def tune_dir(self) -> Path:
+        """`slm tune` / train.search: the study, its trials and best.yaml (laid out by train/search.py's TunePaths)."""
+        return self.root / "tune"
+
+    @property
     def val_plot(self) -> Path:
         return self.root / "train" / "val.png"
 

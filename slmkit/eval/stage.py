@@ -96,7 +96,7 @@ def run(
         metric_bars(results, out / "metrics.png", title=f"{cfg.name}: test split ({len(refs)} examples)")
     except (ImportError, SlmError) as e:  # a chart is a nicety; the numbers are written already
         log.warning("metrics chart skipped: %s", e)
-    from slmkit.eval.report import read_loss_series, read_val_series, write_report
+    from slmkit.eval.report import read_loss_series, read_search, read_val_series, write_report
 
     write_report(
         out / "report.html",
@@ -106,6 +106,7 @@ def run(
         read_loss_series({cfg.name: run.root}),
         title=f"{cfg.name}: evaluation",
         val_series=read_val_series({cfg.name: run.root}),
+        search=read_search({cfg.name: run.root}),
     )
     return summary
 

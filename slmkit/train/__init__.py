@@ -4,8 +4,20 @@ Its door for other stages (distillation trains with the same loop): the names be
 `import slmkit.train` (the CLI does) stays free of torch.
 """
 
-_LOOP = ("add_lora", "batch_backward", "encode_split", "evaluate_loss", "latest_checkpoint", "load_checkpoint",
-         "make_accelerator", "make_optimizer", "micro_batch_size", "optimizer_step", "save_checkpoint", "setup_runtime")
+_LOOP = (
+    "add_lora",
+    "batch_backward",
+    "encode_split",
+    "evaluate_loss",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "make_accelerator",
+    "make_optimizer",
+    "micro_batch_size",
+    "optimizer_step",
+    "save_checkpoint",
+    "setup_runtime",
+)
 _LOSSES = ("assistant_ce_loss", "bias_free_linear", "head_backward", "labelled_hidden")
 
 

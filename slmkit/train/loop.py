@@ -21,14 +21,17 @@ from slmkit.train.speed import eager
 def find_lora_targets(model, requested: str | list[str]) -> list[str]:
     """Names of the Linear layers LoRA can wrap (all of them for 'auto'), excluding the output head."""
     head = model.get_output_embeddings()
-    names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                    if isinstance(m, torch.nn.Linear) and m is not head})
+    names = sorted(
+        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    )
     if requested == "auto":
         return names
     bad = [t for t in requested if t not in names]
     if bad:
-        raise SlmError(f"train.lora.target_modules: {', '.join(bad)} not in this model",
-                       f"valid names for {model.config.model_type}: {', '.join(names)} (or 'auto')")
+        raise SlmError(
+            f"train.lora.target_modules: {', '.join(bad)} not in this model",
+            f"valid names for {model.config.model_type}: {', '.join(names)} (or 'auto')",
+        )
     return list(requested)
 
 
@@ -39,9 +42,16 @@ def add_lora(model, lora_cfg):
 
     from slmkit.train.lora_fused import fuse_lora
 
-    model = get_peft_model(model, LoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
-                                             target_modules=find_lora_targets(model, lora_cfg.target_modules),
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=lora_cfg.r,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=find_lora_targets(model, lora_cfg.target_modules),
+            task_type="CAUSAL_LM",
+        ),
+    )
     if lora_cfg.fused:
         fuse_lora(model)
     return model
@@ -49,8 +59,13 @@ def add_lora(model, lora_cfg):
 
 def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
     """Encode a JSONL split; drop rows whose assistant tokens were all cut by max_len (returns count)."""
+    return encode_records(tok, read_jsonl(path), max_len)
+
+
+def encode_records(tok, records, max_len: int) -> tuple[list[dict], int]:
+    """`encode_split` on records already read: (examples, rows dropped because max_len cut every answer token)."""
     out, dropped = [], 0
-    for rec in read_jsonl(path):
+    for rec in records:
         ex = encode_chat(tok, rec["messages"], max_len)
         if any(t != -100 for t in ex["labels"][1:]):
             out.append(ex)
@@ -65,8 +80,12 @@ def make_optimizer(model, t_cfg, total_steps: int):
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t_cfg.lr, weight_decay=t_cfg.weight_decay)
-    scheduler = get_scheduler(t_cfg.lr_scheduler, optimizer, num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = get_scheduler(
+        t_cfg.lr_scheduler,
+        optimizer,
+        num_warmup_steps=int(t_cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
     return params, optimizer, scheduler
 
 
@@ -101,8 +120,9 @@ def make_accelerator(hw, report_to: list[str], project_dir: Path):
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
     mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(hw.dtype, "no")
-    return Accelerator(cpu=hw.device == "cpu", mixed_precision=mixed, log_with=report_to or None,
-                       project_dir=str(project_dir))
+    return Accelerator(
+        cpu=hw.device == "cpu", mixed_precision=mixed, log_with=report_to or None, project_dir=str(project_dir)
+    )
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
@@ -146,8 +166,10 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: d
     dest = root / f"step-{step}"
     with atomic_dir(dest) as tmp:
         _save_weights(model, tmp, lora)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},
+            tmp / "trainer_state.pt",
+        )
         atomic_write_json(tmp / "state.json", state)
     for old in sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -181,7 +203,7 @@ def micro_batch_size(t_cfg, device: str) -> int | None:
 def micro_chunks(examples: list[dict], micro: int | None) -> list[list[dict]]:
     """Split a batch into passes: `micro` rows each, or (None) as many rows as fit in MICRO_TOKENS padded tokens."""
     if micro is not None:
-        return [examples[i:i + micro] for i in range(0, len(examples), micro)]
+        return [examples[i : i + micro] for i in range(0, len(examples), micro)]
     chunks: list[list[dict]] = []
     for ex in sorted(examples, key=lambda e: len(e["input_ids"])):
         if chunks and (len(chunks[-1]) + 1) * len(ex["input_ids"]) <= MICRO_TOKENS:
@@ -191,8 +213,9 @@ def micro_chunks(examples: list[dict], micro: int | None) -> list[list[dict]]:
     return chunks
 
 
-def batch_backward(model, examples: list[dict], pad_id: int, micro: int | None, accelerator,
-                   scale: float = 1.0) -> tuple[float, int]:
+def batch_backward(
+    model, examples: list[dict], pad_id: int, micro: int | None, accelerator, scale: float = 1.0
+) -> tuple[float, int]:
     """Forward + backward of one batch in micro-batches, each weighted by its share of the batch's labelled tokens,
     so the accumulated gradient equals the whole batch's mean-loss gradient. Returns (batch loss, non-pad tokens)."""
     total = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples)
@@ -217,7 +240,7 @@ def evaluate_loss(model, examples: list[dict], pad_id: int, batch_size: int, aut
     total, count = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
     for i in range(0, len(order), batch_size):
-        batch = collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        batch = collate([examples[j] for j in order[i : i + batch_size]], pad_id)
         with autocast(), eager():
             loss, n = assistant_ce_loss(model, **{k: v.to(model.device) for k, v in batch.items()})
         total, count = total + float(loss) * n, count + n

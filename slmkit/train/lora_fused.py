@@ -50,8 +50,14 @@ class _LoraLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, grad_a, grad_lb, None
 
 
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
-                lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    scaling: float,
+) -> torch.Tensor:
     """x: [..., in] -> [..., out]; equals `F.linear(x, weight, bias) + F.linear(F.linear(x, lora_a), lora_b) * scaling`
     in value and in every gradient (tests check both)."""
     flat = x.reshape(-1, x.shape[-1])
@@ -63,13 +69,22 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     adapters = layer.active_adapters
     name = adapters[0] if len(adapters) == 1 else None
     base = layer.base_layer
-    if (args or kwargs or layer.disable_adapters or layer.merged or name not in layer.lora_A
-            or name in getattr(layer, "lora_variant", {}) or not isinstance(layer.lora_dropout[name], torch.nn.Identity)
-            or torch.is_autocast_enabled(x.device.type) or type(base) is not torch.nn.Linear
-            or not (x.dtype == base.weight.dtype == layer.lora_A[name].weight.dtype)):
+    if (
+        args
+        or kwargs
+        or layer.disable_adapters
+        or layer.merged
+        or name not in layer.lora_A
+        or name in getattr(layer, "lora_variant", {})
+        or not isinstance(layer.lora_dropout[name], torch.nn.Identity)
+        or torch.is_autocast_enabled(x.device.type)
+        or type(base) is not torch.nn.Linear
+        or not (x.dtype == base.weight.dtype == layer.lora_A[name].weight.dtype)
+    ):
         return type(layer).forward(layer, x, *args, **kwargs)
-    return lora_linear(x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
-                       layer.scaling[name])
+    return lora_linear(
+        x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+    )
 
 
 def fuse_lora(model) -> int:

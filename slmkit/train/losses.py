@@ -98,8 +98,9 @@ def labelled_hidden(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return hidden[:, :-1][keep], base.get_output_embeddings()
 
 
-def assistant_ce_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+def assistant_ce_loss(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """Mean next-token cross-entropy over labelled (assistant) tokens.
 
     input_ids, attention_mask, labels: [B, T] (labels = -100 where not trained).

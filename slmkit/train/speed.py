@@ -42,7 +42,9 @@ def compile_blocker(device: str) -> str | None:
     return None if shutil.which(cxx) else f"no C++ compiler ({cxx}) on PATH for inductor's CPU kernels"
 
 
-def compile_plan(setting: bool | str, device: str, planned_tokens: int | None, method: str = "lora") -> tuple[bool, str]:
+def compile_plan(
+    setting: bool | str, device: str, planned_tokens: int | None, method: str = "lora"
+) -> tuple[bool, str]:
     """(compile or not, why) for `train.compile` = True / False / "auto", the tokens the run will train on, and
     `train.method` (compile pays back much sooner for full fine-tuning)."""
     if setting is False:
@@ -56,11 +58,15 @@ def compile_plan(setting: bool | str, device: str, planned_tokens: int | None, m
         return False, f"off: {blocker}"
     floor = COMPILE_MIN_TOKENS[method]
     if planned_tokens is None:
-        return True, (f"on for runs of at least {COMPILE_MIN_TOKENS['lora']:,} tokens (LoRA) or "
-                      f"{COMPILE_MIN_TOKENS['full']:,} (full fine-tuning); compiles once, ~1 min on 2 cores")
+        return True, (
+            f"on for runs of at least {COMPILE_MIN_TOKENS['lora']:,} tokens (LoRA) or "
+            f"{COMPILE_MIN_TOKENS['full']:,} (full fine-tuning); compiles once, ~1 min on 2 cores"
+        )
     if planned_tokens < floor:
-        return False, (f"off: ~{planned_tokens:,} tokens to train, under the {floor:,} where the one-time compile "
-                       f"pays back for {method} training (train.compile: true forces it)")
+        return False, (
+            f"off: ~{planned_tokens:,} tokens to train, under the {floor:,} where the one-time compile "
+            f"pays back for {method} training (train.compile: true forces it)"
+        )
     return True, f"on: ~{planned_tokens:,} tokens to train"
 
 
@@ -111,8 +117,11 @@ def plan_lines(device: str) -> dict[str, str]:
         "train.compile": f"auto: {why}",
         "train.micro_batch_size": "auto: passes of ~384 padded tokens" if device == "cpu" else "auto: the whole batch",
         "train.lora.fused": "true: peft's LoRA layers train through one fused autograd function each",
-        "train.keep_freed_memory": ("true: glibc keeps freed buffers (no page faults per pass)" if device == "cpu"
-                                    else "true (applies to CPU training only)"),
+        "train.keep_freed_memory": (
+            "true: glibc keeps freed buffers (no page faults per pass)"
+            if device == "cpu"
+            else "true (applies to CPU training only)"
+        ),
         "loss": "head on labelled positions only, fused with cross-entropy (fp32) or under autocast",
         "attention": "right-padded rows, no padding mask: the causal kernel (exact for right padding)",
         "grad checkpointing": "off (activations fit; micro-batches bound them)",

@@ -2,6 +2,8 @@
 
     slm train CONFIG [--resume]        (or inside `slm build`)
 
+With `train.search.enabled`, a budgeted recipe search (`search.py`, the same as `slm tune`) runs first and the
+final model is trained with the best train section it found.
 
 Reads <run>/data/{train,val}.jsonl, writes <run>/train/: checkpoints/step-N/ (atomic), final/,
 log.jsonl, loss.png. Goes through accelerate, so `accelerate launch` / torchrun (DDP, FSDP,
@@ -16,18 +18,34 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from slmkit.config import BuildConfig
 from slmkit.encoding import batch_order, steps_for
 from slmkit.errors import SlmError
-from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
+from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
-from slmkit.train.loop import (add_lora, batch_backward, encode_split, evaluate_loss, latest_checkpoint,
-                               load_checkpoint, make_accelerator, make_optimizer, micro_batch_size, optimizer_step,
-                               load_weights_from, save_checkpoint, save_weights_to, setup_runtime)
+from slmkit.train.balance import balance_records
+from slmkit.train.loop import (
+    add_lora,
+    batch_backward,
+    encode_records,
+    encode_split,
+    evaluate_loss,
+    latest_checkpoint,
+    load_checkpoint,
+    load_weights_from,
+    make_accelerator,
+    make_optimizer,
+    micro_batch_size,
+    optimizer_step,
+    save_checkpoint,
+    save_weights_to,
+    setup_runtime,
+)
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import compile_layers, compile_plan, warm_up
 from slmkit.train.validate import make_validator
@@ -38,13 +56,47 @@ log = logging.getLogger("slmkit")
 def _progress():
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-                    TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                    transient=False)
+    return Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
-def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
-    """Fine-tune cfg.model.base_model on the run's data; return a summary for the manifest."""
+def run(
+    cfg: BuildConfig,
+    run_dir: RunDir,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    on_validation: Callable[[int, float], bool] | None = None,
+) -> dict:
+    """Fine-tune cfg.model.base_model on the run's data (after the recipe search when `train.search.enabled`);
+    return a summary for the manifest. `on_validation(step, value)` is called after each validation; True stops
+    the run there (the search's pruner)."""
+    from slmkit.train import search
+
+    if cfg.train.search.enabled:
+        best_cfg, found = search.tuned_config(cfg, run_dir, fine_tune)
+        return fine_tune(best_cfg, run_dir, resume=resume, show_progress=show_progress) | {"search": found}
+    summary = fine_tune(cfg, run_dir, resume=resume, show_progress=show_progress, on_validation=on_validation)
+    return summary | search.recorded_search(cfg, run_dir)
+
+
+def fine_tune(
+    cfg: BuildConfig,
+    run_dir: RunDir,
+    *,
+    resume: bool = False,
+    show_progress: bool = True,
+    on_validation: Callable[[int, float], bool] | None = None,
+) -> dict:
+    """One training run with cfg.train as it is (no search)."""
     t_cfg, run = cfg.train, RunDir(run_dir)
     out = run.stage_dir("train")
     if not run.split("train").is_file():
@@ -61,7 +113,18 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         model = add_lora(model, t_cfg.lora)
     model.train()
 
-    train_ex, cut = encode_split(tok, run.split("train"), t_cfg.max_seq_len)
+    seed = t_cfg.seed if t_cfg.balance_seed is None else t_cfg.balance_seed
+    records, balanced = balance_records(read_jsonl(run.split("train")), t_cfg.balance, seed)
+    if t_cfg.balance != "off":
+        log.info(
+            "balance %s: %d -> %d train rows over %d answers",
+            t_cfg.balance,
+            balanced["rows_before"],
+            balanced["rows_after"],
+            balanced["answers"],
+        )
+    train_ex, cut = encode_records(tok, records, t_cfg.max_seq_len)
+    del records
     val_ex, _ = encode_split(tok, run.split("val"), t_cfg.max_seq_len) if run.split("val").is_file() else ([], 0)
     if not train_ex:
         raise SlmError("every training row lost its answer to train.max_seq_len truncation", "raise train.max_seq_len")
@@ -91,8 +154,16 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
         validator.load(state.get("val"))
     accelerator.init_trackers("slmkit", config={"run": cfg.name, **t_cfg.model_dump()})
 
-    log.info("training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s; torch.compile %s", cfg.model.base_model,
-             len(train_ex), cut, total_steps, t_cfg.method, hw.reason, compile_why)
+    log.info(
+        "training %s on %d rows (%d cut by max_seq_len): %d steps, %s, %s; torch.compile %s",
+        cfg.model.base_model,
+        len(train_ex),
+        cut,
+        total_steps,
+        t_cfg.method,
+        hw.reason,
+        compile_why,
+    )
     window, t_start = [], time.monotonic()
     if use_compile and state["step"] < total_steps:  # compile time counts as training time (and shows in step 1)
         warm_up(model, accelerator.device, assistant_ce_loss, accelerator.autocast)
@@ -110,15 +181,21 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
                 epoch, pos = divmod(step * t_cfg.grad_accum + micro, per_epoch)
                 order = order_cache.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))
                 rows = order[pos % len(order)][rank::world] or order[pos % len(order)]
-                loss, n_tok = batch_backward(model, [train_ex[i] for i in rows], pad_id, micro_size, accelerator,
-                                             scale=1.0 / t_cfg.grad_accum)
+                loss, n_tok = batch_backward(
+                    model, [train_ex[i] for i in rows], pad_id, micro_size, accelerator, scale=1.0 / t_cfg.grad_accum
+                )
                 window.append(loss)
                 state["tokens"] += n_tok
             optimizer_step(accelerator, params, optimizer, scheduler)
             state["step"] = step + 1
             if state["step"] % t_cfg.logging_steps == 0 or state["step"] == total_steps:
-                entry = {"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                         "tokens": state["tokens"], "seconds": round(state["seconds"] + time.monotonic() - t_start, 2)}
+                entry = {
+                    "step": state["step"],
+                    "loss": sum(window) / len(window),
+                    "lr": scheduler.get_last_lr()[0],
+                    "tokens": state["tokens"],
+                    "seconds": round(state["seconds"] + time.monotonic() - t_start, 2),
+                }
                 state["history"].append(entry)
                 accelerator.log({"train/loss": entry["loss"], "train/lr": entry["lr"]}, step=state["step"])
                 log.info("step %d/%d loss %.4f", state["step"], total_steps, entry["loss"])
@@ -135,27 +212,56 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
                 step_s = (state["seconds"] + time.monotonic() - t_start) / max(state["step"], 1)
                 if validator.record(state["step"], value, t_val, total_steps, step_s) and accelerator.is_main_process:
                     save_weights_to(run.train_best, accelerator.unwrap_model(model), lora)
-                log.info("step %d val %s %.4f (best %.4f at step %d)", state["step"], validator.metric, value,
-                         validator.best["value"], validator.best["step"])
+                log.info(
+                    "step %d val %s %.4f (best %.4f at step %d)",
+                    state["step"],
+                    validator.metric,
+                    value,
+                    validator.best["value"],
+                    validator.best["step"],
+                )
                 accelerator.log({f"val/{validator.metric}": value}, step=state["step"])
                 state["val"] = validator.state()
+                if on_validation is not None and on_validation(state["step"], value) and state["step"] < total_steps:
+                    log.info("stopped at step %d by the recipe search's pruner", state["step"])
+                    state["pruned"] = state["step"]
+                    break
                 if validator.should_stop and state["step"] < total_steps:
-                    log.info("early stop at step %d: no val %s gain in %d validations", state["step"],
-                             validator.metric, validator.since_best)
+                    log.info(
+                        "early stop at step %d: no val %s gain in %d validations",
+                        state["step"],
+                        validator.metric,
+                        validator.since_best,
+                    )
                     state["early_stopped"] = state["step"]
                     break
             if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
                 state["seconds"] = state["seconds"] + time.monotonic() - t_start
                 t_start = time.monotonic()
-                save_checkpoint(ckpt_root, state["step"], accelerator.unwrap_model(model), optimizer, scheduler, state,
-                                lora, t_cfg.keep_checkpoints)
+                save_checkpoint(
+                    ckpt_root,
+                    state["step"],
+                    accelerator.unwrap_model(model),
+                    optimizer,
+                    scheduler,
+                    state,
+                    lora,
+                    t_cfg.keep_checkpoints,
+                )
     finally:
         if prog:
             prog.stop()
     state["seconds"] += time.monotonic() - t_start
     if window:  # an early stop between logging steps: the last losses still count
-        state["history"].append({"step": state["step"], "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                                 "tokens": state["tokens"], "seconds": round(state["seconds"], 2)})
+        state["history"].append(
+            {
+                "step": state["step"],
+                "loss": sum(window) / len(window),
+                "lr": scheduler.get_last_lr()[0],
+                "tokens": state["tokens"],
+                "seconds": round(state["seconds"], 2),
+            }
+        )
     best = validator.best if validator is not None else None
     if best is not None and t_cfg.load_best_model_at_end and best["step"] != state["step"]:
         if run.train_best.is_dir():
@@ -168,16 +274,37 @@ def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progres
     val_loss = evaluate_loss(model, val_ex, pad_id, t_cfg.batch_size, accelerator.autocast)
     accelerator.log({"val/loss": val_loss} if val_loss is not None else {}, step=state["step"])
     accelerator.end_training()
-    summary = {"steps": state["step"], "final_loss": state["history"][-1]["loss"], "val_loss": val_loss,
-               "train_rows": len(train_ex), "rows_cut": cut, "tokens": state["tokens"],
-               "seconds": round(state["seconds"], 2), "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
-               "method": t_cfg.method, "device": hw.device, "dtype": hw.dtype, "compiled": use_compile,
-               "planned_steps": total_steps, "early_stopped_at": state.get("early_stopped")}
+    summary = {
+        "steps": state["step"],
+        "final_loss": state["history"][-1]["loss"],
+        "val_loss": val_loss,
+        "train_rows": len(train_ex),
+        "rows_cut": cut,
+        "tokens": state["tokens"],
+        "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "seconds": round(state["seconds"], 2),
+        "tokens_per_s": round(state["tokens"] / max(state["seconds"], 1e-9), 1),
+        "method": t_cfg.method,
+        "device": hw.device,
+        "dtype": hw.dtype,
+        "compiled": use_compile,
+        "planned_steps": total_steps,
+        "early_stopped_at": state.get("early_stopped"),
+        "balance": balanced,
+    }
+    if "pruned" in state:
+        summary["pruned_at"] = state["pruned"]
     if validator is not None:
-        summary |= {"val_metric": validator.metric, "val_task": validator.task, "val_rows": len(validator.refs),
-                    "val_history": validator.history, "best_step": best["step"], "best_val": best["value"],
-                    "kept": "best" if t_cfg.load_best_model_at_end else "last",
-                    "val_seconds": round(sum(h["seconds"] for h in validator.history), 2)}
+        summary |= {
+            "val_metric": validator.metric,
+            "val_task": validator.task,
+            "val_rows": len(validator.refs),
+            "val_history": validator.history,
+            "best_step": best["step"],
+            "best_val": best["value"],
+            "kept": "best" if t_cfg.load_best_model_at_end else "last",
+            "val_seconds": round(sum(h["seconds"] for h in validator.history), 2),
+        }
     if accelerator.is_main_process:
         write_final(run.train_final, accelerator.unwrap_model(model), tok, cfg, summary)
         atomic_write_text(run.train_log("train"), "".join(json.dumps(h) + "\n" for h in state["history"]))
@@ -191,8 +318,15 @@ def write_final(dest: Path, model, tok, cfg: BuildConfig, summary: dict) -> None
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)  # adapter only for LoRA, full weights otherwise
         tok.save_pretrained(tmp)
-        atomic_write_json(tmp / "slmkit.json", {"base_model": cfg.model.base_model, "method": cfg.train.method,
-                                                "trust_remote_code": cfg.model.trust_remote_code, "train": summary})
+        atomic_write_json(
+            tmp / "slmkit.json",
+            {
+                "base_model": cfg.model.base_model,
+                "method": cfg.train.method,
+                "trust_remote_code": cfg.model.trust_remote_code,
+                "train": summary,
+            },
+        )
 
 
 def _plot_val(validator, path) -> None:
@@ -201,8 +335,9 @@ def _plot_val(validator, path) -> None:
     except ImportError:
         return
     points = [(h["step"], h["value"]) for h in validator.history]
-    loss_curve({f"val {validator.metric}": points}, path, title=f"Validation {validator.metric}",
-               ylabel=validator.metric)
+    loss_curve(
+        {f"val {validator.metric}": points}, path, title=f"Validation {validator.metric}", ylabel=validator.metric
+    )
 
 
 def _plot_loss(history: list[dict], val_loss: float | None, path: Path) -> None:

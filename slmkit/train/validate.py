@@ -69,8 +69,12 @@ class Validator:
             budget = VAL_TIME_SHARE * total_steps * max(step_seconds, 1e-6)
             runs = max(1, int(budget // max(seconds, 1e-6)))
             self.every = max(1, math.ceil(total_steps / runs))
-            log.info("validation takes %.1f s: every %d steps keeps it under %d%% of training time", seconds,
-                     self.every, round(100 * VAL_TIME_SHARE))
+            log.info(
+                "validation takes %.1f s: every %d steps keeps it under %d%% of training time",
+                seconds,
+                self.every,
+                round(100 * VAL_TIME_SHARE),
+            )
         if self.best is None or value > self.best["value"] + MIN_DELTA:
             self.best, self.since_best = {"step": step, "value": value}, 0
             return True
@@ -84,7 +88,9 @@ class Validator:
     def should_stop(self) -> bool:
         """A plateau after learning: `patience` validations without a gain, once the metric has risen above its first
         value (a model still at its starting score is not on a plateau, it has not started)."""
-        learned = bool(self.history) and self.best is not None and self.best["value"] > self.history[0]["value"] + MIN_DELTA
+        learned = (
+            bool(self.history) and self.best is not None and self.best["value"] > self.history[0]["value"] + MIN_DELTA
+        )
         return self.patience is not None and learned and self.since_best >= self.patience
 
     def state(self) -> dict:
@@ -103,13 +109,23 @@ def make_validator(cfg, run: RunDir, tok) -> Validator | None:
     if t_cfg.eval_steps is None or not path.is_file() or not path.read_text().strip():
         return None
     prompts, refs = load_test_split(path, t_cfg.eval_max_rows)
-    task = cfg.eval.task if cfg.eval.task != "auto" else \
-        ((read_manifest(run.root, "data") or {}).get("summary") or {}).get("task") or infer_task(refs)
+    task = (
+        cfg.eval.task
+        if cfg.eval.task != "auto"
+        else ((read_manifest(run.root, "data") or {}).get("summary") or {}).get("task") or infer_task(refs)
+    )
     if task == "generation" and infer_task(refs) == "math":  # as eval scores it
         task = "math"
     every = None if t_cfg.eval_steps == "auto" else t_cfg.eval_steps
-    return Validator(prompts, refs, task, max_new_tokens_for(tok, refs, task, cfg.eval.max_new_tokens),
-                     cfg.eval.batch_size, every, t_cfg.early_stopping_patience)
+    return Validator(
+        prompts,
+        refs,
+        task,
+        max_new_tokens_for(tok, refs, task, cfg.eval.max_new_tokens),
+        cfg.eval.batch_size,
+        every,
+        t_cfg.early_stopping_patience,
+    )
 
 
 def timed(fn):

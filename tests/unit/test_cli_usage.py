@@ -57,7 +57,7 @@ def test_every_command_is_walked():
         ("export-model",),
         ("distill-cache",),
     } <= names
-    assert len(names) == 22  # 19 commands and 3 groups (data, config, models)
+    assert len(names) == 23  # 20 commands and 3 groups (data, config, models)
 
 
 @pytest.mark.parametrize("path,is_group", PATHS, ids=[" ".join(p) for p, _ in PATHS])
