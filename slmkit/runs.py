@@ -152,10 +152,6 @@ class RunDir:
         return self.root / "eval" / "metrics.json"
 
     @property
-    def export_dir(self) -> Path:
-        return self.root / "export"
-
-    @property
     def merged(self) -> Path:
         return self.root / "export" / "merged"
 

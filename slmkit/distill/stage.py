@@ -42,13 +42,13 @@ from slmkit.runs import RunDir
 from slmkit.train import (
     add_lora,
     bias_free_linear,
+    checkpoint_if_due,
     labelled_hidden,
     latest_checkpoint,
     load_checkpoint,
     make_accelerator,
     make_optimizer,
     optimizer_step,
-    save_checkpoint,
     setup_runtime,
 )
 
@@ -277,19 +277,9 @@ def distill(
                     prog[0].update(prog[1], kd=f"{entry['kd']:.4f}")
             if prog:
                 prog[0].update(prog[1], completed=state["step"])
-            if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
-                state["seconds"] += time.monotonic() - t_start
-                t_start = time.monotonic()
-                save_checkpoint(
-                    ckpt_root,
-                    state["step"],
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    scheduler,
-                    state,
-                    lora,
-                    t_cfg.keep_checkpoints,
-                )
+            t_start = checkpoint_if_due(
+                ckpt_root, state, t_start, total_steps, t_cfg, accelerator, model, optimizer, scheduler, lora
+            )
     finally:
         if prog:
             prog[0].stop()

@@ -7,6 +7,7 @@ Its door for other stages (distillation trains with the same loop): the names be
 _LOOP = (
     "add_lora",
     "batch_backward",
+    "checkpoint_if_due",
     "encode_split",
     "evaluate_loss",
     "latest_checkpoint",

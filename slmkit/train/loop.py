@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -160,6 +161,36 @@ def save_weights_to(dest: Path, model, lora: bool) -> None:
 
 def load_weights_from(folder: Path, model, lora: bool) -> None:
     _load_weights(model, folder, lora)
+
+
+def checkpoint_if_due(
+    ckpt_root: Path,
+    state: dict,
+    t_start: float,
+    total_steps: int,
+    t_cfg,
+    accelerator,
+    model,
+    optimizer,
+    scheduler,
+    lora: bool,
+) -> float:
+    """Every `save_steps` (not at the end: the final model is written instead), on the main process: bank the
+    training time so far into state["seconds"] and save a checkpoint. Returns the clock's new start."""
+    if state["step"] % t_cfg.save_steps or state["step"] >= total_steps or not accelerator.is_main_process:
+        return t_start
+    state["seconds"] += time.monotonic() - t_start
+    save_checkpoint(
+        ckpt_root,
+        state["step"],
+        accelerator.unwrap_model(model),
+        optimizer,
+        scheduler,
+        state,
+        lora,
+        t_cfg.keep_checkpoints,
+    )
+    return time.monotonic()
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler, state: dict, lora: bool, keep: int) -> Path:

@@ -32,6 +32,7 @@ from slmkit.train.balance import balance_records
 from slmkit.train.loop import (
     add_lora,
     batch_backward,
+    checkpoint_if_due,
     encode_records,
     encode_split,
     evaluate_loss,
@@ -42,7 +43,6 @@ from slmkit.train.loop import (
     make_optimizer,
     micro_batch_size,
     optimizer_step,
-    save_checkpoint,
     save_weights_to,
     setup_runtime,
 )
@@ -235,19 +235,9 @@ def fine_tune(
                     )
                     state["early_stopped"] = state["step"]
                     break
-            if state["step"] % t_cfg.save_steps == 0 and state["step"] < total_steps and accelerator.is_main_process:
-                state["seconds"] = state["seconds"] + time.monotonic() - t_start
-                t_start = time.monotonic()
-                save_checkpoint(
-                    ckpt_root,
-                    state["step"],
-                    accelerator.unwrap_model(model),
-                    optimizer,
-                    scheduler,
-                    state,
-                    lora,
-                    t_cfg.keep_checkpoints,
-                )
+            t_start = checkpoint_if_due(
+                ckpt_root, state, t_start, total_steps, t_cfg, accelerator, model, optimizer, scheduler, lora
+            )
     finally:
         if prog:
             prog.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -126,9 +125,3 @@ def make_validator(cfg, run: RunDir, tok) -> Validator | None:
         every,
         t_cfg.early_stopping_patience,
     )
-
-
-def timed(fn):
-    t0 = time.monotonic()
-    value = fn()
-    return value, time.monotonic() - t0
