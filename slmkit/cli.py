@@ -143,7 +143,14 @@ def _print_plan(p: dict, log_format: str) -> None:
         out.print(
             f"train: {p['train_steps']} steps, ~{p['train_tokens']} tokens, ~{p['train_tokens_per_s_est']} tok/s "
             f"on this machine -> ~{p['train_minutes_est']} min"
+            + (" (before the recipe search picks the recipe)" if "search" in p else "")
         )
+        if s := p.get("search"):
+            final = "what it leaves" if s["final_minutes"] is None else f"at least {s['final_minutes']} min"
+            out.print(
+                f"recipe search: up to {s['trials_at_most']} trials in {s['search_minutes']} min, then the final "
+                f"training of the best recipe in {final} (train.search.budget_minutes {s['budget_minutes']:g})"
+            )
     else:
         out.print("rows: known after the synth stage has run")
     out.print(f"run dir: {p['run_dir']}")
@@ -197,6 +204,33 @@ def train(
     _stage_cmd(
         "train", config, sets, name, output_dir, base_model, max_steps, force or resume, log_format, progress, resume
     )
+
+
+def tune(
+    config: Path,
+    budget: Optional[str] = typer.Option(
+        None,
+        "--budget",
+        help="Wall time for the search and the final training of its best recipe: 45m, 1h30m, 90s "
+        "(default: train.search.budget_minutes; train.search.final_share of it is kept for the final training)",
+    ),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="At most this many finished trials"),
+    sets: Optional[list[str]] = SetOpt,
+    name: Optional[str] = NameOpt,
+    output_dir: Optional[str] = OutOpt,
+    log_format: str = LogFmtOpt,
+) -> None:
+    """Search lr, epochs, LoRA r/alpha and train.balance within a time budget (Optuna); resumable; writes
+    runs/<name>/tune/best.yaml (rerun it with `slm build`) and a table of the trials."""
+    from slmkit.pipeline import require_upstream
+    from slmkit.train.budget import parse_budget
+
+    seconds = parse_budget(budget) if budget is not None else None
+    cfg = load_config(config, flag_overrides(sets, name=name, output_dir=output_dir))
+    run = RunDir.of(cfg)
+    setup_logging(log_format, run.log_file)
+    require_upstream(cfg, run, "train")  # the data stage done for this very config (its fingerprint), not any
+    train_cli.run_tune(cfg, seconds, trials)
 
 
 def distill(
@@ -317,7 +351,7 @@ COMMANDS = [
     (None, "index", data_cli.index),
     (None, "synth", synth),
     (None, "train", train),
-    (None, "tune", train_cli.tune),
+    (None, "tune", tune),
     (None, "distill", distill),
     (None, "distill-cache", distill_cli.distill_cache),
     (None, "prune", distill_cli.prune),

@@ -113,7 +113,7 @@ def run_stage(
     if not force and is_done(run_dir, stage, fp[stage]):
         log.info("%s: inputs unchanged, skipped (use --force to rerun)", stage)
         return StageOutcome(stage, "skipped", read_manifest(run_dir, stage)["summary"], 0.0)
-    _require_upstream(cfg, run_dir, stage, fp)
+    require_upstream(cfg, run_dir, stage, fp)
     dump = cfg.model_dump(mode="json")
     t0 = time.monotonic()
     with stage_manifest(
@@ -136,7 +136,9 @@ def upstream(cfg: BuildConfig, stage: str) -> list[str]:
     }[stage]
 
 
-def _require_upstream(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str]) -> None:
+def require_upstream(cfg: BuildConfig, run_dir: RunDir, stage: str, fp: dict[str, str] | None = None) -> None:
+    """An SlmError unless every stage `stage` reads is done with this config's fingerprint."""
+    fp = fp or fingerprints(cfg)
     for up in upstream(cfg, stage):
         if not is_done(run_dir, up, fp[up]):
             raise SlmError(
@@ -218,6 +220,15 @@ def plan(cfg: BuildConfig) -> dict:
     )
     train_tokens = int(steps * cfg.train.batch_size * cfg.train.grad_accum * tokens_per_row)
     tok_s = estimate_train_tokens_per_s(cfg)
+    if cfg.train.search.enabled:  # the search plans its trials and caps the final training inside its budget
+        sc = cfg.train.search
+        final = sc.budget_minutes * (sc.final_share or 0.0)
+        out["search"] = {
+            "budget_minutes": sc.budget_minutes,
+            "search_minutes": round(sc.budget_minutes - final, 1),
+            "final_minutes": round(final, 1) if sc.final_share is not None else None,
+            "trials_at_most": sc.trials,
+        }
     return out | {
         "rows": len(records),
         "task": summary["task"],

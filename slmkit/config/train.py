@@ -54,7 +54,16 @@ class SearchConfig(_Strict):
     """Budgeted recipe search (Optuna TPE + median pruning on the val metric), `slm tune` or inside `slm build`."""
 
     enabled: bool = Field(False, description="`slm build`: search, then train the final model with the best recipe")
-    budget_minutes: float = Field(30.0, gt=0, description="wall time for the search (the final training is extra)")
+    budget_minutes: float = Field(
+        30.0, gt=0, description="wall time for the search and the final training of its best recipe together"
+    )
+    final_share: float | None = Field(
+        0.5,
+        ge=0,
+        lt=1,
+        description="share of the budget kept for the final training on all rows (the search gets the rest, the "
+        "final gets what the search left; its steps are capped to fit); null: the budget is the search's alone",
+    )
     trials: int = Field(20, gt=0, description="at most this many finished trials")
     space: SearchSpace = Field(default_factory=SearchSpace)
     metric: Literal["auto"] = Field("auto", description="the task's headline val metric, as validation scores it")

@@ -23,6 +23,7 @@ TARGET_TRIALS = 10  # rows: auto sizes trials so that about this many of the lar
 MIN_VALUES = 2  # intermediate values the shortest trial reports (the pruner compares trials at equal steps)
 MAX_VALIDATIONS = 8  # validations the longest trial runs at most (each decodes the val rows)
 VAL_SHARE = 0.25  # validations take at most about this share of a trial's training time
+FINAL_VAL_SHARE = 0.1  # the final training validates under eval_steps: auto, ~10% of its training (train.validate)
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?")
 
 
@@ -141,3 +142,24 @@ def plan_rows(
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if cost(mid) <= per_trial_s else (lo, mid)
     return lo
+
+
+def final_steps(
+    speed: Speed, t_cfg, train_rows: int, tokens_per_row: float, left_s: float | None, floor: int = 1
+) -> dict:
+    """The final training of the best recipe (t_cfg) on all `train_rows`: the steps its epochs ask for, and the steps
+    that fit in `left_s` at this machine's measured speed (validations and set-up included; None: no limit). It
+    trains the smaller, but at least `floor` steps (the best trial's: fewer would not reproduce what was scored)."""
+    rows_per_step = t_cfg.batch_size * t_cfg.grad_accum
+    natural = steps_for(math.ceil(train_rows / t_cfg.batch_size), t_cfg.grad_accum, t_cfg.epochs, t_cfg.max_steps)
+    step_s = rows_per_step * tokens_per_row / max(speed.tokens_per_s, 1e-6) * (1 + FINAL_VAL_SHARE)
+    fits = natural if left_s is None else math.floor(max(left_s - speed.setup_s, 0.0) / step_s)
+    steps = max(min(natural, fits), min(natural, floor))
+    return {
+        "natural_steps": natural,
+        "steps": steps,
+        "capped": steps < natural,
+        "max_steps": steps if steps < natural else None,  # the cap to write into train.max_steps
+        "left_s": None if left_s is None else round(max(left_s, 0.0), 1),
+        "estimated_s": round(speed.setup_s + steps * step_s, 1),
+    }

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import shutil
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -41,7 +39,18 @@ from slmkit.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_
 from slmkit.runs import RunDir, read_manifest
 from slmkit.train import budget
 from slmkit.train.balance import answer_key, target_counts
-from slmkit.train.trials import apply_params, best_config, trial_rows, write_outputs
+from slmkit.train.trials import (
+    apply_params,
+    best_config,
+    drop_weights,
+    fmt_params,
+    fresh_dir,
+    link,
+    search_lock,
+    trial_rows,
+    write_outputs,
+)
+from slmkit.train.validate import carve_val, has_rows
 
 log = logging.getLogger("slmkit")
 PROBE_STEPS = 3
@@ -85,7 +94,7 @@ def study_key(cfg: BuildConfig, run: RunDir) -> str:
 def tuned_config(cfg: BuildConfig, run_dir, train: TrainFn) -> tuple[BuildConfig, dict]:
     """For `slm build` with train.search.enabled: search (budget from the config), then the best config."""
     found = search(cfg, run_dir, train)
-    return best_config(cfg, found["best"]["params"]), found
+    return best_config(cfg, found["best"]["params"], found["final"]["max_steps"]), found
 
 
 def recorded_search(cfg: BuildConfig, run_dir) -> dict:
@@ -116,12 +125,13 @@ def search(
 
     s_cfg, run, paths = cfg.train.search, RunDir(run_dir), TunePaths.of(run_dir)
     budget_s = s_cfg.budget_minutes * 60 if budget_s is None else budget_s
+    search_s = budget_s * (1 - s_cfg.final_share) if s_cfg.final_share is not None else budget_s
     max_trials = trials or s_cfg.trials
     seed = cfg.train.seed if s_cfg.seed is None else s_cfg.seed
     _require_inputs(cfg, run)
     paths.root.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    with _lock(paths.lock, run):
+    with search_lock(paths.lock, run):
         name = study_key(cfg, run)
         _forget_other_study(paths, name)
         storage = optuna.storages.RDBStorage(
@@ -143,10 +153,10 @@ def search(
             worst, worst_steps = budget.worst_trial_seconds(
                 speed, s_cfg.space, cfg.train, plan_modes, probe["mean_tokens"], plan["eval_steps"]
             )
-            left = budget_s - _spent(study, probe)
+            left = search_s - _spent(study, probe)
             if worst > left:
                 if not finished:
-                    _too_small(budget_s, probe, worst, worst_steps, plan["rows"], speed)
+                    _too_small(budget_s, budget_s / search_s, probe, worst, worst_steps, plan["rows"], speed)
                 stopped = "budget"
                 break
             if "plan" not in study.user_attrs:  # fixed from the first trial on: trials stay comparable
@@ -168,18 +178,15 @@ def search(
         summary["metric"],
         best["value"],
         best["number"],
-        _fmt_params(best["params"]),
+        fmt_params(best["params"]),
         paths.best_yaml,
     )
     return summary
 
 
 def _require_inputs(cfg: BuildConfig, run: RunDir) -> None:
-    for split in ("train", "val"):
-        p = run.split(split)
-        if not p.is_file() or not p.read_text(encoding="utf-8").strip():
-            hint = "run `slm data CONFIG` first" + (" (with a val split: data.split.val > 0)" if split == "val" else "")
-            raise SlmError(f"the recipe search needs {p}", hint)
+    if not has_rows(p := run.split("train")):
+        raise SlmError(f"the recipe search needs {p}", "run `slm data CONFIG` first")
     if cfg.train.eval_steps is None:
         raise SlmError(
             "train.search scores trials by validation, and train.eval_steps is null",
@@ -192,14 +199,25 @@ def _trial_plan(
 ) -> tuple[dict, dict[str, int]]:
     """The trials' rows and validation interval (the study's, once its first trial started; else planned now from
     the budget), tune/data/ written for them, and the trial train rows after each balance mode."""
-    records = read_jsonl(run.split("train"))
+    records, val = read_jsonl(run.split("train")), None
+    if not has_rows(run.split("val")):  # held out as the final training will (validate.carve_val), said once here
+        records, val = carve_val(records, cfg.train, cfg.train.seed)
+        if not val:
+            raise SlmError(
+                "the recipe search scores trials on val rows, and the data has too few rows to hold any out",
+                "add rows, or set data.split.val",
+            )
+        log.warning(
+            "no val split in the data: the search and the final training validate on %d rows held out of train",
+            len(val),
+        )
     counts = Counter(answer_key(r) for r in records)
     modes = cfg.train.search.space.balance or [cfg.train.balance]
     rows_by_mode = {m: sum(target_counts(counts, m).values()) for m in {*modes, "off"}}
     plan = study.user_attrs.get("plan")
     speed = _speed(probe, _finished(study))
     rows = plan["rows"] if plan else _plan_rows(cfg, rows_by_mode, len(counts), probe, speed, budget_s, max_trials)
-    sub_counts = Counter(answer_key(r) for r in _write_trial_data(run, paths, records, rows, seed))
+    sub_counts = Counter(answer_key(r) for r in _write_trial_data(run, paths, records, rows, seed, val))
     plan_modes = {m: sum(target_counts(sub_counts, m).values()) for m in rows_by_mode}
     if plan is None:
         lo, hi = budget.step_range(cfg.train.search.space, cfg.train, plan_modes)
@@ -207,6 +225,7 @@ def _trial_plan(
         plan = {
             "rows": rows,
             "rows_total": len(records),
+            "rows_by_mode": rows_by_mode,  # all train rows after each balance mode (the final training trains on them)
             "eval_steps": budget.eval_every(lo, hi, val_steps),
             "steps": [lo, hi],
             "startup": max(2, min(10, min(max_trials, budget.TARGET_TRIALS) // 3)),
@@ -240,12 +259,12 @@ def _probe(cfg: BuildConfig, run: RunDir, paths: TunePaths, train: TrainFn) -> d
     space = cfg.train.search.space
     params = {"lora_r": max(space.lora_r)} if space.lora_r and cfg.train.method == "lora" else {}
     probe_cfg = trial_config(cfg, params, eval_steps=PROBE_STEPS, max_steps=PROBE_STEPS)
-    _fresh(paths.probe)
-    _link(run.data_dir, paths.probe / "data")
+    fresh_dir(paths.probe)
+    link(run.data_dir, paths.probe / "data")
     t0 = time.monotonic()
     s = train(probe_cfg, paths.probe, show_progress=False)
     wall = time.monotonic() - t0
-    _drop_weights(paths.probe)
+    drop_weights(paths.probe)
     out = {
         "wall_s": round(wall, 2),
         "train_s": s["seconds"],
@@ -299,8 +318,8 @@ def _run_trial(study, cfg: BuildConfig, plan: dict, paths: TunePaths, train: Tra
     trial = study.ask()
     params = suggest(trial, cfg.train.search.space, cfg.train.method)
     root = paths.trial(trial.number)
-    _fresh(root)
-    _link(paths.data, root / "data")
+    fresh_dir(root)
+    link(paths.data, root / "data")
 
     def on_validation(step: int, value: float) -> bool:
         trial.report(value, step)
@@ -319,7 +338,7 @@ def _run_trial(study, cfg: BuildConfig, plan: dict, paths: TunePaths, train: Tra
         study.tell(trial, state=TrialState.FAIL)
         raise
     finally:
-        _drop_weights(root)
+        drop_weights(root)
     attrs = {
         "wall_s": round(time.monotonic() - t0, 2),
         "train_s": s["seconds"],
@@ -346,7 +365,7 @@ def _run_trial(study, cfg: BuildConfig, plan: dict, paths: TunePaths, train: Tra
         s.get("best_val") or 0.0,
         how,
         attrs["wall_s"],
-        _fmt_params(params),
+        fmt_params(params),
     )
 
 
@@ -354,12 +373,15 @@ def _summary(study, cfg: BuildConfig, paths: TunePaths, plan: dict, probe: dict,
     rows = trial_rows(study)
     done = [r for r in rows if r["state"] == "COMPLETE"]
     best = max(done, key=lambda r: (r["value"], -r["number"])) if done else None  # ties: the earlier trial
-    speed = _speed(probe, _finished(study))
+    finished = _finished(study)
+    speed = _speed(probe, finished)
+    final = best and _final(cfg, plan, speed, probe, finished, best, budget_s - _spent(study, probe))
     return {
         "study": study.study_name,
         "storage": str(paths.study),
         "metric": probe["metric"],
         "budget_s": round(budget_s, 1),
+        "final_share": cfg.train.search.final_share,
         "spent_s": round(_spent(study, probe), 1),
         "stopped": stopped,
         "rows": plan["rows"],
@@ -368,10 +390,21 @@ def _summary(study, cfg: BuildConfig, paths: TunePaths, plan: dict, probe: dict,
         "tokens_per_s": round(speed.tokens_per_s, 1),
         "best": best and {k: best[k] for k in ("number", "value", "params")},
         "best_config": str(paths.best_yaml),
-        "best_train": best and best_config(cfg, best["params"]).train.model_dump(mode="json"),
+        "final": final,
+        "best_train": best and best_config(cfg, best["params"], final["max_steps"]).train.model_dump(mode="json"),
         "trials": rows,
         "plot": str(paths.root / "trials.png"),
     }
+
+
+def _final(cfg: BuildConfig, plan: dict, speed, probe: dict, finished: list, best: dict, left_s: float) -> dict:
+    """The final training of the best recipe on all train rows, capped to what the budget has left (final_share)."""
+    t_cfg = best_config(cfg, best["params"]).train
+    trial = next(t.user_attrs for t in finished if t.number == best["number"])
+    rows = plan["rows_by_mode"][t_cfg.balance]
+    left = left_s if cfg.train.search.final_share is not None else None
+    floor = trial.get("best_step") or trial.get("steps") or 1
+    return budget.final_steps(speed, t_cfg, rows, probe["mean_tokens"], left, floor) | {"rows": rows}
 
 
 def _speed(probe: dict, finished: list) -> budget.Speed:
@@ -401,26 +434,27 @@ def _requeue_killed(study, storage) -> None:
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params not in waiting:
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
-            log.info("trial %d was interrupted: queued again (%s)", t.number, _fmt_params(t.params))
+            log.info("trial %d was interrupted: queued again (%s)", t.number, fmt_params(t.params))
 
 
-def _too_small(budget_s: float, probe: dict, worst: float, steps: int, rows: int, speed) -> None:
-    need = probe["wall_s"] + worst
+def _too_small(budget_s: float, scale: float, probe: dict, worst: float, steps: int, rows: int, speed) -> None:
+    need = (probe["wall_s"] + worst) * scale  # scale: the whole budget over the search's share of it
     raise SlmError(
         f"--budget {budget.fmt_duration(budget_s)} is too small for one trial: probing this machine took "
         f"{budget.fmt_duration(probe['wall_s'])} and the largest trial of train.search.space ({steps} steps "
-        f"on {rows} rows, {speed.tokens_per_s:.0f} tokens/s) takes ~{budget.fmt_duration(worst)}; "
-        f"the minimum is {budget.round_up_minutes(need)}",
+        f"on {rows} rows, {speed.tokens_per_s:.0f} tokens/s) takes ~{budget.fmt_duration(worst)}"
+        + (f", and the search gets {1 / scale:.0%} of the budget" if scale > 1 else "")
+        + f"; the minimum is {budget.round_up_minutes(need)}",
         f"pass --budget {budget.round_up_minutes(need)} or more, or narrow train.search.space "
         "(fewer epochs/steps) or lower train.search.rows",
     )
 
 
-def _write_trial_data(run: RunDir, paths: TunePaths, records: list[dict], rows: int, seed: int) -> list[dict]:
+def _write_trial_data(run: RunDir, paths: TunePaths, records: list[dict], rows: int, seed: int, val) -> list[dict]:
     """tune/data/: the trials' train rows (a seeded subset, in file order, or a link to all) and links to val and
     the data manifest (validation reads the task from it). Returns the subset."""
     paths.data.mkdir(parents=True, exist_ok=True)
-    if rows < len(records):
+    if rows < len(records) or val is not None:  # a subset, or all rows but the held-out ones
         keep = sorted(random.Random(seed).sample(range(len(records)), rows))
         subset = [records[i] for i in keep]
         target = paths.data / "train.jsonl"
@@ -429,10 +463,14 @@ def _write_trial_data(run: RunDir, paths: TunePaths, records: list[dict], rows: 
         atomic_write_jsonl(target, subset)
     else:
         subset = records
-        _link(run.split("train"), paths.data / "train.jsonl")
-    _link(run.split("val"), paths.data / "val.jsonl")
+        link(run.split("train"), paths.data / "train.jsonl")
+    if val is None:
+        link(run.split("val"), paths.data / "val.jsonl")
+    else:
+        (paths.data / "val.jsonl").unlink(missing_ok=True)  # a link to the data's (empty) split, say
+        atomic_write_jsonl(paths.data / "val.jsonl", val)
     if run.manifest("data").is_file():
-        _link(run.manifest("data"), paths.data / "manifest.json")
+        link(run.manifest("data"), paths.data / "manifest.json")
     return subset
 
 
@@ -445,54 +483,3 @@ def _forget_other_study(paths: TunePaths, name: str) -> None:
             if old.exists():
                 shutil.rmtree(old)
         atomic_write_json(paths.current, {"study": name})
-
-
-@contextmanager
-def _lock(path: Path, run: RunDir):
-    """One search per run folder at a time (the OS drops the lock when its process dies, kill -9 included)."""
-    try:
-        import fcntl
-    except ImportError:  # not on POSIX: no lock
-        yield
-        return
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SlmError(
-                f"another recipe search is running on {run.root}", "wait for it to finish, or stop it"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _fresh(folder: Path) -> None:
-    if folder.is_symlink() or folder.is_file():
-        folder.unlink()
-    elif folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-
-
-def _link(target: Path, link: Path) -> None:
-    """A relative symlink (a copy where the file system has none); replaces what is at `link`."""
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    elif link.is_dir():
-        shutil.rmtree(link)
-    try:
-        os.symlink(os.path.relpath(target, link.parent), link)
-    except OSError:
-        (shutil.copytree if target.is_dir() else shutil.copy2)(target, link)
-
-
-def _drop_weights(root: Path) -> None:
-    """A trial's scores and logs stay; its weights (final/, best/, checkpoints/) are never used again."""
-    for sub in ("final", "best", "checkpoints"):
-        shutil.rmtree(root / "train" / sub, ignore_errors=True)
-
-
-def _fmt_params(params: dict) -> str:
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())

@@ -25,7 +25,7 @@ import torch
 from slmkit.config import BuildConfig
 from slmkit.encoding import batch_order, steps_for
 from slmkit.errors import SlmError
-from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+from slmkit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
 from slmkit.train.balance import balance_records
@@ -48,7 +48,7 @@ from slmkit.train.loop import (
 )
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import compile_layers, compile_plan, warm_up
-from slmkit.train.validate import make_validator
+from slmkit.train.validate import carve_val, has_rows, make_validator
 
 log = logging.getLogger("slmkit")
 
@@ -113,8 +113,11 @@ def fine_tune(
         model = add_lora(model, t_cfg.lora)
     model.train()
 
+    records, val_path = read_jsonl(run.split("train")), run.split("val")
+    if t_cfg.eval_steps is not None and not has_rows(val_path):
+        records, val_path = _carved_val(records, t_cfg, out)
     seed = t_cfg.seed if t_cfg.balance_seed is None else t_cfg.balance_seed
-    records, balanced = balance_records(read_jsonl(run.split("train")), t_cfg.balance, seed)
+    records, balanced = balance_records(records, t_cfg.balance, seed)
     if t_cfg.balance != "off":
         log.info(
             "balance %s: %d -> %d train rows over %d answers",
@@ -125,7 +128,7 @@ def fine_tune(
         )
     train_ex, cut = encode_records(tok, records, t_cfg.max_seq_len)
     del records
-    val_ex, _ = encode_split(tok, run.split("val"), t_cfg.max_seq_len) if run.split("val").is_file() else ([], 0)
+    val_ex, _ = encode_split(tok, val_path, t_cfg.max_seq_len) if has_rows(val_path) else ([], 0)
     if not train_ex:
         raise SlmError("every training row lost its answer to train.max_seq_len truncation", "raise train.max_seq_len")
     lengths = [len(e["input_ids"]) for e in train_ex]
@@ -141,7 +144,7 @@ def fine_tune(
     pad_id = tok.pad_token_id
 
     ckpt_root = run.checkpoints("train")
-    validator = make_validator(cfg, run, tok)
+    validator = make_validator(cfg, run, tok, val_path)
     state = {"step": 0, "tokens": 0, "seconds": 0.0, "history": []}
     if resume and (ckpt := latest_checkpoint(ckpt_root)):
         state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler, lora)
@@ -289,6 +292,7 @@ def fine_tune(
             "val_metric": validator.metric,
             "val_task": validator.task,
             "val_rows": len(validator.refs),
+            "val_source": "data" if val_path == run.split("val") else str(val_path),  # else: rows held out of train
             "val_history": validator.history,
             "best_step": best["step"],
             "best_val": best["value"],
@@ -339,3 +343,21 @@ def _plot_loss(history: list[dict], val_loss: float | None, path: Path) -> None:
     if val_loss is not None and history:
         series["val (final)"] = [(history[-1]["step"], val_loss)]
     loss_curve(series, path)
+
+
+def _carved_val(records: list[dict], t_cfg, out: Path) -> tuple[list[dict], Path]:
+    """No val split, validation on: hold some train rows out (validate.carve_val) into train/val.jsonl, and say so."""
+    records, val = carve_val(records, t_cfg, t_cfg.seed)
+    path = out / "val.jsonl"
+    path.unlink(missing_ok=True)  # an earlier run's
+    if not val:
+        log.warning("no val split and only %d train rows: training without validation", len(records))
+        return records, path
+    atomic_write_jsonl(path, val)
+    log.warning(
+        "no val split in the data: validating on %d train rows held out into %s (not trained on); set "
+        "data.split.val to choose the share, or train.eval_steps: null to train on every row",
+        len(val),
+        path,
+    )
+    return records, path

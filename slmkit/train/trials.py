@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from slmkit.config import BuildConfig, redact
+from slmkit.errors import SlmError
 from slmkit.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 # Config keys whose values are paths relative to the config file (data.path, synth recipes' seeds, ...): in best.yaml
@@ -43,10 +47,13 @@ def apply_params(train: dict, params: dict) -> dict:
     return train
 
 
-def best_config(cfg: BuildConfig, params: dict) -> BuildConfig:
-    """cfg with the best parameters in its train section and train.search.enabled false (a rerun trains, once)."""
+def best_config(cfg: BuildConfig, params: dict, max_steps: int | None = None) -> BuildConfig:
+    """cfg with the best parameters in its train section and train.search.enabled false (a rerun trains, once);
+    `max_steps`: the cap that fits the final training in the budget (search.final_steps)."""
     dump = cfg.model_dump()
     apply_params(dump["train"], params)["search"]["enabled"] = False
+    if max_steps is not None:
+        dump["train"]["max_steps"] = max_steps
     return BuildConfig.model_validate(dump)
 
 
@@ -84,9 +91,14 @@ def write_outputs(paths, cfg: BuildConfig, study, summary: dict, plot: bool = Tr
         f"{best['value']:.4f} on the val split,\n# {len(rows)} trials on {summary['rows']} of "
         f"{summary['rows_total']} train rows). Rerun: slm build {paths.best_yaml}\n"
     )
-    atomic_write_text(
-        paths.best_yaml, header + yaml.safe_dump(rerunnable(best_config(cfg, best["params"])), sort_keys=False)
-    )
+    final = summary.get("final") or {}
+    if final.get("capped"):
+        header += (
+            f"# train.max_steps {final['steps']}: the best recipe's {final['natural_steps']} steps capped to fit "
+            f"the {summary['budget_s'] / 60:.0f}-minute budget\n"
+        )
+    best_cfg = best_config(cfg, best["params"], final.get("max_steps"))
+    atomic_write_text(paths.best_yaml, header + yaml.safe_dump(rerunnable(best_cfg), sort_keys=False))
     atomic_write_json(paths.summary, summary)
     if plot:
         try:
@@ -177,3 +189,54 @@ def plot_trials(rows: list[dict], metric: str, path: Path) -> Path:
 
 def read_trials(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def fresh_dir(folder: Path) -> None:
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def link(target: Path, link: Path) -> None:
+    """A relative symlink (a copy where the file system has none); replaces what is at `link`."""
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    elif link.is_dir():
+        shutil.rmtree(link)
+    try:
+        os.symlink(os.path.relpath(target, link.parent), link)
+    except OSError:
+        (shutil.copytree if target.is_dir() else shutil.copy2)(target, link)
+
+
+def drop_weights(root: Path) -> None:
+    """A trial's scores and logs stay; its weights (final/, best/, checkpoints/) are never used again."""
+    for sub in ("final", "best", "checkpoints"):
+        shutil.rmtree(root / "train" / sub, ignore_errors=True)
+
+
+def fmt_params(params: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+@contextmanager
+def search_lock(path: Path, run):
+    """One search per run folder at a time (the OS drops the lock when its process dies, kill -9 included)."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no lock
+        yield
+        return
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SlmError(
+                f"another recipe search is running on {run.root}", "wait for it to finish, or stop it"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -8,9 +8,11 @@ interval is set so that (validations x their time) stays under a tenth of the ru
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -21,6 +23,8 @@ from slmkit.train.speed import eager
 
 log = logging.getLogger("slmkit")
 VAL_TIME_SHARE = 0.1  # validation's share of training time under eval_steps: auto
+CARVE_SHARE = 0.1  # no val split in the data: this share of the train rows (at most eval_max_rows) is held out
+CARVE_MIN_ROWS = 20  # fewer train rows than this: no held-out rows are carved, training runs without validation
 MIN_DELTA = 1e-4  # a smaller gain is no improvement (a metric over 64 rows moves in steps of 1/64)
 
 
@@ -101,11 +105,31 @@ class Validator:
             self.best, self.since_best = state["best"], state["since_best"]
 
 
-def make_validator(cfg, run: RunDir, tok) -> Validator | None:
-    """A Validator over the first `train.eval_max_rows` val rows, or None (no val split, or eval_steps: null)."""
+def has_rows(path: Path) -> bool:
+    return path.is_file() and bool(path.read_text(encoding="utf-8").strip())
+
+
+def carve_val(records: list[dict], t_cfg, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, val) for data without a val split while validation is on: CARVE_SHARE of the rows (at most
+    train.eval_max_rows), picked by a seeded hash of each row's id, so every run and every search trial holds out
+    the same rows whatever their order. ([rows], []) when validation is off or there are too few rows."""
+    if t_cfg.eval_steps is None or len(records) < CARVE_MIN_ROWS:
+        return records, []
+    n = max(1, min(t_cfg.eval_max_rows, round(CARVE_SHARE * len(records))))
+    rank = sorted(
+        range(len(records)),
+        key=lambda i: hashlib.sha256(f"{seed}:{records[i].get('id') or i}".encode()).hexdigest(),
+    )
+    held = set(rank[:n])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def make_validator(cfg, run: RunDir, tok, path: Path | None = None) -> Validator | None:
+    """A Validator over the first `train.eval_max_rows` rows of the val split (or `path`), or None (no val rows, or
+    eval_steps: null)."""
     t_cfg = cfg.train
-    path = run.split("val")
-    if t_cfg.eval_steps is None or not path.is_file() or not path.read_text().strip():
+    path = path or run.split("val")
+    if t_cfg.eval_steps is None or not has_rows(path):
         return None
     prompts, refs = load_test_split(path, t_cfg.eval_max_rows)
     task = (

@@ -118,6 +118,10 @@ def test_dry_run_plans_without_running(tmp_path, small_csv):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "data" in res.stdout and "run" in res.stdout and "tok/s" in res.stdout and "rows: 72" in res.stdout
     assert not (tmp_path / "dry" / "data").exists()
+    search = ("--set", "train.search.enabled=true", "--set", "train.search.budget_minutes=20")
+    res = slm("build", str(EXAMPLE / "build.yaml"), *few_steps(tmp_path, small_csv, "dry"), *search, "--dry-run")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "recipe search: up to 20 trials in 10.0 min" in res.stdout and "at least 10.0 min" in res.stdout
 
 
 def _final_loss(run: Path) -> float:

@@ -102,3 +102,42 @@ def test_bad_validation_settings_are_refused(tmp_path, tiny_model_dir, tiny_csv,
 
     with pytest.raises(SlmError, match="train."):
         tiny_config(tmp_path, tiny_model_dir, tiny_csv, **bad)
+
+
+def test_carved_val_rows_are_seeded_capped_and_order_free():
+    from slmkit.config import TrainConfig
+    from slmkit.train.validate import carve_val
+
+    rows = [{"id": f"r{i}", "n": i} for i in range(300)]
+    t_cfg = TrainConfig(eval_max_rows=64)
+    train, val = carve_val(rows, t_cfg, seed=0)
+    assert len(val) == 30 and len(train) == 270 and {r["n"] for r in train} | {r["n"] for r in val} == set(range(300))
+    _, val_rev = carve_val(rows[::-1], t_cfg, seed=0)
+    assert sorted(r["n"] for r in val_rev) == sorted(r["n"] for r in val)  # the same rows whatever the order
+    assert {r["n"] for r in carve_val(rows, t_cfg, seed=1)[1]} != {r["n"] for r in val}
+    assert len(carve_val(rows * 10, t_cfg, seed=0)[1]) == 64  # capped at eval_max_rows
+    assert carve_val(rows[:10], t_cfg, seed=0) == (rows[:10], [])  # too few rows to spare any
+    assert carve_val(rows, TrainConfig(eval_steps=None), seed=0) == (rows, [])  # validation off
+
+
+def test_no_val_split_holds_train_rows_out_and_says_so(tmp_path, tiny_model_dir, tiny_csv, caplog):
+    from slmkit.data import prepare
+    from slmkit.io import read_jsonl
+    from slmkit.runs import RunDir
+    from slmkit.train.stage import run as train
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, max_steps=3, eval_steps=3, dtype="float32")
+    cfg = cfg.model_copy(
+        update={"data": cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={"val": 0.0})})}
+    )
+    run = RunDir.of(cfg)
+    prepare(cfg, run.data_dir)
+    assert not read_jsonl(run.split("val"))
+    all_train = read_jsonl(run.split("train"))
+    with caplog.at_level("WARNING", logger="slmkit"):
+        summary = train(cfg, run.root, show_progress=False)
+    held = read_jsonl(run.root / "train" / "val.jsonl")
+    assert held and summary["val_rows"] == len(held) and summary["val_source"].endswith("val.jsonl")
+    assert summary["train_rows"] == len(all_train) - len(held) and summary["val_history"]
+    assert {r["id"] for r in held} <= {r["id"] for r in all_train}
+    assert any("no val split" in r.message and "held out" in r.message for r in caplog.records)

@@ -108,6 +108,31 @@ def test_trial_costs_and_the_row_plan():
     assert budget.plan_rows(1, speed, space, t_cfg, modes, 50, floor=16) == 16
 
 
+def test_the_final_training_is_capped_to_what_the_budget_has_left():
+    from slmkit.config import TrainConfig
+
+    speed = budget.Speed(tokens_per_s=100.0, setup_s=10.0, val_s=2.0)
+    t_cfg = TrainConfig(batch_size=8, epochs=4)  # 800 rows: 100 steps an epoch, 400 in all
+    step_s = 8 * 50 / 100 * (1 + budget.FINAL_VAL_SHARE)  # 4.4 s a step with its share of validation
+    free = budget.final_steps(speed, t_cfg, 800, 50, left_s=10 + 400 * step_s + 1)
+    assert free["steps"] == free["natural_steps"] == 400 and not free["capped"] and free["max_steps"] is None
+    tight = budget.final_steps(speed, t_cfg, 800, 50, left_s=10 + 100 * step_s + 1)
+    assert (tight["steps"], tight["capped"], tight["max_steps"]) == (100, True, 100)
+    assert tight["estimated_s"] == pytest.approx(10 + 100 * step_s)
+    assert budget.final_steps(speed, t_cfg, 800, 50, left_s=0, floor=30)["steps"] == 30  # the best trial's steps
+    assert budget.final_steps(speed, t_cfg, 800, 50, left_s=None)["max_steps"] is None  # final_share: null
+
+
+def test_best_config_carries_the_cap():
+    from slmkit.config import load_config
+    from slmkit.train.trials import best_config
+
+    cfg = load_config(None, {"train": {"search": {"enabled": True}}}, environ={})
+    capped = best_config(cfg, {"lr": 1e-3, "epochs": 3}, max_steps=42)
+    assert (capped.train.lr, capped.train.epochs, capped.train.max_steps) == (1e-3, 3.0, 42)
+    assert not capped.train.search.enabled and best_config(cfg, {"epochs": 3}).train.max_steps is None
+
+
 def test_search_space_is_validated():
     from slmkit.config import load_config
 
@@ -166,6 +191,9 @@ def test_search_writes_best_config_and_trials_and_a_rerun_adds_nothing(tmp_path,
     assert set(best["params"]) == {"lr", "steps", "lora_r", "alpha_multiplier", "balance"}
     assert _trials(run) == s["trials"] and (tune / "trials.png").read_bytes()[:4] == b"\x89PNG"
     assert "(best)" in (tune / "trials.md").read_text()
+    final = s["final"]  # the final training: the best trial's steps (space.steps), well inside the budget
+    assert final["natural_steps"] == final["steps"] == best["params"]["steps"] and not final["capped"]
+    assert 0 < final["left_s"] < 600 and s["final_share"] == 0.5
     assert not (tune / "trials" / "0" / "train" / "final").exists()  # trial weights are not kept
     rerun = load_config(tune / "best.yaml", environ={})
     p = best["params"]
@@ -210,18 +238,21 @@ def test_build_searches_then_trains_the_best_recipe_and_the_report_shows_the_tri
     assert train(rerun, run, show_progress=False)["search"]["best"] == found["best"]
 
 
-def test_tune_command_needs_the_data_stage(tmp_path, tiny_model_dir, tiny_csv):
-    import typer
+def test_tune_command_needs_the_data_stage_done_for_this_config(tmp_path, tiny_model_dir, tiny_csv):
     from typer.testing import CliRunner
 
-    from slmkit.train.cli import tune
+    from slmkit.cli import app
+    from slmkit.config import load_config
+    from slmkit.runs import RunDir, stage_manifest
 
-    app = typer.Typer()
-    app.command("tune")(tune)
-    app.command("noop", hidden=True)(lambda: None)
-    (tmp_path / "c.yaml").write_text(json.dumps(_overrides(tmp_path, tiny_model_dir, tiny_csv)))
+    over = _overrides(tmp_path, tiny_model_dir, tiny_csv)
+    (tmp_path / "c.yaml").write_text(json.dumps(over))
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "c.yaml"), "--budget", "5m"])
     assert isinstance(res.exception, SlmError) and "slm data" in res.exception.hint
+    with stage_manifest(RunDir.of(load_config(None, over, environ={})).root, "data", "another-config", {}, {}):
+        pass  # a data stage done, but for other data settings
+    res = CliRunner().invoke(app, ["tune", str(tmp_path / "c.yaml"), "--budget", "5m"])
+    assert isinstance(res.exception, SlmError) and "needs stage 'data' done for this config" in res.exception.message
     res = CliRunner().invoke(app, ["tune", str(tmp_path / "c.yaml"), "--budget", "soon"])
     assert isinstance(res.exception, SlmError) and "not a duration" in res.exception.message
 
@@ -314,3 +345,30 @@ def test_kill_9_mid_search_then_rerun_keeps_finished_trials_and_finds_the_same_b
         (r["params"], r["value"], r["state"]) for r in ref_finished
     ]
     assert resumed["best"]["params"] == ref["best"]["params"] and resumed["best"]["value"] == ref["best"]["value"]
+
+
+@needs_optuna
+def test_a_search_without_a_val_split_holds_out_the_rows_the_final_training_will(
+    tmp_path, tiny_model_dir, tiny_csv, monkeypatch
+):
+    from slmkit.config import load_config
+    from slmkit.data import prepare
+    from slmkit.io import read_jsonl
+    from slmkit.runs import RunDir, stage_manifest
+    from slmkit.train import validate
+    from slmkit.train.stage import run as train
+
+    monkeypatch.setattr(validate.Validator, "score", lora_score)
+    over = _overrides(tmp_path, tiny_model_dir, tiny_csv, enabled=True, trials=2, budget_minutes=10)
+    over["data"]["split"] = {"val": 0.0, "test": 0.2}
+    cfg = load_config(None, over, environ={})
+    run = RunDir.of(cfg)
+    with stage_manifest(run.root, "data", "fp", {}, {}) as summary:
+        summary.update(prepare(cfg, run.data_dir))
+    summary = train(cfg, run, show_progress=False)
+    trial_val = read_jsonl(run.root / "tune" / "data" / "val.jsonl")
+    final_val = read_jsonl(run.root / "train" / "val.jsonl")
+    assert trial_val and [r["id"] for r in trial_val] == [r["id"] for r in final_val]
+    assert not (run.root / "tune" / "data" / "val.jsonl").is_symlink() and summary["val_rows"] == len(final_val)
+    trial_train = {r["id"] for r in read_jsonl(run.root / "tune" / "data" / "train.jsonl")}
+    assert not trial_train & {r["id"] for r in trial_val}  # trials never train on what scores them
