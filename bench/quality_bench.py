@@ -3,10 +3,12 @@ search within a budget), each trained from the data alone and scored on the data
 
     python bench/quality_bench.py --task snips --train-rows 2000 --budget 45m          # SNIPS slot filling
     python bench/quality_bench.py --task intent --recipes default                      # the demo's intent router
+    python bench/quality_bench.py --task xquad --budget 30m                            # extractive QA (F1)
 
 Tasks read ../shared/data (--data-root): snips = snips_slots (CC0; `type: span` answers scored by entity F1,
-official 700-row test split), intent = the example's CLINC150 subset (accuracy). Each recipe is one `slm build` in
-runs/quality-bench/<task>-<recipe>/; the table (with 95% intervals, collapse flags, train time, CPU model) is
+official 700-row test split), intent = the example's CLINC150 subset (accuracy), xquad = xquad_en (CC BY-SA 4.0;
+SQuAD token F1 on a by-paragraph split). Each recipe is one `slm build` in runs/quality-bench/<task>-<recipe>/; the
+table (with 95% intervals, collapse flags, train time, CPU model) is
 printed and written to runs/quality-bench/<task>.json. Run it alone on the machine: training time is measured.
 """
 
@@ -68,7 +70,20 @@ def intent_config(data_root: Path, rows: int, seed: int, prompt_kind: str = "sho
     return {"data": cfg["data"]}
 
 
-TASKS = {"snips": snips_config, "intent": intent_config}
+def xquad_config(data_root: Path, rows: int, seed: int, prompt_kind: str = "short") -> dict:
+    """XQuAD-en (CC BY-SA 4.0): 1,190 SQuAD v1.1 dev questions on 240 paragraphs, split by paragraph (the data
+    stage keeps a context's questions together) into ~75% train, 10% val, 25% test; scored by SQuAD token F1."""
+    return {
+        "data": {
+            "path": str(data_root / "xquad_en" / "xquad.en.json"),
+            "system_prompt": "Answer the question with the shortest span of the text that answers it.",
+            "split": {"val": 0.1, "test": 0.25},
+        },
+        "eval": {"max_new_tokens": 32, "batch_size": 8},
+    }
+
+
+TASKS = {"snips": snips_config, "intent": intent_config, "xquad": xquad_config}
 
 
 def build(task: str, recipe: str, base: dict, budget_min: float, extra: list[str]) -> dict:

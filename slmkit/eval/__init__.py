@@ -5,7 +5,7 @@ imported on first use so that `import slmkit.eval` (the CLI does) stays free of 
 """
 
 _BACKENDS = ("Backend", "from_model", "load_backend")
-_METRICS = ("HEADLINE", "compute_metrics", "infer_task")
+_METRICS = ("HEADLINE", "compute_metrics", "infer_task", "task_of")
 _DECODE = ("load_test_split", "max_new_tokens_for")
 
 

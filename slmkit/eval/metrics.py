@@ -208,6 +208,14 @@ def infer_task(refs: list[str]) -> str:
     return "generation"
 
 
+def task_of(task: str | None, refs: list[str]) -> str:
+    """The task to score `refs` as, given the data stage's coarse kind: its own kind, except that "generation" with
+    GSM8K answers is math and with short span answers (SQuAD, FAQ facts: infer_task's qa) is qa; none: inferred."""
+    if task in (None, "auto"):
+        return infer_task(refs)
+    return infer_task(refs) if task == "generation" and infer_task(refs) in ("math", "qa") else task
+
+
 def _check_pairs(preds: list[str], refs: list[str]) -> None:
     """Raise SlmError unless preds and refs are equal-length, non-empty lists of strings."""
     if not preds or not refs:

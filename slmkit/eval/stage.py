@@ -112,12 +112,7 @@ def run(
 
 
 def _task_for(cfg: BuildConfig, task: str, refs: list[str]) -> str:
-    """eval.task when set (a proposed EvalConfig field), else the data stage's; GSM8K-style answers score as math."""
-    from slmkit.eval.metrics import infer_task
+    """eval.task when set, else the data stage's (generation refined to math or qa by the answers: metrics.task_of)."""
+    from slmkit.eval.metrics import task_of
 
-    configured = cfg.eval.task
-    if configured != "auto":
-        return configured
-    if task in (None, "auto"):
-        return infer_task(refs)
-    return "math" if task == "generation" and infer_task(refs) == "math" else task
+    return cfg.eval.task if cfg.eval.task != "auto" else task_of(task, refs)

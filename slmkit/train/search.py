@@ -38,7 +38,7 @@ from slmkit.errors import SlmError
 from slmkit.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_json
 from slmkit.runs import RunDir, read_manifest
 from slmkit.train import budget
-from slmkit.train.balance import answer_key, target_counts
+from slmkit.train.balance import answer_key, has_classes, target_counts
 from slmkit.train.trials import (
     apply_params,
     best_config,
@@ -129,6 +129,7 @@ def search(
     max_trials = trials or s_cfg.trials
     seed = cfg.train.seed if s_cfg.seed is None else s_cfg.seed
     _require_inputs(cfg, run)
+    cfg = _without_idle_balance(cfg, run)
     paths.root.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with search_lock(paths.lock, run):
@@ -192,6 +193,18 @@ def _require_inputs(cfg: BuildConfig, run: RunDir) -> None:
             "train.search scores trials by validation, and train.eval_steps is null",
             "set train.eval_steps: auto (the search picks its own interval)",
         )
+
+
+def _without_idle_balance(cfg: BuildConfig, run: RunDir) -> BuildConfig:
+    """cfg without train.balance in the space when the train answers do not repeat (extraction, QA): every mode
+    would train on the same rows, and the sampler would spend trials on a no-op dimension."""
+    space = cfg.train.search.space
+    if not space.balance or has_classes(Counter(answer_key(r) for r in read_jsonl(run.split("train")))):
+        return cfg
+    log.info("search: train.balance is not searched (the answers do not repeat: there are no classes to balance)")
+    dump = cfg.model_dump()
+    dump["train"]["search"]["space"]["balance"] = None
+    return BuildConfig.model_validate(dump)
 
 
 def _trial_plan(

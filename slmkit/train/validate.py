@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from slmkit.eval import HEADLINE, compute_metrics, infer_task, load_test_split, max_new_tokens_for
+from slmkit.eval import HEADLINE, compute_metrics, load_test_split, max_new_tokens_for, task_of
 from slmkit.generation import generate
 from slmkit.runs import RunDir, read_manifest
 from slmkit.train.speed import eager
@@ -132,13 +132,8 @@ def make_validator(cfg, run: RunDir, tok, path: Path | None = None) -> Validator
     if t_cfg.eval_steps is None or not has_rows(path):
         return None
     prompts, refs = load_test_split(path, t_cfg.eval_max_rows)
-    task = (
-        cfg.eval.task
-        if cfg.eval.task != "auto"
-        else ((read_manifest(run.root, "data") or {}).get("summary") or {}).get("task") or infer_task(refs)
-    )
-    if task == "generation" and infer_task(refs) == "math":  # as eval scores it
-        task = "math"
+    data_task = ((read_manifest(run.root, "data") or {}).get("summary") or {}).get("task")
+    task = cfg.eval.task if cfg.eval.task != "auto" else task_of(data_task, refs)  # as eval scores it
     every = None if t_cfg.eval_steps == "auto" else t_cfg.eval_steps
     return Validator(
         prompts,

@@ -133,6 +133,9 @@ def test_chat_shapes_alpaca_squad_preferences(tmp_path, cfg_for):
     assert {r["meta"]["license"] for r in squad} == {
         "CC BY-SA 4.0 (Creative Commons Attribution-ShareAlike 4.0 International) (LICENSE.txt)"
     }
+    # near dedup on: questions on one context share that context, and are compared on question and answer only
+    kept = prepare(cfg_for(str(FIX / "xquad" / "xquad_en_3articles.json")), tmp_path / "near")
+    assert kept["dropped"]["near_duplicate"] == 0 and len(records(tmp_path / "near")) == 42
     prefs = [{"prompt": "pick a colour", "chosen": "blue, because it is calm", "rejected": "no"}] * 1 + [
         {"prompt": f"p{i} tell me", "chosen": f"good answer {i}", "rejected": f"bad answer {i}"} for i in range(9)
     ]

@@ -81,6 +81,16 @@ def test_infer_task() -> None:
         infer_task([])
 
 
+def test_generation_data_scores_as_qa_or_math_by_its_answers() -> None:
+    from slmkit.eval.metrics import task_of
+
+    spans = ["Denver Broncos", "in 1990", "Santa Clara, California", "the Eiffel tower"]
+    assert task_of("generation", spans) == "qa" and task_of("generation", ["#### 3", "x #### 4"]) == "math"
+    long = "a long free-form answer that goes on for well over eight words in total"
+    assert task_of("generation", [long, long + " again"]) == "generation"
+    assert task_of("classification", ["a", "b", "a", "b"]) == "classification" and task_of(None, spans) == "qa"
+
+
 def test_unknown_task_lists_new_kinds() -> None:
     with pytest.raises(SlmError) as err:
         compute_metrics(["a"], ["a"], "summarize")

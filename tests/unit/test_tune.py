@@ -372,3 +372,21 @@ def test_a_search_without_a_val_split_holds_out_the_rows_the_final_training_will
     assert not (run.root / "tune" / "data" / "val.jsonl").is_symlink() and summary["val_rows"] == len(final_val)
     trial_train = {r["id"] for r in read_jsonl(run.root / "tune" / "data" / "train.jsonl")}
     assert not trial_train & {r["id"] for r in trial_val}  # trials never train on what scores them
+
+
+def test_balance_is_searched_only_when_answers_repeat(tmp_path):
+    from slmkit.config import load_config
+    from slmkit.io import atomic_write_jsonl
+    from slmkit.runs import RunDir
+    from slmkit.train.search import _without_idle_balance
+
+    cfg = load_config(None, {"output_dir": str(tmp_path)}, environ={})
+    run = RunDir.of(cfg)
+
+    def rows(answers):
+        return [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": a}]} for a in answers]
+
+    atomic_write_jsonl(run.split("train"), rows([f"artist: band {i}" for i in range(50)]))  # extraction: all distinct
+    assert _without_idle_balance(cfg, run).train.search.space.balance is None
+    atomic_write_jsonl(run.split("train"), rows(["yes"] * 40 + ["no"] * 10))
+    assert _without_idle_balance(cfg, run).train.search.space.balance == ["off", "cap", "oversample"]

@@ -40,7 +40,13 @@ def texts_of(rec: Record, roles: tuple[str, ...] = ("user", "assistant")) -> lis
 
 
 def near_text(rec: Record) -> str:
-    """What near-dedup and decontamination compare: the record's user/assistant texts."""
+    """What near-dedup and decontamination compare: the record's user/assistant texts. Rows of a group (questions
+    on one SQuAD context) share that context by construction, and the split keeps a group together: they are
+    compared on what tells them apart, the user turn's last paragraph (the question) and the answer."""
+    if (rec.get("meta") or {}).get("group") and "messages" in rec:
+        user = next((m["content"] for m in reversed(rec["messages"]) if m["role"] == "user"), "")
+        answer = [m["content"] for m in rec["messages"] if m["role"] == "assistant"]
+        return "\n".join([user.rsplit("\n\n", 1)[-1], *answer])
     return "\n".join(texts_of(rec))
 
 
