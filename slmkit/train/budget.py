@@ -163,3 +163,17 @@ def final_steps(
         "left_s": None if left_s is None else round(max(left_s, 0.0), 1),
         "estimated_s": round(speed.setup_s + steps * step_s, 1),
     }
+
+
+def too_small(budget_s: float, scale: float, probe_s: float, worst: float, steps: int, rows: int, speed) -> SlmError:
+    """The error for a budget that cannot fit the probe and one trial; `scale`: the budget over the search's share."""
+    need = (probe_s + worst) * scale
+    return SlmError(
+        f"--budget {fmt_duration(budget_s)} is too small for one trial: probing this machine took "
+        f"{fmt_duration(probe_s)} and the largest trial of train.search.space ({steps} steps on {rows} rows, "
+        f"{speed.tokens_per_s:.0f} tokens/s) takes ~{fmt_duration(worst)}"
+        + (f", and the search gets {1 / scale:.0%} of the budget" if scale > 1 else "")
+        + f"; the minimum is {round_up_minutes(need)}",
+        f"pass --budget {round_up_minutes(need)} or more, or narrow train.search.space "
+        "(fewer epochs/steps) or lower train.search.rows",
+    )

@@ -4,10 +4,11 @@ An Optuna study over `train.search.space` (lr, epochs or steps, LoRA r and alpha
 median pruning on the task's val metric, which each trial reports at every validation (a trial is the train
 stage's own `fine_tune`, stopped through its `on_validation` hook). The objective is the trial's best val metric.
 
-Budget: a timed probe (3 steps, one validation) measures this machine; trials then train on as many rows as let
-~TARGET_TRIALS of the largest fit (`train.search.rows: auto`), and a trial starts only while the largest trial the
-space allows still fits in what is left (speeds re-measured after every trial). A budget below the probe plus one
-such trial is an SlmError naming the minimum. Time already spent by finished trials counts on a rerun.
+Budget (search and final training together): the search gets (1 - train.search.final_share) of it. A timed probe
+(3 steps, one validation) measures this machine; trials train on as many rows as let ~TARGET_TRIALS of the largest
+fit (`train.search.rows: auto`), and start only while the largest trial still fits (speeds re-measured after each).
+The final training (`_final`) gets what is left, its steps capped to fit. A budget too small for the probe and one
+trial is an SlmError naming the minimum. Time spent by finished trials counts on a rerun.
 
 Resume: the study lives in tune/study.sqlite (one study per search fingerprint: model, train and eval sections and
 the data fingerprint, not the budget or trial count). A rerun keeps every finished trial; a trial a kill left
@@ -94,7 +95,7 @@ def study_key(cfg: BuildConfig, run: RunDir) -> str:
 def tuned_config(cfg: BuildConfig, run_dir, train: TrainFn) -> tuple[BuildConfig, dict]:
     """For `slm build` with train.search.enabled: search (budget from the config), then the best config."""
     found = search(cfg, run_dir, train)
-    return best_config(cfg, found["best"]["params"], found["final"]["max_steps"]), found
+    return best_config(cfg, found["best"]["params"], found["final"]), found
 
 
 def recorded_search(cfg: BuildConfig, run_dir) -> dict:
@@ -157,7 +158,9 @@ def search(
             left = search_s - _spent(study, probe)
             if worst > left:
                 if not finished:
-                    _too_small(budget_s, budget_s / search_s, probe, worst, worst_steps, plan["rows"], speed)
+                    raise budget.too_small(
+                        budget_s, budget_s / search_s, probe["wall_s"], worst, worst_steps, plan["rows"], speed
+                    )
                 stopped = "budget"
                 break
             if "plan" not in study.user_attrs:  # fixed from the first trial on: trials stay comparable
@@ -404,20 +407,26 @@ def _summary(study, cfg: BuildConfig, paths: TunePaths, plan: dict, probe: dict,
         "best": best and {k: best[k] for k in ("number", "value", "params")},
         "best_config": str(paths.best_yaml),
         "final": final,
-        "best_train": best and best_config(cfg, best["params"], final["max_steps"]).train.model_dump(mode="json"),
+        "best_train": best and best_config(cfg, best["params"], final).train.model_dump(mode="json"),
         "trials": rows,
         "plot": str(paths.root / "trials.png"),
     }
 
 
 def _final(cfg: BuildConfig, plan: dict, speed, probe: dict, finished: list, best: dict, left_s: float) -> dict:
-    """The final training of the best recipe on all train rows, capped to what the budget has left (final_share)."""
-    t_cfg = best_config(cfg, best["params"]).train
+    """The final training of the best recipe on all train rows. Epochs on a trial's row subset do not carry over to
+    all rows, so it may train up to the space's most epochs (validation keeps the best step and stops on a plateau),
+    capped to what the budget has left (final_share), and at least the best trial's steps."""
+    space, t_cfg = cfg.train.search.space, best_config(cfg, best["params"]).train
+    epochs = None
+    if space.epochs and t_cfg.eval_steps is not None and cfg.train.search.final_share is not None:
+        epochs = float(max(space.epochs[1], t_cfg.epochs))
+        t_cfg = t_cfg.model_copy(update={"epochs": epochs})
     trial = next(t.user_attrs for t in finished if t.number == best["number"])
     rows = plan["rows_by_mode"][t_cfg.balance]
     left = left_s if cfg.train.search.final_share is not None else None
     floor = trial.get("best_step") or trial.get("steps") or 1
-    return budget.final_steps(speed, t_cfg, rows, probe["mean_tokens"], left, floor) | {"rows": rows}
+    return budget.final_steps(speed, t_cfg, rows, probe["mean_tokens"], left, floor) | {"rows": rows, "epochs": epochs}
 
 
 def _speed(probe: dict, finished: list) -> budget.Speed:
@@ -448,19 +457,6 @@ def _requeue_killed(study, storage) -> None:
         if t.params not in waiting:
             study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number})
             log.info("trial %d was interrupted: queued again (%s)", t.number, fmt_params(t.params))
-
-
-def _too_small(budget_s: float, scale: float, probe: dict, worst: float, steps: int, rows: int, speed) -> None:
-    need = (probe["wall_s"] + worst) * scale  # scale: the whole budget over the search's share of it
-    raise SlmError(
-        f"--budget {budget.fmt_duration(budget_s)} is too small for one trial: probing this machine took "
-        f"{budget.fmt_duration(probe['wall_s'])} and the largest trial of train.search.space ({steps} steps "
-        f"on {rows} rows, {speed.tokens_per_s:.0f} tokens/s) takes ~{budget.fmt_duration(worst)}"
-        + (f", and the search gets {1 / scale:.0%} of the budget" if scale > 1 else "")
-        + f"; the minimum is {budget.round_up_minutes(need)}",
-        f"pass --budget {budget.round_up_minutes(need)} or more, or narrow train.search.space "
-        "(fewer epochs/steps) or lower train.search.rows",
-    )
 
 
 def _write_trial_data(run: RunDir, paths: TunePaths, records: list[dict], rows: int, seed: int, val) -> list[dict]:

@@ -47,13 +47,15 @@ def apply_params(train: dict, params: dict) -> dict:
     return train
 
 
-def best_config(cfg: BuildConfig, params: dict, max_steps: int | None = None) -> BuildConfig:
+def best_config(cfg: BuildConfig, params: dict, final: dict | None = None) -> BuildConfig:
     """cfg with the best parameters in its train section and train.search.enabled false (a rerun trains, once);
-    `max_steps`: the cap that fits the final training in the budget (search.final_steps)."""
+    `final` (search._final): the final training's epochs, and the max_steps cap that fits it in the budget."""
     dump = cfg.model_dump()
     apply_params(dump["train"], params)["search"]["enabled"] = False
-    if max_steps is not None:
-        dump["train"]["max_steps"] = max_steps
+    if final and final.get("epochs") is not None:
+        dump["train"]["epochs"] = final["epochs"]
+    if final and final.get("max_steps") is not None:
+        dump["train"]["max_steps"] = final["max_steps"]
     return BuildConfig.model_validate(dump)
 
 
@@ -92,12 +94,14 @@ def write_outputs(paths, cfg: BuildConfig, study, summary: dict, plot: bool = Tr
         f"{summary['rows_total']} train rows). Rerun: slm build {paths.best_yaml}\n"
     )
     final = summary.get("final") or {}
+    if final.get("epochs") is not None:
+        header += f"# train.epochs {final['epochs']:g}: the final training may use the space's most epochs\n"
     if final.get("capped"):
         header += (
-            f"# train.max_steps {final['steps']}: the best recipe's {final['natural_steps']} steps capped to fit "
+            f"# train.max_steps {final['steps']}: its {final['natural_steps']} steps capped to fit "
             f"the {summary['budget_s'] / 60:.0f}-minute budget\n"
         )
-    best_cfg = best_config(cfg, best["params"], final.get("max_steps"))
+    best_cfg = best_config(cfg, best["params"], final)
     atomic_write_text(paths.best_yaml, header + yaml.safe_dump(rerunnable(best_cfg), sort_keys=False))
     atomic_write_json(paths.summary, summary)
     if plot:

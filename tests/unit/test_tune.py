@@ -128,8 +128,10 @@ def test_best_config_carries_the_cap():
     from slmkit.train.trials import best_config
 
     cfg = load_config(None, {"train": {"search": {"enabled": True}}}, environ={})
-    capped = best_config(cfg, {"lr": 1e-3, "epochs": 3}, max_steps=42)
+    capped = best_config(cfg, {"lr": 1e-3, "epochs": 3}, {"max_steps": 42, "epochs": None})
     assert (capped.train.lr, capped.train.epochs, capped.train.max_steps) == (1e-3, 3.0, 42)
+    longer = best_config(cfg, {"lr": 1e-3, "epochs": 1}, {"max_steps": None, "epochs": 4.0})
+    assert (longer.train.epochs, longer.train.max_steps) == (4.0, None)
     assert not capped.train.search.enabled and best_config(cfg, {"epochs": 3}).train.max_steps is None
 
 
@@ -390,3 +392,23 @@ def test_balance_is_searched_only_when_answers_repeat(tmp_path):
     assert _without_idle_balance(cfg, run).train.search.space.balance is None
     atomic_write_jsonl(run.split("train"), rows(["yes"] * 40 + ["no"] * 10))
     assert _without_idle_balance(cfg, run).train.search.space.balance == ["off", "cap", "oversample"]
+
+
+def test_the_final_training_may_use_the_space_s_most_epochs_within_the_budget():
+    from types import SimpleNamespace
+
+    from slmkit.config import load_config
+    from slmkit.train.search import _final
+
+    cfg = load_config(None, {"train": {"batch_size": 8, "search": {"enabled": True}}}, environ={})  # epochs 1..4
+    plan = {"rows_by_mode": {"off": 800, "cap": 500, "oversample": 1200}}
+    speed = budget.Speed(tokens_per_s=100.0, setup_s=10.0, val_s=2.0)
+    trials = [SimpleNamespace(number=3, user_attrs={"steps": 12, "best_step": 9})]
+    best = {"number": 3, "value": 0.5, "params": {"lr": 1e-3, "epochs": 1, "balance": "cap"}}
+    roomy = _final(cfg, plan, speed, {"mean_tokens": 50}, trials, best, left_s=1e6)
+    assert roomy["epochs"] == 4.0 and roomy["rows"] == 500 and roomy["natural_steps"] == 4 * 63
+    assert not roomy["capped"] and roomy["max_steps"] is None
+    tight = _final(cfg, plan, speed, {"mean_tokens": 50}, trials, best, left_s=10 + 50 * 4.4 + 1)
+    assert tight["capped"] and tight["max_steps"] == 50
+    no_time = _final(cfg, plan, speed, {"mean_tokens": 50}, trials, best, left_s=0)
+    assert no_time["steps"] == 9  # the best trial's best step, at least
