@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -56,6 +57,7 @@ from slmkit.train.validate import carve_val, has_rows
 log = logging.getLogger("slmkit")
 PROBE_STEPS = 3
 MIN_ROWS = 32  # a trial trains on at least this many rows (or all of them), and on ~4 per distinct answer
+MIN_STEPS = 25  # ... and its shortest epochs take at least this many steps: fewer tell lrs apart by noise alone
 TrainFn = Callable[..., dict]  # stage.fine_tune(cfg, run_dir, *, show_progress, on_validation) -> summary
 
 
@@ -144,7 +146,7 @@ def search(
         if "probe" not in study.user_attrs:
             study.set_user_attr("probe", _probe(cfg, run, paths, train))
         probe = study.user_attrs["probe"]
-        plan, plan_modes = _trial_plan(study, cfg, run, paths, probe, budget_s, max_trials, seed)
+        plan, plan_modes = _trial_plan(study, cfg, run, paths, probe, search_s, max_trials, seed)
         # no pruning before two trials finished, nor at a trial's first validation (still warming up)
         study.pruner = optuna.pruners.MedianPruner(
             n_startup_trials=2, n_warmup_steps=plan["eval_steps"] + 1, n_min_trials=2
@@ -259,12 +261,14 @@ def _trial_plan(
 
 def _plan_rows(cfg, rows_by_mode, answers: int, probe, speed, budget_s: float, max_trials: int) -> int:
     """Train rows per trial: train.search.rows, or (auto) as many as let ~TARGET_TRIALS of the largest trials fit,
-    but at least MIN_ROWS, two batches and ~4 rows per answer when answers repeat (or balancing has nothing to do)."""
+    but at least MIN_ROWS, MIN_STEPS steps at the fewest epochs, and ~4 rows per answer when answers repeat."""
     s_cfg, t_cfg = cfg.train.search, cfg.train
     if s_cfg.rows != "auto":
         return min(s_cfg.rows, rows_by_mode["off"])
     classes = answers if 2 * answers <= rows_by_mode["off"] else 0
-    floor = max(MIN_ROWS, 2 * t_cfg.batch_size * t_cfg.grad_accum, 4 * classes)
+    fewest_epochs = s_cfg.space.epochs[0] if s_cfg.space.epochs else (None if s_cfg.space.steps else t_cfg.epochs)
+    by_steps = math.ceil(MIN_STEPS * t_cfg.batch_size * t_cfg.grad_accum / fewest_epochs) if fewest_epochs else 0
+    floor = max(MIN_ROWS, 2 * t_cfg.batch_size * t_cfg.grad_accum, 4 * classes, by_steps)
     per_trial = max(budget_s - probe["wall_s"], 1.0) / min(max_trials, budget.TARGET_TRIALS)
     return budget.plan_rows(per_trial, speed, s_cfg.space, t_cfg, rows_by_mode, probe["mean_tokens"], floor)
 
