@@ -319,13 +319,28 @@ def models_show(name: str) -> None:
     out.print_json(data=entry)
 
 
-def doctor() -> None:
-    """Device, dtype choice, cores, memory, library versions, and the speed choices training would make here."""
+def doctor(
+    reprobe: bool = typer.Option(False, "--reprobe", help="Time this CPU's fp32 and bf16 matmuls again"),
+) -> None:
+    """Device, dtype choice (measured on CPU), cores, memory, library versions, and training's speed choices."""
+    from slmkit import speed_probe
     from slmkit.hardware import detect, versions
     from slmkit.train.speed import plan_lines
 
+    if reprobe:
+        speed_probe.probe(reprobe=True)
     hw = detect()
-    for k, v in {**hw.as_dict(), **versions(), **plan_lines(hw.device)}.items():
+    lines = {**hw.as_dict(), **versions(), **plan_lines(hw.device)}
+    if hw.device == "cpu":
+        result = speed_probe.probe()
+        when = result.get("measured_at", "now")
+        lines |= {
+            "cpu_probe": f"{result['key']['cpu']}, {result['key']['cores']} cores, measured {when} "
+            f"({speed_probe.cache_path()})",
+            "cpu_probe_train": speed_probe.reason(result, "train"),
+            "cpu_probe_decode": speed_probe.reason(result, "decode"),
+        }
+    for k, v in lines.items():
         out.print(f"{k:<23} {v}", soft_wrap=True)
 
 

@@ -1,4 +1,4 @@
-"""Device and dtype choice: CUDA > MPS > CPU; bf16 only where the chip runs it fast."""
+"""Device and dtype choice: CUDA > MPS > CPU; on CPU, bf16 only where this machine measured it faster (speed_probe)."""
 
 from __future__ import annotations
 
@@ -66,14 +66,11 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
             reason = "CUDA: bf16 if the GPU supports it, else fp16"
         elif device == "mps":
             dtype, reason = "float32", "MPS: fp32 (bf16 autocast support varies by macOS version)"
-        elif bf16 == "AMX":
-            dtype, reason = "bfloat16", "CPU has AMX: bf16 matmuls run several times faster than fp32"
-        elif bf16:
-            # measured on a 2-core AVX512_BF16 Xeon without AMX: a 2048^2 bf16 matmul at 161 GFLOP/s, fp32 at 168
-            dtype, reason = "float32", f"CPU has {bf16} but no AMX: bf16 matmuls are no faster than fp32"
-        else:
-            # measured on a 2-core AVX2 EPYC: bf16 matmul 0.3 GFLOP/s (a slow fallback), fp32 160 GFLOP/s
-            dtype, reason = "float32", f"CPU capability {cap} has no bf16 instructions: fp32 is faster"
+        else:  # the flags do not say which is faster (speed_probe's docstring): measured once per machine
+            from slmkit import speed_probe
+
+            result = speed_probe.probe()
+            dtype, reason = result["choice"]["train"], speed_probe.reason(result, "train")
     return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason)
 
 

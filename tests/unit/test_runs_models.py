@@ -93,25 +93,6 @@ def test_resolve_model_errors_and_local_folder(tmp_path, tiny_model_dir):
         resolve_model(str(tmp_path / "empty"))
 
 
-def test_hardware_respects_explicit_choice_and_picks_fp32_without_native_bf16(monkeypatch):
-    import torch
-
-    from slmkit import hardware
-
-    assert hardware.detect("cpu", "bfloat16").dtype == "bfloat16"
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    monkeypatch.setattr(hardware, "cpu_bf16", lambda: None)
-    hw = hardware.detect()
-    assert (hw.device, hw.dtype) == ("cpu", "float32") and "AVX2" in hw.reason
-    monkeypatch.setattr(hardware, "cpu_bf16", lambda: "AVX512_BF16")  # bf16 dot products, but no faster than fp32
-    hw = hardware.detect()
-    assert hw.dtype == "float32" and "no AMX" in hw.reason
-    monkeypatch.setattr(hardware, "cpu_bf16", lambda: "AMX")
-    assert hardware.detect().dtype == "bfloat16"
-
-
 def test_cpu_bf16_reads_the_cpu_flags(monkeypatch):
     import torch
 
