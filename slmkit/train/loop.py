@@ -58,6 +58,32 @@ def add_lora(model, lora_cfg):
     return model
 
 
+def store_frozen_in(model, dtype: str) -> int:
+    """Keep the frozen base weights of the LoRA-adapted Linears in `dtype` (bfloat16 / float16 training).
+
+    Under autocast each call casts an fp32 base weight to bf16 again (autocast caches casts only of weights that
+    require grad) and autograd keeps that copy for the backward, so a step held an fp32 and a bf16 copy of every
+    adapted matrix. Stored in bf16 once, the matmuls get the very same bf16 values (a frozen weight never changes):
+    the same math without the copies. Adapters, their optimizer state and everything else stay fp32.
+    Returns the number of weights converted."""
+    import torch
+
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:
+        return 0
+    target, n = getattr(torch, dtype), 0
+    for module in model.modules():
+        base = getattr(module, "base_layer", None)
+        if not isinstance(module, LoraLinear) or type(base) is not torch.nn.Linear or base.weight.requires_grad:
+            continue
+        base.weight = torch.nn.Parameter(base.weight.detach().to(target), requires_grad=False)
+        if base.bias is not None and not base.bias.requires_grad:
+            base.bias = torch.nn.Parameter(base.bias.detach().to(target), requires_grad=False)
+        n += 1
+    return n
+
+
 def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
     """Encode a JSONL split; drop rows whose assistant tokens were all cut by max_len (returns count)."""
     return encode_records(tok, read_jsonl(path), max_len)

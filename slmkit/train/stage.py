@@ -45,6 +45,7 @@ from slmkit.train.loop import (
     optimizer_step,
     save_weights_to,
     setup_runtime,
+    store_frozen_in,
 )
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import compile_layers, compile_plan, warm_up
@@ -111,6 +112,8 @@ def fine_tune(
     model = load_model(resolved, "float32", "cpu", cfg.model.trust_remote_code)
     if lora:
         model = add_lora(model, t_cfg.lora)
+        if hw.dtype in ("bfloat16", "float16"):
+            store_frozen_in(model, hw.dtype)  # the same matmuls as autocast's per-call casts, without the copies
     model.train()
 
     records, val_path = read_jsonl(run.split("train")), run.split("val")

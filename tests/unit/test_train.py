@@ -194,3 +194,30 @@ def test_auto_micro_batches_follow_the_token_budget(monkeypatch):
         assert len(c) == 1 or len(c) * max(len(e["input_ids"]) for e in c) <= MICRO_TOKENS
     assert len(chunks) == 3  # [40, 40, 100, 100, 100] (5 x 100 padded) [100, 250] (2 x 250) [300]
     assert [len(c) for c in micro_chunks(exs, 3)] == [3, 3, 2]
+
+
+def test_bf16_lora_keeps_frozen_weights_in_bf16_with_the_same_losses(tmp_path, tiny_model_dir, tiny_csv, monkeypatch):
+    """Stored once in bf16, the frozen base weights give exactly the matmuls autocast's per-call casts gave."""
+    import torch
+
+    from slmkit.train import loop, stage
+
+    seen = {}
+    real = loop.store_frozen_in
+
+    def spy(model, dtype):
+        n = real(model, dtype)
+        seen["n"] = n
+        seen["dtypes"] = {p.dtype for name, p in model.named_parameters() if "base_layer" in name}
+        seen["trainable"] = {p.dtype for p in model.parameters() if p.requires_grad}
+        return n
+
+    runs = {}
+    for name, fn in (("stored", spy), ("cast_per_call", lambda model, dtype: 0)):
+        monkeypatch.setattr(stage, "store_frozen_in", fn)
+        cfg, run = _prepared_run(tmp_path / name, tiny_model_dir, tiny_csv, dtype="bfloat16", max_steps=4)
+        runs[name] = stage.run(cfg, run, show_progress=False)
+    assert seen["n"] > 0 and seen["dtypes"] == {torch.bfloat16} and seen["trainable"] == {torch.float32}
+    a, b = runs["stored"], runs["cast_per_call"]
+    assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-5)
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5) and a["dtype"] == "bfloat16"
