@@ -190,7 +190,7 @@ def _search_section(search: dict[str, dict]) -> str:
             f"<p>{html.escape(name)}: {len(trials)} trials in {s.get('spent_s', 0) / 60:.1f} min, "
             f"{s.get('rows')} of {s.get('rows_total')} train rows a trial; best "
             f"{html.escape(str(s.get('metric')))} {s['best']['value']:.4f} (trial {s['best']['number']}), "
-            f"config <code>{html.escape(str(s.get('best_config')))}</code></p>"
+            f"config <code>{html.escape(str(s.get('best_config')))}</code>.{_final_line(s.get('final'))}</p>"
             f"<table class='trials'><thead><tr><th>trial</th><th>state</th>"
             f"<th>{html.escape(str(s.get('metric')))}</th>{head}<th>seconds</th></tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
@@ -200,6 +200,14 @@ def _search_section(search: dict[str, dict]) -> str:
             png = base64.b64encode(plot.read_bytes()).decode()
             parts.append(f"<img alt='recipe search trials' src='data:image/png;base64,{png}'>")
     return "".join(parts)
+
+
+def _final_line(final: dict | None) -> str:
+    if not final:
+        return ""
+    epochs = f" (up to {final['epochs']:g} epochs)" if final.get("epochs") else ""
+    cap = f", capped from {final['natural_steps']} to fit the budget" if final.get("capped") else ""
+    return f" Final training on all {final.get('rows')} rows: {final['steps']} steps{epochs}{cap}."
 
 
 def render_report(

@@ -233,6 +233,7 @@ def test_build_searches_then_trains_the_best_recipe_and_the_report_shows_the_tri
         search=read_search({"tiny": run.root}),
     )
     assert "Recipe search" in html and html.count("<tr") >= 4 and "alt='recipe search trials'" in html
+    assert f"Final training on all {found['final']['rows']} rows: {found['final']['steps']} steps" in html
 
     from slmkit.config import load_config  # `slm build tune/best.yaml` later: the summary still records the search
 
