@@ -139,6 +139,12 @@ def main() -> None:
     base = TASKS[args.task](args.data_root, args.train_rows, args.seed, args.prompt)
     extra = [x for s in args.sets for x in ("--set", s)]
     results = [build(args.task, r, base, budget, extra) for r in args.recipes.split(",")]
+    path = OUT / f"{args.task}.json"
+    if path.is_file():  # recipes run earlier (with the same settings) stay beside the new ones
+        earlier = json.loads(path.read_text())
+        same = all(earlier.get(k) == v for k, v in (("train_rows", args.train_rows), ("prompt", args.prompt)))
+        ran = {r["recipe"] for r in results}
+        results = [r for r in earlier.get("results", []) if same and r["recipe"] not in ran] + results
     out = {
         "task": args.task,
         "cpu": cpu_model(),
@@ -147,7 +153,7 @@ def main() -> None:
         "prompt": args.prompt,
         "results": results,
     }
-    (OUT / f"{args.task}.json").write_text(json.dumps(out, indent=1))
+    path.write_text(json.dumps(out, indent=1))
     print(f"{args.task} on {out['cpu']}")
     for r in results:
         m = r["metrics"]
