@@ -60,7 +60,7 @@ def run_app(app: typer.Typer, argv: list[str] | None, prog_name: str) -> None:
     except ex.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except ex.Abort:
+    except typer.Abort:  # click's Abort, as typer exports it (its vendored exceptions module has none)
         sys.exit(1)
     if isinstance(code, int) and code:  # typer.Exit(n) inside a command (e.g. eval-models --fail-under)
         sys.exit(code)

@@ -133,6 +133,7 @@ def search(
     seed = cfg.train.seed if s_cfg.seed is None else s_cfg.seed
     _require_inputs(cfg, run)
     cfg = _without_idle_balance(cfg, run)
+    s_cfg = cfg.train.search
     paths.root.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with search_lock(paths.lock, run):

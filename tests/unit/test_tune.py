@@ -377,6 +377,23 @@ def test_a_search_without_a_val_split_holds_out_the_rows_the_final_training_will
     assert not trial_train & {r["id"] for r in trial_val}  # trials never train on what scores them
 
 
+@needs_optuna
+def test_a_search_over_answers_that_never_repeat_runs_without_balance(tmp_path, tiny_model_dir, monkeypatch):
+    from slmkit.train import validate
+    from slmkit.train.search import search
+    from slmkit.train.stage import fine_tune
+
+    monkeypatch.setattr(validate.Validator, "score", lora_score)
+    words = ["alpha", "bravo", "delta", "gamma", "kilo", "lima", "oscar", "tango"]
+    rows = [f"play {a} by {b},artist: {b}; song: {a}" for a in words for b in words[:5]]  # 40 distinct answers
+    csv = tmp_path / "slots.csv"
+    csv.write_text("text,output\n" + "\n".join(rows) + "\n")
+    cfg, run = _prepared(tmp_path, tiny_model_dir, csv, trials=2, space={**SPACE, "epochs": None})
+    s = search(cfg, run, fine_tune, budget_s=600)
+    assert len(s["trials"]) == 2 and all("balance" not in t["params"] for t in s["trials"])
+    assert s["final"]["rows"] == s["rows_total"]
+
+
 def test_balance_is_searched_only_when_answers_repeat(tmp_path):
     from slmkit.config import load_config
     from slmkit.io import atomic_write_jsonl
