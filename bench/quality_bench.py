@@ -40,7 +40,7 @@ def cpu_model() -> str:
 
 def snips_config(data_root: Path, rows: int, seed: int, prompt_kind: str = "short") -> dict:
     """2000 (by default) training sentences sampled from SNIPS train, the 700 official test sentences as test.
-    prompt "types" lists the 39 slot types in the system prompt (~150 tokens a row: about 70% of the trained tokens);
+    prompt "types" lists the 39 slot types in the system prompt (~150 tokens a row: about two thirds of the trained tokens);
     "short" gives only the answer format, which a fine-tuned model learns from the rows anyway."""
     src = data_root / "snips_slots"
     sub = OUT / f"snips-train-{rows}"
