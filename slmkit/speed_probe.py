@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -48,8 +49,6 @@ def machine_key() -> dict:
     """What the measurement depends on: a different value of any of these measures again."""
     import torch
 
-    from slmkit.hardware import cpu_cores
-
     model, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -63,7 +62,7 @@ def machine_key() -> dict:
     return {
         "cpu": model,
         "flags_sha": hashlib.sha256(flags.encode()).hexdigest()[:16],
-        "cores": cpu_cores(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
         "torch": torch.__version__,
         "probe": PROBE_VERSION,
     }
