@@ -106,7 +106,11 @@ class Validator:
 
 
 def has_rows(path: Path) -> bool:
-    return path.is_file() and bool(path.read_text(encoding="utf-8").strip())
+    """A JSONL file with at least one row; reads up to its first non-blank line, not the whole file."""
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as f:
+        return any(line.strip() for line in f)
 
 
 def carve_val(records: list[dict], t_cfg, seed: int) -> tuple[list[dict], list[dict]]:
