@@ -65,6 +65,11 @@ class SearchConfig(_Strict):
         "final gets what the search left; its steps are capped to fit); null: the budget is the search's alone",
     )
     trials: int = Field(20, gt=0, description="at most this many finished trials")
+    start_from_config: bool = Field(
+        True,
+        description="trial 0 trains this train section's own recipe (clamped into the space), so the best recipe "
+        "is never one that scored below it on val",
+    )
     space: SearchSpace = Field(default_factory=SearchSpace)
     metric: Literal["auto"] = Field("auto", description="the task's headline val metric, as validation scores it")
     rows: Literal["auto"] | PositiveInt = Field(

@@ -47,6 +47,33 @@ def apply_params(train: dict, params: dict) -> dict:
     return train
 
 
+def config_params(train, space) -> dict:
+    """The train section's own recipe as search parameters (trial 0 with train.search.start_from_config): each
+    searched value clamped into its range, or the nearest listed choice; a dimension it cannot express (steps with
+    no max_steps) is left out, so the sampler picks it."""
+
+    def clamp(v, lo_hi):
+        return min(max(v, lo_hi[0]), lo_hi[1])
+
+    def nearest(v, choices):
+        return v if v in choices else min(choices, key=lambda c: (abs(c - v), c))
+
+    p: dict = {}
+    if space.lr:
+        p["lr"] = clamp(train.lr, space.lr)
+    if space.epochs:
+        p["epochs"] = int(clamp(max(1, round(train.epochs)), space.epochs))
+    if space.steps and train.max_steps:
+        p["steps"] = int(clamp(train.max_steps, space.steps))
+    if train.method == "lora" and space.lora_r:
+        p["lora_r"] = nearest(train.lora.r, list(space.lora_r))
+    if train.method == "lora" and space.alpha_multiplier:
+        p["alpha_multiplier"] = nearest(train.lora.alpha / train.lora.r, list(space.alpha_multiplier))
+    if space.balance:
+        p["balance"] = train.balance if train.balance in space.balance else space.balance[0]
+    return p
+
+
 def best_config(cfg: BuildConfig, params: dict, final: dict | None = None) -> BuildConfig:
     """cfg with the best parameters in its train section and train.search.enabled false (a rerun trains, once);
     `final` (search._final): the final training's epochs, and the max_steps cap that fits it in the budget."""
@@ -60,7 +87,8 @@ def best_config(cfg: BuildConfig, params: dict, final: dict | None = None) -> Bu
 
 
 def trial_rows(study) -> list[dict]:
-    """[{number, state, value, params, seconds, steps, best_step, pruned_at, requeued_from}] of every started trial."""
+    """[{number, state, value, params, seconds, steps, best_step, pruned_at, requeued_from, from_config}] of every
+    started trial."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "WAITING":
@@ -77,7 +105,7 @@ def trial_rows(study) -> list[dict]:
             "best_step": a.get("best_step"),
             "pruned_at": a.get("pruned_at"),
         }
-        rows.append(row | {k: a[k] for k in ("requeued_from", "error") if k in a})
+        rows.append(row | {k: a[k] for k in ("requeued_from", "from_config", "error") if k in a})
     return rows
 
 
@@ -147,7 +175,7 @@ def trials_md(rows: list[dict], metric: str, best_number: int | None = None) -> 
     head = f"| trial | state | {metric} | " + " | ".join(names) + " | steps run | seconds |"
     lines = [head, "|" + "---|" * (len(names) + 5)]
     for r in rows:
-        mark = " (best)" if r["number"] == best_number else ""
+        mark = (" (your config)" if r.get("from_config") else "") + (" (best)" if r["number"] == best_number else "")
         value = "" if r["value"] is None else f"{r['value']:.4f}"
         state = r["state"].lower() + (f" at step {r['pruned_at']}" if r.get("pruned_at") else "")
         cells = " | ".join(_fmt(r["params"].get(n, "")) for n in names)

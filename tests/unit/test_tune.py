@@ -135,6 +135,21 @@ def test_best_config_carries_the_cap():
     assert not capped.train.search.enabled and best_config(cfg, {"epochs": 3}).train.max_steps is None
 
 
+def test_the_config_s_recipe_as_trial_parameters_is_clamped_into_the_space():
+    from slmkit.config.train import SearchSpace, TrainConfig
+    from slmkit.train.trials import config_params
+
+    train = TrainConfig(lr=1e-2, epochs=2.6, lora={"r": 12, "alpha": 48}, balance="cap")
+    p = config_params(train, SearchSpace())
+    assert p == {"lr": 2e-3, "epochs": 3, "lora_r": 8, "alpha_multiplier": 2, "balance": "cap"}
+    space = SearchSpace(lr=[1e-4, 1e-3], epochs=None, steps=[10, 100], lora_r=[32], alpha_multiplier=None, balance=None)
+    assert config_params(TrainConfig(lr=5e-5, max_steps=500), space) == {"lr": 1e-4, "steps": 100, "lora_r": 32}
+    assert "steps" not in config_params(TrainConfig(), space)  # no max_steps: the sampler picks the steps
+    assert config_params(TrainConfig(method="full", epochs=0.3), SearchSpace()) == {
+        "lr": 2e-4, "epochs": 1, "balance": "off"
+    }
+
+
 def test_search_space_is_validated():
     from slmkit.config import load_config
 
@@ -193,6 +208,12 @@ def test_search_writes_best_config_and_trials_and_a_rerun_adds_nothing(tmp_path,
     assert set(best["params"]) == {"lr", "steps", "lora_r", "alpha_multiplier", "balance"}
     assert _trials(run) == s["trials"] and (tune / "trials.png").read_bytes()[:4] == b"\x89PNG"
     assert "(best)" in (tune / "trials.md").read_text()
+    first = s["trials"][0]  # trial 0 is the config's own recipe (lr, r16 alpha32, balance off); steps are sampled
+    assert first["from_config"] and "(your config)" in (tune / "trials.md").read_text()
+    assert {k: first["params"][k] for k in ("lr", "lora_r", "alpha_multiplier", "balance")} == {
+        "lr": cfg.train.lr, "lora_r": 16, "alpha_multiplier": 2, "balance": "off"
+    }
+    assert 2 <= first["params"]["steps"] <= 8 and not any(t.get("from_config") for t in s["trials"][1:])
     final = s["final"]  # the final training: the best trial's steps (space.steps), well inside the budget
     assert final["natural_steps"] == final["steps"] == best["params"]["steps"] and not final["capped"]
     assert 0 < final["left_s"] < 600 and s["final_share"] == 0.5
