@@ -146,7 +146,9 @@ def test_the_config_s_recipe_as_trial_parameters_is_clamped_into_the_space():
     assert config_params(TrainConfig(lr=5e-5, max_steps=500), space) == {"lr": 1e-4, "steps": 100, "lora_r": 32}
     assert "steps" not in config_params(TrainConfig(), space)  # no max_steps: the sampler picks the steps
     assert config_params(TrainConfig(method="full", epochs=0.3), SearchSpace()) == {
-        "lr": 2e-4, "epochs": 1, "balance": "off"
+        "lr": 2e-4,
+        "epochs": 1,
+        "balance": "off",
     }
 
 
@@ -211,7 +213,10 @@ def test_search_writes_best_config_and_trials_and_a_rerun_adds_nothing(tmp_path,
     first = s["trials"][0]  # trial 0 is the config's own recipe (lr, r16 alpha32, balance off); steps are sampled
     assert first["from_config"] and "(your config)" in (tune / "trials.md").read_text()
     assert {k: first["params"][k] for k in ("lr", "lora_r", "alpha_multiplier", "balance")} == {
-        "lr": cfg.train.lr, "lora_r": 16, "alpha_multiplier": 2, "balance": "off"
+        "lr": cfg.train.lr,
+        "lora_r": 16,
+        "alpha_multiplier": 2,
+        "balance": "off",
     }
     assert 2 <= first["params"]["steps"] <= 8 and not any(t.get("from_config") for t in s["trials"][1:])
     final = s["final"]  # the final training: the best trial's steps (space.steps), well inside the budget
