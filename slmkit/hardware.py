@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from slmkit import speed_probe
+from slmkit.speed_probe import cpu_cores
+
 
 def cpu_bf16() -> str | None:
     """The CPU's bf16 instructions: 'AMX', 'AVX512_BF16', or None. (torch's get_cpu_capability() says only
@@ -41,13 +44,6 @@ def _memory_gb() -> float:
         return float("nan")
 
 
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
     """Pick device and dtype; explicit choices win over detection."""
     cap = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
@@ -67,8 +63,6 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
         elif device == "mps":
             dtype, reason = "float32", "MPS: fp32 (bf16 autocast support varies by macOS version)"
         else:  # the flags do not say which is faster (speed_probe's docstring): measured once per machine
-            from slmkit import speed_probe
-
             result = speed_probe.probe()
             dtype, reason = result["choice"]["train"], speed_probe.reason(result, "train")
     return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason)

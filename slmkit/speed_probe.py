@@ -45,6 +45,14 @@ def cache_path() -> Path:
     return cache_dir() / "speed_probe.json"
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def machine_key() -> dict:
     """What the measurement depends on: a different value of any of these measures again."""
     import torch
@@ -62,7 +70,7 @@ def machine_key() -> dict:
     return {
         "cpu": model,
         "flags_sha": hashlib.sha256(flags.encode()).hexdigest()[:16],
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1),
+        "cores": cpu_cores(),
         "torch": torch.__version__,
         "probe": PROBE_VERSION,
     }

@@ -465,8 +465,8 @@ def _requeue_killed(study, storage) -> None:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if t.params not in waiting:
-            kept = {k: t.user_attrs[k] for k in ("from_config",) if k in t.user_attrs}
-            study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number} | kept)
+            attrs = {"requeued_from": t.number} | ({"from_config": True} if t.user_attrs.get("from_config") else {})
+            study.enqueue_trial(t.params, user_attrs=attrs)
             log.info("trial %d was interrupted: queued again (%s)", t.number, fmt_params(t.params))
 
 
