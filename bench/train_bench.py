@@ -132,6 +132,7 @@ def run_slmkit(
                 "micro_batch_size": args.micro,
                 "compile": compile_,
                 "dtype": dtype,
+                "eval_steps": None,  # no val carved out of the train rows: every trainer sees the same rows
             },
         },
         environ={},
@@ -253,6 +254,7 @@ CONFIGS = {
     "trl_bf16": lambda m, r, h, a: run_trl(m, r, h, a, packing=False, bf16=True, grad_ckpt=True),
     "trl_bf16_packing": lambda m, r, h, a: run_trl(m, r, h, a, packing=True, bf16=True, grad_ckpt=True),
     "slmkit_bf16": lambda m, r, h, a: run_slmkit(m, r, h, a, dtype="bfloat16"),
+    "slmkit_fp32": lambda m, r, h, a: run_slmkit(m, r, h, a, dtype="float32"),
 }
 BF16 = {"trl_bf16", "trl_bf16_packing", "slmkit_bf16"}  # run where the CPU has bf16 instructions (or on a GPU)
 HELDOUT = 32

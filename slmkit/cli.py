@@ -339,6 +339,7 @@ def doctor(
             f"({speed_probe.cache_path()})",
             "cpu_probe_train": speed_probe.reason(result, "train"),
             "cpu_probe_decode": speed_probe.reason(result, "decode"),
+            "cpu_probe_attention": speed_probe.reason(result, "attention") + " (for bf16 training)",
         }
     for k, v in lines.items():
         out.print(f"{k:<23} {v}", soft_wrap=True)

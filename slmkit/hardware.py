@@ -32,6 +32,7 @@ class Hardware:
     cpu_capability: str
     cpu_bf16: str | None
     reason: str
+    attention: str | None = None  # bf16 on CPU: the dtype attention measured faster in (speed_probe)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +66,10 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
         else:  # the flags do not say which is faster (speed_probe's docstring): measured once per machine
             result = speed_probe.probe()
             dtype, reason = result["choice"]["train"], speed_probe.reason(result, "train")
-    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason)
+    attention = None
+    if device == "cpu" and dtype == "bfloat16":  # measured (once per machine) even when the dtype was set
+        attention = speed_probe.probe()["choice"]["attention"]
+    return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason, attention)
 
 
 def setup_threads() -> int:

@@ -8,6 +8,10 @@ use on a machine times the matmuls that matter, for about two seconds:
     train:  x[384, 576] @ W[576, 1536]^T and x[384, 1536] @ W[1536, 576]^T (SmolLM2-135M's MLP, one ~384-token
             micro-batch), fp32 against bf16 autocast (what training runs: fp32 master weights cast per call)
     decode: the same weights at 16 rows (a decode step of a batch), fp32 against bf16 weights
+    attention: causal SDPA forward + backward of 4 rows x 96 tokens, 9 query / 3 key-value heads of 64 (SmolLM2's),
+            fp32 against bf16 inputs: on a 2-core AMX Xeon bf16 attention ran 2.5x slower than fp32 (its flash
+            backward kernel) while bf16 matmuls ran 4x faster (2026-12-03), so bf16 training computes attention
+            in fp32 where this says so
 
 on one thread: with the machine's other cores busy (a build, another training), two threads measured bf16 at 0.43x
 fp32 on an AMX Xeon where one thread measured 4.1x, and an idle machine 3.4-4x on two (2026-12-02): the kernels'
@@ -31,10 +35,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("slmkit")
-PROBE_VERSION = 1
+PROBE_VERSION = 2
 MARGIN = 1.15  # bf16 must be this much faster than fp32 to be chosen
 TRAIN_ROWS, DECODE_ROWS = 384, 16
 HIDDEN, INTERMEDIATE = 576, 1536  # SmolLM2-135M, the embedded default
+ATTN_SHAPE = (4, 9, 3, 96, 64)  # rows, query heads, key-value heads, tokens, head dim (SmolLM2-135M)
 SECONDS_PER_CASE = 0.4  # per dtype and phase: the probe takes ~2 s
 ROUNDS = 5
 
@@ -95,8 +100,8 @@ def _rates(fns: dict, flops: float) -> dict[str, float]:
 
 
 def measure() -> dict:
-    """{"train": {"float32", "bf16_autocast"}, "decode": {"float32", "bf16_weights"}} in GFLOP/s (the two shapes
-    summed by time), measured now."""
+    """{"train": {"float32", "bf16_autocast"}, "decode": {"float32", "bf16_weights"}, "attention": {"float32",
+    "bfloat16"}} in GFLOP/s (matmul shapes summed by time; attention counts its nominal causal FLOPs), measured now."""
     import torch
     import torch.nn.functional as F
 
@@ -140,15 +145,37 @@ def _measure(torch, F) -> dict:
 
                 name = "bf16_weights"
             out[phase] = _rates({"float32": fp32, name: bf16}, flops)
+    out["attention"] = _attention_rates(torch, F)
     return out
 
 
+def _attention_rates(torch, F) -> dict[str, float]:
+    """Causal SDPA forward + backward at ATTN_SHAPE, fp32 against bf16 (GFLOP/s of the nominal causal FLOPs)."""
+    rows, heads, kv, tokens, dim = ATTN_SHAPE
+    flops = 3 * 2 * rows * heads * tokens * tokens * dim  # QK^T and PV (2 x 2 T^2 D per head), halved by the
+    # causal mask, times ~3 for forward + backward
+
+    def case(dtype):
+        q = torch.randn(rows, heads, tokens, dim, dtype=dtype, requires_grad=True)
+        k, v = (torch.randn(rows, kv, tokens, dim, dtype=dtype, requires_grad=True) for _ in range(2))
+        g = torch.randn(rows, heads, tokens, dim, dtype=dtype)
+
+        def fn():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(g)
+
+        return fn
+
+    return _rates({"float32": case(torch.float32), "bfloat16": case(torch.bfloat16)}, flops)
+
+
 def choose(gflops: dict) -> dict[str, str]:
-    """{"train": dtype, "decode": dtype}: bf16 where it measured at least MARGIN x fp32's speed."""
-    train, decode = gflops["train"], gflops["decode"]
+    """{"train": dtype, "decode": dtype, "attention": dtype}: bf16 where it measured at least MARGIN x fp32's speed;
+    attention (used only when the run is in bf16) in bf16 unless fp32 measured faster, as it then saves casts."""
+    train, decode, attn = gflops["train"], gflops["decode"], gflops["attention"]
     return {
         "train": "bfloat16" if train["bf16_autocast"] >= MARGIN * train["float32"] else "float32",
         "decode": "bfloat16" if decode["bf16_weights"] >= MARGIN * decode["float32"] else "float32",
+        "attention": "bfloat16" if attn["bfloat16"] >= attn["float32"] else "float32",
     }
 
 
@@ -184,7 +211,8 @@ def probe(reprobe: bool = False) -> dict:
         }
     except Exception as e:  # a broken bf16 path on some build: fp32 is always correct
         log.warning("speed probe failed (%s: %s): using float32", type(e).__name__, e)
-        return {"key": key, "gflops": None, "choice": {"train": "float32", "decode": "float32"}, "failed": str(e)}
+        choice = {"train": "float32", "decode": "float32", "attention": "float32"}
+        return {"key": key, "gflops": None, "choice": choice, "failed": str(e)}
     try:
         atomic_write_json(path, result)
     except OSError as e:  # a read-only cache folder: measured again next time
@@ -197,9 +225,9 @@ def reason(result: dict, phase: str) -> str:
     if not result.get("gflops"):
         return f"speed probe failed ({result.get('failed')}): float32"
     g = result["gflops"][phase]
-    bf16 = g.get("bf16_autocast", g.get("bf16_weights"))
+    bf16 = g.get("bf16_autocast", g.get("bf16_weights", g.get("bfloat16")))
     dtype = result["choice"][phase]
     return (
         f"measured on this CPU: bf16 {bf16:.0f} vs fp32 {g['float32']:.0f} GFLOP/s ({bf16 / g['float32']:.2f}x) "
-        f"-> {dtype}" + ("" if dtype == "float32" else f" (>= {MARGIN}x)")
+        f"-> {dtype}" + ("" if dtype == "float32" or phase == "attention" else f" (>= {MARGIN}x)")
     )

@@ -119,7 +119,17 @@ def tiny_config(tmp_path: Path, model_dir: Path, csv: Path, **train) -> "BuildCo
             "system_prompt": "classify request reply with one intent",
             "split": {"val": 0.1, "test": 0.2},
         },
-        "train": {"max_steps": 6, "batch_size": 4, "save_steps": 2, "logging_steps": 1, "lr": 1e-2, **train},
+        # fp32 unless a test asks: `auto` would pick bf16 on CPUs that measure it faster, and tests must not depend
+        # on the machine's speed
+        "train": {
+            "max_steps": 6,
+            "batch_size": 4,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "lr": 1e-2,
+            "dtype": "float32",
+            **train,
+        },
         "eval": {"max_new_tokens": 4, "batch_size": 8},
     }
     return load_config(None, overrides, environ={})

@@ -58,32 +58,6 @@ def add_lora(model, lora_cfg):
     return model
 
 
-def store_frozen_in(model, dtype: str) -> int:
-    """Keep the frozen base weights of the LoRA-adapted Linears in `dtype` (bfloat16 / float16 training).
-
-    Under autocast each call casts an fp32 base weight to bf16 again (autocast caches casts only of weights that
-    require grad) and autograd keeps that copy for the backward, so a step held an fp32 and a bf16 copy of every
-    adapted matrix. Stored in bf16 once, the matmuls get the very same bf16 values (a frozen weight never changes):
-    the same math without the copies. Adapters, their optimizer state and everything else stay fp32.
-    Returns the number of weights converted."""
-    import torch
-
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:
-        return 0
-    target, n = getattr(torch, dtype), 0
-    for module in model.modules():
-        base = getattr(module, "base_layer", None)
-        if not isinstance(module, LoraLinear) or type(base) is not torch.nn.Linear or base.weight.requires_grad:
-            continue
-        base.weight = torch.nn.Parameter(base.weight.detach().to(target), requires_grad=False)
-        if base.bias is not None and not base.bias.requires_grad:
-            base.bias = torch.nn.Parameter(base.bias.detach().to(target), requires_grad=False)
-        n += 1
-    return n
-
-
 def encode_split(tok, path: Path, max_len: int) -> tuple[list[dict], int]:
     """Encode a JSONL split; drop rows whose assistant tokens were all cut by max_len (returns count)."""
     return encode_records(tok, read_jsonl(path), max_len)
@@ -134,8 +108,9 @@ def setup_runtime(t_cfg):
     return hw
 
 
-def make_accelerator(hw, report_to: list[str], project_dir: Path):
-    """An Accelerator for this run's device and dtype (bf16/fp16 as autocast over fp32 master weights).
+def make_accelerator(hw, report_to: list[str], project_dir: Path, autocast: bool = True):
+    """An Accelerator for this run's device and dtype (bf16/fp16 as autocast over fp32 master weights, unless
+    `autocast=False`: the model then holds its low-precision weights itself, `bf16.native_bf16`).
 
     accelerate keeps one process-wide state and refuses a second Accelerator with another mixed precision, so a
     Python session that trains twice (fp32, then bf16) would fail. Outside a distributed launch nothing else
@@ -146,7 +121,7 @@ def make_accelerator(hw, report_to: list[str], project_dir: Path):
 
     if AcceleratorState._shared_state and PartialState().num_processes == 1:
         AcceleratorState._reset_state()
-    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(hw.dtype, "no")
+    mixed = {"bfloat16": "bf16", "float16": "fp16"}.get(hw.dtype, "no") if autocast else "no"
     return Accelerator(
         cpu=hw.device == "cpu", mixed_precision=mixed, log_with=report_to or None, project_dir=str(project_dir)
     )

@@ -9,7 +9,9 @@ backward writes the input gradient the same way, so no [N, width] temporary is m
 
 peft keeps owning the adapters: their parameters, names, saving, merging. `fuse_lora(model)` only swaps each
 eligible layer's `forward`, and that forward hands back to peft's own whenever the fused path does not apply
-(merged or disabled adapters, several active adapters, dropout, DoRA and other variants, autocast, mixed dtypes).
+(merged or disabled adapters, several active adapters, dropout, DoRA and other variants, autocast, an input whose
+dtype is not the base weight's). fp32 adapters on a bf16 base (train/bf16.py) are cast to bf16 per call, which is
+what autocast does to peft's own layer; their gradients reach the fp32 parameters through the cast's backward.
 """
 
 from __future__ import annotations
@@ -79,11 +81,16 @@ def _fused_forward(layer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         or not isinstance(layer.lora_dropout[name], torch.nn.Identity)
         or torch.is_autocast_enabled(x.device.type)
         or type(base) is not torch.nn.Linear
-        or not (x.dtype == base.weight.dtype == layer.lora_A[name].weight.dtype)
+        or not (x.dtype == base.weight.dtype)
     ):
         return type(layer).forward(layer, x, *args, **kwargs)
     return lora_linear(
-        x, base.weight, base.bias, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+        x,
+        base.weight,
+        base.bias,
+        layer.lora_A[name].weight.to(x.dtype),
+        layer.lora_B[name].weight.to(x.dtype),
+        layer.scaling[name],
     )
 
 

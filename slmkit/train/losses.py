@@ -14,6 +14,9 @@ PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "olmo", "olmo2
 # Rows per head matmul in `linear_cross_entropy`: the [N, V] buffer is one allocation either way, chunks only keep
 # the row-wise passes cache-friendly while each matmul stays large (see kd_head.CHUNK_ROWS for the measurement).
 CE_CHUNK_ROWS = 1024
+# With a frozen head the [rows, V] fp32 chunk is one buffer reused for every chunk: 128 x 49k x 4 B = 25 MB stays
+# under glibc's 32 MiB mmap threshold (hardware.keep_freed_memory), so it is not page-faulted in again each pass.
+FROZEN_CE_CHUNK_ROWS = 128
 
 
 def _unwrap(model):
@@ -25,9 +28,21 @@ def head_backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, to
     the input dtypes: two matmuls, each row scaled by its upstream gradient [N]. Returns (d_hidden, d_weight)."""
     h, w, grad = ctx.saved_tensors
     g = grad_loss.float().unsqueeze(-1)  # [N, 1]: scale rows through the small operand
+    if grad.dtype != w.dtype:  # a bf16 head (train/bf16.py): its backward matmuls run in bf16, as autocast's would
+        grad = grad.to(w.dtype)
     d_hidden = (grad @ w).mul_(g).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-    d_weight = (grad.t() @ (h * g)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+    d_weight = (grad.t() @ (h * g).to(w.dtype)).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
     return d_hidden, d_weight
+
+
+def _ce_chunk(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """z: fp32 logits [n, V], turned in place into dL/dz = softmax(z) - onehot(t); t: [n, 1]. Returns the loss [n]."""
+    top = z.amax(-1, keepdim=True)
+    picked = z.gather(-1, t)
+    z.sub_(top).exp_()
+    total = z.sum(-1, keepdim=True)
+    z.div_(total).scatter_add_(-1, t, torch.full_like(picked, -1.0))
+    return (total.log() + top - picked).squeeze(-1)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -35,36 +50,50 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     dL/dz = softmax(z) - onehot(target) per row, so the [N, V] logits buffer becomes the gradient and the backward
     is two matmuls. Through autograd the same loss costs a log-softmax output, its backward and a scattered
-    one-hot: three more [N, V] passes and buffers (V = 49k for SmolLM2).
+    one-hot: three more [N, V] passes and buffers (V = 49k for SmolLM2). With a frozen head (LoRA) only dL/dh is
+    needed, so the forward also multiplies each chunk's gradient by the head and keeps [N, H] instead of [N, V]:
+    the backward is one row scaling, and the [N, V] buffer is one reused chunk.
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, targets):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            h, w = hidden.float(), weight.float()
-            grad = torch.empty(h.shape[0], w.shape[0], dtype=torch.float32, device=h.device)
-            loss = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-            for a in range(0, h.shape[0], CE_CHUNK_ROWS):
-                b = min(a + CE_CHUNK_ROWS, h.shape[0])
-                z, t = grad[a:b], targets[a:b, None]
-                torch.matmul(h[a:b], w.t(), out=z)
-                top = z.amax(-1, keepdim=True)
-                picked = z.gather(-1, t)
-                z.sub_(top).exp_()
-                total = z.sum(-1, keepdim=True)
-                loss[a:b] = (total.log() + top - picked).squeeze(-1)
-                z.div_(total).scatter_add_(-1, t, torch.full_like(picked, -1.0))
-        ctx.save_for_backward(h, w, grad)
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+            low = hidden.dtype == weight.dtype != torch.float32  # a bf16 model: the matmul in bf16, softmax in fp32
+            h, w = (hidden, weight) if low else (hidden.float(), weight.float())
+            n, frozen = h.shape[0], not ctx.needs_input_grad[1]
+            rows = FROZEN_CE_CHUNK_ROWS if frozen else CE_CHUNK_ROWS
+            loss = torch.empty(n, dtype=torch.float32, device=h.device)
+            if frozen:
+                buf = torch.empty(min(n, rows), w.shape[0], dtype=torch.float32, device=h.device)
+                d_h = torch.empty(n, h.shape[1], dtype=torch.float32, device=h.device)
+            else:
+                grad = torch.empty(n, w.shape[0], dtype=torch.float32, device=h.device)
+            for a in range(0, n, rows):
+                b = min(a + rows, n)
+                z = buf[: b - a] if frozen else grad[a:b]
+                if low:
+                    z.copy_(h[a:b] @ w.t())
+                else:
+                    torch.matmul(h[a:b], w.t(), out=z)
+                loss[a:b] = _ce_chunk(z, targets[a:b, None])
+                if frozen and ctx.needs_input_grad[0]:
+                    d_h[a:b] = (z.to(w.dtype) if low else z) @ w
+        ctx.frozen, ctx.dtypes = frozen, (hidden.dtype, weight.dtype)
+        ctx.save_for_backward(*((d_h,) if frozen else (h, w, grad)))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
+        if ctx.frozen:
+            (d_h,) = ctx.saved_tensors
+            d_hidden = (d_h * grad_loss.float().unsqueeze(-1)).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+            return d_hidden, None, None
         return *head_backward(ctx, grad_loss), None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy of softmax(hidden @ weight.T) against targets, in fp32.
+    """Per-row cross-entropy of softmax(hidden @ weight.T) against targets, in fp32 (the matmuls in bf16 when hidden
+    and weight both are).
 
     hidden: [N, H]; weight: [V, H] (a bias-free output head); targets: [N] int ids (no ignore index: select the
     labelled rows first) -> [N]. Equals `F.cross_entropy(hidden @ weight.T, targets, reduction="none")`, values and

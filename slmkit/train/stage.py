@@ -29,6 +29,7 @@ from slmkit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
 from slmkit.train.balance import balance_records
+from slmkit.train.bf16 import native_bf16, store_frozen_in, use_fp32_attention
 from slmkit.train.loop import (
     add_lora,
     batch_backward,
@@ -45,7 +46,6 @@ from slmkit.train.loop import (
     optimizer_step,
     save_weights_to,
     setup_runtime,
-    store_frozen_in,
 )
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import compile_layers, compile_plan, warm_up
@@ -103,17 +103,19 @@ def fine_tune(
     if not run.split("train").is_file():
         raise SlmError(f"no training data at {run.split('train')}", "run `slm data CONFIG` (or `slm build`) first")
     hw = setup_runtime(t_cfg)
-    lora = t_cfg.method == "lora"
-    accelerator = make_accelerator(hw, t_cfg.report_to, out)
+    lora, native = t_cfg.method == "lora", native_bf16(hw, t_cfg.method)
+    accelerator = make_accelerator(hw, t_cfg.report_to, out, autocast=not native)
     torch.manual_seed(t_cfg.seed)
     resolved = resolve_model(cfg.model.base_model)
     tok = load_tokenizer(resolved, cfg.model.trust_remote_code)
-    # Master weights stay fp32; bf16/fp16 come from autocast (accelerate's mixed_precision).
+    # Trained weights stay fp32; bf16/fp16 come from autocast (accelerate's mixed_precision), or for LoRA in bf16
+    # on CPU from the frozen model stored in bf16 (train/bf16.py).
     model = load_model(resolved, "float32", "cpu", cfg.model.trust_remote_code)
+    fp32_attention = native and hw.attention == "float32" and use_fp32_attention(model)
     if lora:
         model = add_lora(model, t_cfg.lora)
         if hw.dtype in ("bfloat16", "float16"):
-            store_frozen_in(model, hw.dtype)  # the same matmuls as autocast's per-call casts, without the copies
+            store_frozen_in(model, hw.dtype, every=native)  # autocast's matmuls without its per-call copies
     model.train()
 
     records, val_path = read_jsonl(run.split("train")), run.split("val")
@@ -283,6 +285,8 @@ def fine_tune(
         "method": t_cfg.method,
         "device": hw.device,
         "dtype": hw.dtype,
+        "precision": "bf16 weights" if native else ("autocast" if hw.dtype != "float32" else "fp32"),
+        "attention_dtype": "float32" if fp32_attention else None,
         "compiled": use_compile,
         "planned_steps": total_steps,
         "early_stopped_at": state.get("early_stopped"),

@@ -145,3 +145,28 @@ def test_training_with_and_without_fused_lora_ends_at_the_same_loss(tmp_path, ti
         finals.append(summary["final_loss"])
     assert finals[0] == pytest.approx(finals[1], rel=1e-4)
     assert finals[0] < history[0]["loss"]  # and it learned
+
+
+def test_fp32_adapters_on_a_bf16_base_are_cast_per_call_and_get_fp32_gradients(tiny_model_dir, monkeypatch):
+    """train/bf16.py's layout: frozen weights and activations in bf16, adapters fp32. The fused path runs (no peft
+    fallback), matches an fp32 computation on the same bf16 values, and the gradients land in the fp32 adapters."""
+    from slmkit.train.bf16 import store_frozen_in
+
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
+    ref = peft_model(tiny_model_dir)
+    model = peft_model(tiny_model_dir)
+    store_frozen_in(model, "bfloat16", every=True)
+    for p_ref, p in zip(ref.parameters(), model.parameters()):
+        p_ref.data = p.data.float()  # the same (bf16-rounded) values in fp32
+    import slmkit.train.lora_fused as lf
+
+    calls, real = [], lf.lora_linear
+    monkeypatch.setattr(lf, "lora_linear", lambda *a: calls.append(1) or real(*a))
+    fuse_lora(model)
+    model(input_ids=ids).logits.float().sum().backward()
+    ref(input_ids=ids).logits.sum().backward()
+    assert len(calls) == 14  # every adapted layer took the fused path
+    for (name, p), p_ref in zip(model.named_parameters(), ref.parameters()):
+        if p.requires_grad:
+            assert p.dtype == p.grad.dtype == torch.float32, name
+            assert torch.nn.functional.cosine_similarity(p.grad.flatten(), p_ref.grad.flatten(), 0) > 0.99, name

@@ -9,8 +9,16 @@ import pytest
 
 from slmkit import hardware, speed_probe
 
-FAST_BF16 = {"train": {"float32": 100.0, "bf16_autocast": 195.0}, "decode": {"float32": 50.0, "bf16_weights": 52.0}}
-SLOW_BF16 = {"train": {"float32": 160.0, "bf16_autocast": 0.3}, "decode": {"float32": 60.0, "bf16_weights": 0.2}}
+FAST_BF16 = {
+    "train": {"float32": 100.0, "bf16_autocast": 195.0},
+    "decode": {"float32": 50.0, "bf16_weights": 52.0},
+    "attention": {"float32": 38.0, "bfloat16": 14.6},  # AMX Xeon, 2026-12-03: bf16 attention slower
+}
+SLOW_BF16 = {
+    "train": {"float32": 160.0, "bf16_autocast": 0.3},
+    "decode": {"float32": 60.0, "bf16_weights": 0.2},
+    "attention": {"float32": 30.0, "bfloat16": 0.1},
+}
 
 
 @pytest.fixture()
@@ -33,20 +41,26 @@ def test_bf16_is_chosen_only_where_it_measured_faster(cpu_only):
     stub(FAST_BF16)
     hw = hardware.detect()
     assert (hw.device, hw.dtype) == ("cpu", "bfloat16") and "1.95x" in hw.reason and calls == [1]
-    assert speed_probe.choose(FAST_BF16) == {"train": "bfloat16", "decode": "float32"}  # 1.04x: under the margin
+    assert hw.attention == "float32"  # bf16 training computes attention in fp32 where that measured faster
+    assert speed_probe.choose(FAST_BF16) == {"train": "bfloat16", "decode": "float32", "attention": "float32"}
     speed_probe.cache_path().unlink()
     stub(SLOW_BF16)  # an AVX2 CPU: bf16 is a slow fallback
     hw = hardware.detect()
-    assert hw.dtype == "float32" and "-> float32" in hw.reason
-    edge = {"train": {"float32": 100.0, "bf16_autocast": 100.0 * speed_probe.MARGIN}, "decode": SLOW_BF16["decode"]}
-    assert speed_probe.choose(edge)["train"] == "bfloat16"
+    assert hw.dtype == "float32" and "-> float32" in hw.reason and hw.attention is None
+    edge = {
+        "train": {"float32": 100.0, "bf16_autocast": 100.0 * speed_probe.MARGIN},
+        "decode": SLOW_BF16["decode"],
+        "attention": {"float32": 20.0, "bfloat16": 20.0},
+    }
+    assert speed_probe.choose(edge)["train"] == "bfloat16" and speed_probe.choose(edge)["attention"] == "bfloat16"
 
 
-def test_an_explicit_dtype_wins_and_is_not_measured(cpu_only):
+def test_an_explicit_dtype_wins_and_only_bf16_measures_its_attention(cpu_only):
     stub, calls = cpu_only
-    stub(FAST_BF16)
+    stub(SLOW_BF16)
     assert hardware.detect("cpu", "float32").dtype == "float32" and calls == []
-    assert hardware.detect("cpu", "bfloat16").dtype == "bfloat16" and calls == []
+    hw = hardware.detect("cpu", "bfloat16")  # set by the user on a CPU where bf16 measured slow: still bf16
+    assert hw.dtype == "bfloat16" and hw.attention == "float32" and calls == [1]
 
 
 def test_the_cache_is_reused_and_remeasured_when_stale_or_unreadable(cpu_only, monkeypatch):
@@ -80,5 +94,5 @@ def test_a_failing_probe_falls_back_to_fp32_with_one_warning(cpu_only, monkeypat
 def test_the_real_measurement_has_the_shape_choose_needs(monkeypatch):
     monkeypatch.setattr(speed_probe, "SECONDS_PER_CASE", 0.01)
     g = speed_probe.measure()
-    assert set(g) == {"train", "decode"} and all(v > 0 for phase in g.values() for v in phase.values())
+    assert set(g) == {"train", "decode", "attention"} and all(v > 0 for phase in g.values() for v in phase.values())
     assert set(speed_probe.choose(g).values()) <= {"float32", "bfloat16"}

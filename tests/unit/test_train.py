@@ -197,23 +197,25 @@ def test_auto_micro_batches_follow_the_token_budget(monkeypatch):
 
 
 def test_bf16_lora_keeps_frozen_weights_in_bf16_with_the_same_losses(tmp_path, tiny_model_dir, tiny_csv, monkeypatch):
-    """Stored once in bf16, the frozen base weights give exactly the matmuls autocast's per-call casts gave."""
+    """The autocast path (bf16 LoRA off CPU): stored once in bf16, the frozen base weights give exactly the matmuls
+    autocast's per-call casts gave."""
     import torch
 
-    from slmkit.train import loop, stage
+    from slmkit.train import bf16, stage
 
     seen = {}
-    real = loop.store_frozen_in
+    real = bf16.store_frozen_in
+    monkeypatch.setattr(stage, "native_bf16", lambda hw, method: False)
 
-    def spy(model, dtype):
-        n = real(model, dtype)
+    def spy(model, dtype, every=False):
+        n = real(model, dtype, every)
         seen["n"] = n
         seen["dtypes"] = {p.dtype for name, p in model.named_parameters() if "base_layer" in name}
         seen["trainable"] = {p.dtype for p in model.parameters() if p.requires_grad}
         return n
 
     runs = {}
-    for name, fn in (("stored", spy), ("cast_per_call", lambda model, dtype: 0)):
+    for name, fn in (("stored", spy), ("cast_per_call", lambda model, dtype, every=False: 0)):
         monkeypatch.setattr(stage, "store_frozen_in", fn)
         cfg, run = _prepared_run(tmp_path / name, tiny_model_dir, tiny_csv, dtype="bfloat16", max_steps=4)
         runs[name] = stage.run(cfg, run, show_progress=False)
@@ -221,3 +223,4 @@ def test_bf16_lora_keeps_frozen_weights_in_bf16_with_the_same_losses(tmp_path, t
     a, b = runs["stored"], runs["cast_per_call"]
     assert a["final_loss"] == pytest.approx(b["final_loss"], rel=1e-5)
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5) and a["dtype"] == "bfloat16"
+    assert a["precision"] == "autocast"

@@ -136,14 +136,33 @@ def test_compile_plan_auto_decides_by_run_size_and_explains(monkeypatch):
     assert speed.compile_blocker("mps") is not None
 
 
-def test_bf16_autocast_path_trains(tmp_path, tiny_model_dir, tiny_csv):
-    """dtype bfloat16 (autocast over fp32 master weights) runs on any CPU, if slowly where bf16 is not native."""
+@pytest.mark.parametrize("attention", ["float32", "bfloat16"])
+def test_bf16_lora_on_cpu_trains_in_stored_bf16(tmp_path, tiny_model_dir, tiny_csv, monkeypatch, attention):
+    """dtype bfloat16, LoRA, CPU: the frozen model stored in bf16, fp32 adapters, no autocast, attention in the dtype
+    the probe chose (stubbed here); runs on any CPU, if slowly where bf16 is not native."""
+    from safetensors.torch import load_file
+
+    from slmkit import speed_probe
     from slmkit.data import prepare
     from slmkit.hardware import detect
     from slmkit.runs import RunDir
+    from slmkit.train import bf16, stage
     from slmkit.train.loop import make_accelerator
     from slmkit.train.stage import run as train
 
+    choice = {"train": "bfloat16", "decode": "bfloat16", "attention": attention}
+    monkeypatch.setattr(speed_probe, "probe", lambda reprobe=False: {"choice": choice, "gflops": None})
+    seen = {}
+    real = bf16.store_frozen_in
+
+    def spy(model, dtype, every=False):
+        n = real(model, dtype, every)
+        seen["frozen"] = {p.dtype for p in model.parameters() if not p.requires_grad}
+        seen["trainable"] = {p.dtype for p in model.parameters() if p.requires_grad}
+        seen["attn"] = model.get_base_model().config._attn_implementation
+        return n
+
+    monkeypatch.setattr(stage, "store_frozen_in", spy)
     make_accelerator(detect("cpu", "float32"), [], tmp_path)  # an fp32 run earlier in this process must not block bf16
     # 32 steps: at 16, bf16 on an AMX CPU had only reached 0.75x its first loss (fp32 0.59x); at 32 it is at 0.50x
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, dtype="bfloat16", max_steps=32, lr=5e-2, warmup_ratio=0.0)
@@ -153,6 +172,13 @@ def test_bf16_autocast_path_trains(tmp_path, tiny_model_dir, tiny_csv):
     history = [json.loads(line) for line in (run / "train" / "log.jsonl").read_text().splitlines()]
     assert summary["dtype"] == "bfloat16" and summary["compiled"] is False  # a tiny run: auto does not compile
     assert summary["final_loss"] < history[0]["loss"] * 0.7
+    assert summary["precision"] == "bf16 weights" and seen["frozen"] == {torch.bfloat16}
+    assert seen["trainable"] == {torch.float32}
+    fp32_attn = attention == "float32"
+    assert seen["attn"] == (bf16.FP32_ATTENTION if fp32_attn else "sdpa")
+    assert summary["attention_dtype"] == ("float32" if fp32_attn else None)
+    saved = load_file(str(run / "train" / "final" / "adapter_model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}  # the adapters as trained, not bf16 copies
 
 
 def test_compiled_training_builds_its_graphs_up_front_and_trains(tmp_path, tiny_model_dir, tiny_csv):
@@ -189,3 +215,54 @@ def test_compiled_training_builds_its_graphs_up_front_and_trains(tmp_path, tiny_
     assert results[1]["compiled"] is True and results[0]["compiled"] is False
     assert results[1]["final_loss"] == pytest.approx(results[0]["final_loss"], rel=1e-4)
     assert results[1]["final_loss"] < history[0]["loss"]
+
+
+def test_full_fine_tuning_in_bf16_keeps_autocast_over_fp32_weights(tmp_path, tiny_model_dir, tiny_csv):
+    from slmkit.data import prepare
+    from slmkit.runs import RunDir
+    from slmkit.train.stage import run as train
+
+    cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, method="full", dtype="bfloat16", max_steps=2)
+    run = RunDir.of(cfg).root
+    prepare(cfg, run / "data")
+    summary = train(cfg, run, show_progress=False)
+    assert summary["precision"] == "autocast" and summary["attention_dtype"] is None
+
+
+def test_bf16_head_cross_entropy_is_close_to_fp32_and_keeps_gradient_dtypes():
+    """hidden and head in bf16 (a model stored in bf16): the matmuls in bf16, the softmax in fp32."""
+    torch.manual_seed(0)
+    h32, w32, t = torch.randn(23, 16) * 3, torch.randn(50, 16), torch.randint(0, 50, (23,))
+    h = h32.bfloat16().requires_grad_()
+    w = w32.bfloat16().requires_grad_()
+    loss = linear_cross_entropy(h, w, t)
+    loss.sum().backward()
+    hr, wr = h.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    ref = F.cross_entropy(hr @ wr.t(), t, reduction="none")
+    ref.sum().backward()
+    assert loss.dtype == torch.float32 and h.grad.dtype == w.grad.dtype == torch.bfloat16
+    assert torch.allclose(loss, ref.detach(), rtol=2e-2, atol=5e-2)
+    for ours, want in ((h.grad, hr.grad), (w.grad, wr.grad)):
+        assert F.cosine_similarity(ours.float().flatten(), want.flatten(), 0) > 0.999
+
+
+def test_fp32_attention_matches_an_fp32_model_with_padding_masks(tiny_model_dir):
+    """The registered fp32 SDPA attention on a bf16 model: left-padded rows masked as sdpa masks them, outputs close
+    to the fp32 model's, generation runs; a model not on SDPA is left alone."""
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.train.bf16 import FP32_ATTENTION, use_fp32_attention
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [3, 4, 5, 6, 7, 8]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).logits[:, 2:]
+        low = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        assert use_fp32_attention(low) and low.config._attn_implementation == FP32_ATTENTION
+        got = low(input_ids=ids, attention_mask=mask).logits[:, 2:].float()
+        assert F.cosine_similarity(got.flatten(), want.flatten(), 0) > 0.999
+        out = low.generate(input_ids=ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+    assert out.shape == (2, 9)
+    eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
+    assert not use_fp32_attention(eager) and eager.config._attn_implementation == "eager"
