@@ -2,6 +2,8 @@
 
 Full (CPU, a few minutes: the embedded SmolLM2-135M-Instruct to GGUF f16/q8_0, ONNX int4/int8, torch.export):
     python bench/export_bench.py --out runs/bench-export
+A fine-tuned run (its merged export, every 4-bit recipe too, with the task metric on the run's whole test split):
+    python bench/export_bench.py --run runs/intent-router --out runs/bench-export-demo
 Smoke (seconds, tiny random llama, checks the plumbing only):
     python bench/export_bench.py --smoke
 Decode speed = (N - 1) / (time for N new tokens - time for 1), so prompt prefill is left out. GGUF is read by
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny random llama, a few tokens")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--run", type=Path, default=None, help="a finished run: export its merged model, score its test split")
     args = ap.parse_args()
 
     import torch
@@ -98,6 +101,8 @@ def main() -> None:
         from tests.unit.test_export_formats import make_bpe_llama
 
         src, n = make_bpe_llama(work / "src"), min(args.tokens, 8)
+    elif args.run:
+        src, n = args.run / "export" / "merged", args.tokens
     else:
         from slmkit.models import resolve_model
 
@@ -110,7 +115,22 @@ def main() -> None:
         "onnx int8": lambda: build_onnx(src, work / "onnx-int8", "int8"),
         "pt2": lambda: export_pt2(src, work / "pt2", 512).parent,
     }
+    rows = None
+    if args.run:  # the 4-bit recipes, scored on the task: what `export quant: auto` chooses between
+        from slmkit.eval import max_new_tokens_for
+        from slmkit.export import gguf, onnx
+        from slmkit.export.verify import load_eval_rows
+
+        del builds["pt2"], builds["gguf f16"]
+        for q in ("q4_0", *gguf.FOUR_BIT[1:]):
+            builds[f"gguf {q}"] = lambda q=q: write_gguf(src, work / "gguf" / f"model-{q}.gguf", q)
+        for q in onnx.FOUR_BIT:
+            builds[f"onnx {q}"] = lambda q=q: build_onnx(src, work / f"onnx-{q}", q)
+        rows = load_eval_rows(args.run, 100_000)
     source = load_backend(str(src), name="pytorch fp32")
+    if rows:
+        new_tokens = max_new_tokens_for(source.tok, rows[1], rows[2], 32)
+        source_preds = source.generate(rows[0], new_tokens, 16)
     results = [
         {
             "format": "pytorch fp32 (safetensors)",
@@ -127,6 +147,11 @@ def main() -> None:
         export_s = time.perf_counter() - t0
         backend = load_backend(str(path), name=name)
         diff = compare_logits(source, backend)["max_abs_diff"]
+        metric = None
+        if rows:
+            from slmkit.export.verify import compare_metric
+
+            metric = compare_metric(source, backend, *rows, new_tokens, 16, source_preds)
         runtime = {
             "gguf": "transformers (dequantised fp32)",
             "onnx": "onnxruntime-genai",
@@ -140,23 +165,37 @@ def main() -> None:
                 "decode_tok_s": decode_rate(backend, n),
                 "max_abs_logit_diff": diff,
                 "runtime": runtime,
+                "metric": metric,
             }
         )
+        shown = f", {metric['metric']} {metric['export']:.4f} (-{metric['drop_points']:.1f})" if metric else ""
         print(
-            f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {_rate(results[-1]['decode_tok_s'])} tok/s, diff {diff:.3g}",
+            f"{name}: {results[-1]['bytes'] / 1e6:.1f} MB, {_rate(results[-1]['decode_tok_s'])} tok/s, "
+            f"diff {diff:.3g}{shown}",
             flush=True,
         )
         del backend
-    lines = [
-        f"Model: {'tiny random llama (smoke)' if args.smoke else 'SmolLM2-135M-Instruct'}, {n} new tokens, "
-        f"{torch.get_num_threads()} threads, CPU",
-        "",
-        "| format | size (MB) | export (s) | decode tok/s | max abs logit diff | runtime |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+    model = "tiny random llama (smoke)" if args.smoke else f"run {args.run}" if args.run else "SmolLM2-135M-Instruct"
+    lines = [f"Model: {model}, {n} new tokens, {torch.get_num_threads()} threads, CPU", ""]
+    if rows:
+        m = results[1]["metric"]
+        lines[0] += f"; {m['metric']} on the run's {m['n']} test rows (pytorch fp32: {m['source']:.4f})"
     lines += [
-        f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {r['export_s']:.1f} | {_rate(r['decode_tok_s'])} | "
-        f"{r['max_abs_logit_diff']:.3g} | {r['runtime']} |"
+        "| format | size (MB) | % of fp32 | export (s) | decode tok/s | max abs logit diff |"
+        + (" metric | drop (points) |" if rows else "")
+        + " runtime |",
+        "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if rows else "") + "---|",
+    ]
+    fp32 = results[0]["bytes"]
+    lines += [
+        f"| {r['format']} | {r['bytes'] / 1e6:.1f} | {100 * r['bytes'] / fp32:.0f}% | {r['export_s']:.1f} | "
+        f"{_rate(r['decode_tok_s'])} | {r['max_abs_logit_diff']:.3g} |"
+        + (
+            f" {r['metric']['export']:.4f} | {r['metric']['drop_points']:.1f} |"
+            if r.get("metric")
+            else (" | |" if rows else "")
+        )
+        + f" {r['runtime']} |"
         for r in results
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ def import_og():
 
 
 def find_onnx_folder(target: str) -> Path:
-    """The ONNX export to serve: the target folder itself, or a run's export/onnx-* (int4 first).
+    """The ONNX export to serve: the target folder itself, or a run's export/onnx-* (auto, then int4 first).
 
     The target may also be a registered model name or runs/<name>, as for the torch backend.
     """
@@ -43,7 +43,8 @@ def find_onnx_folder(target: str) -> Path:
     # registered paths point at export/merged (or train/final): the exports sit next to it in the run
     run = (RunDir.owning(p) or RunDir(p)).root
     found = sorted(
-        (f.parent for f in run.glob("export/onnx-*/genai_config.json")), key=lambda d: (d.name != "onnx-int4", d.name)
+        (f.parent for f in run.glob("export/onnx-*/genai_config.json")),
+        key=lambda d: (d.name not in ("onnx-auto", "onnx-int4"), d.name),
     )
     if not found:
         raise SlmError(

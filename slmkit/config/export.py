@@ -11,9 +11,15 @@ from slmkit.config.base import _Strict
 
 class ExportConfig(_Strict):
     formats: list[Literal["merged", "gguf", "onnx", "pt2"]] = Field(default_factory=lambda: ["merged"])
-    gguf_quant: list[Literal["f16", "q8_0"]] = Field(default_factory=lambda: ["q8_0"])
-    onnx_quant: list[Literal["int4", "int8"]] = Field(default_factory=lambda: ["int4"])
+    # Recipes are defined in slmkit/export/{gguf,onnx}.py; `auto` tries the 4-bit ones smallest first (then 8-bit)
+    # and keeps the first whose metric on train rows stays within metric_margin_4bit.
+    gguf_quant: list[Literal["auto", "q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up", "q8_0", "f16"]] = Field(
+        default_factory=lambda: ["q8_0"]
+    )
+    onnx_quant: list[Literal["auto", "int4", "int4_kq", "int4_kq_head8", "int4_kq_mixed", "int4_gate_up", "int8"]] = Field(
+        default_factory=lambda: ["auto"]
+    )
     verify_tolerance: float = Field(1e-3, gt=0, description="max abs logit diff allowed for the merged export")
     metric_margin: float = Field(2.0, ge=0, description="points of task metric a 16/8-bit export may lose")
-    metric_margin_4bit: float = Field(5.0, ge=0, description="points of task metric a 4-bit export may lose")
+    metric_margin_4bit: float = Field(1.0, ge=0, description="points of task metric a 4-bit export may lose")
     verify_examples: int = Field(64, ge=0, description="eval rows used to re-check each export (0 skips)")

@@ -31,7 +31,34 @@ def _verify_lines(verify: dict) -> list[str]:
             f"- {m['metric']} on {m['n']} eval examples: source {m['source']:.4f}, this export {m['export']:.4f} "
             f"(drop {m['drop_points']:.1f} points, allowed {verify.get('margin_points')})"
         )
+    if auto := verify.get("auto"):
+        tried = ", ".join(
+            f"{t['recipe']} ({t['bytes'] / 1e6:.1f} MB"
+            + (f", {_points(t['calibration']['drop_points'])} points" if "calibration" in t else "")
+            + (
+                ", kept"
+                if t["recipe"] == auto["chosen"]
+                else ", failed the test check"
+                if "rejected" in t
+                else ", rejected"
+            )
+            + ")"
+            for t in auto["tried"]
+        )
+        lines.append(f"- recipe `{auto['chosen']}`, chosen by `quant: auto` (smallest first): {tried}")
+        if auto.get("calibration_rows"):
+            lines.append(
+                f"- chosen on {auto['calibration_rows']} {auto['calibration_split']}-split rows "
+                f"(sha256 `{auto['calibration_sha256'][:16]}`), drops shown as points lost there"
+            )
+        if auto.get("warning"):
+            lines.append(f"- warning: {auto['warning']}")
     return lines
+
+
+def _points(drop: float) -> str:
+    """A drop as a signed change: 4.7 -> "-4.7", a gain -> "+1.6", none -> "0.0"."""
+    return f"{-drop:+.1f}" if round(drop, 1) else "0.0"
 
 
 def render_card(run_dir: Path, cfg, verify: dict, export_format: str = "merged", licence: dict | None = None) -> str:

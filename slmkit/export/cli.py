@@ -32,7 +32,11 @@ def export_model(
     run: Path = typer.Argument(..., help="Run folder (runs/<name>)"),
     fmt: str = typer.Option("merged", "--format", "-f", help="merged, gguf, onnx or pt2"),
     quant: Optional[list[str]] = typer.Option(
-        None, "--quant", "-q", help="gguf: f16, q8_0; onnx: int4, int8 (repeatable)"
+        None,
+        "--quant",
+        "-q",
+        help="gguf: auto, q4_0, q4_0_m, q5_0_m, q4_0_gate_up, q8_0, f16; onnx: auto, int4, int4_kq, int4_kq_head8, "
+        "int4_kq_mixed, int4_gate_up, int8 (repeatable; auto keeps the smallest 4-bit recipe within export.metric_margin_4bit)",
     ),
     margin: Optional[float] = typer.Option(
         None, "--metric-margin", help="Max metric drop in points before the export fails"

@@ -21,8 +21,23 @@ log = logging.getLogger("slmkit")
 
 # HF class -> GGUF architecture. Mistral has no GGUF arch of its own: llama.cpp writes it as llama.
 SUPPORTED = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
-QUANTS = ("f16", "q8_0")
-Q8_BLOCK = 32  # GGML's Q8_0 block: 32 weights share one f16 scale (ggml-common.h, QK8_0)
+QK = 32  # every GGML type written here quantises rows in blocks of 32 (ggml-common.h: QK8_0, QK4_0, QK5_0)
+
+# quant -> (type of the 2-D body tensors, tensors kept at Q8_0). gguf-py quantises Q4_0/Q4_1/Q5_0/Q8_0 (no
+# K-quants; Q4_1 is left out: written by gguf-py and read back by transformers it scored 0.24 where Q4_0 scored
+# 0.94 on the demo, a reader or writer bug not chased here), so the "_m" mixes follow llama.cpp's own *_M recipes with Q8_0 where those use Q6_K: the token
+# embedding (here also the tied output head) and attn_v / ffn_down of the layers `use_more_bits` picks
+# (src/llama-quant.cpp). Listed smallest first: the order `auto` tries them in.
+RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "q4_0": ("Q4_0", ()),
+    "q4_0_m": ("Q4_0", ("token_embd", "more_bits")),
+    "q5_0_m": ("Q5_0", ("token_embd", "more_bits")),
+    "q4_0_gate_up": ("Q4_0", ("token_embd", "all_but_gate_up")),  # only ffn_gate / ffn_up at 4 bits
+    "q8_0": ("Q8_0", ()),
+    "f16": ("F16", ()),
+}
+QUANTS = tuple(RECIPES)
+FOUR_BIT = ("q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up")
 
 # llama.cpp token types (gguf.TokenType): only these three occur in a byte-level BPE vocabulary.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -167,15 +182,34 @@ def _state_dict(src: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _encode(name: str, w: np.ndarray, quant: str) -> tuple[np.ndarray, object | None]:
+def use_more_bits(layer: int, n_layers: int) -> bool:
+    """llama.cpp's pick of the layers whose attn_v / ffn_down get more bits: the first and last eighth, every third."""
+    return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
+
+
+def tensor_type(gname: str, quant: str, n_layers: int) -> str:
+    """The GGML type name tensor `gname` (e.g. blk.3.attn_v.weight) is written in under recipe `quant`."""
+    body, keep8 = RECIPES[quant]
+    if gname.startswith(("token_embd.", "output.")) and "token_embd" in keep8:  # the head, tied or not
+        return "Q8_0"
+    parts = gname.split(".")
+    if "all_but_gate_up" in keep8 and parts[0] == "blk":
+        return body if parts[2] in ("ffn_gate", "ffn_up") else "Q8_0"
+    if "more_bits" in keep8 and parts[0] == "blk" and parts[2] in ("attn_v", "ffn_down"):
+        return "Q8_0" if use_more_bits(int(parts[1]), n_layers) else body
+    return body
+
+
+def _encode(w: np.ndarray, qtype: str) -> tuple[np.ndarray, object | None]:
     """Array to write and its GGML type (None = infer from numpy dtype)."""
     import gguf
 
     w = w.astype(np.float32)
     if w.ndim == 1:
         return w, None  # norms stay F32, as llama.cpp's converter keeps them
-    if quant == "q8_0" and w.shape[-1] % Q8_BLOCK == 0:
-        return gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+    if qtype != "F16" and w.shape[-1] % QK == 0:
+        kind = getattr(gguf.GGMLQuantizationType, qtype)
+        return gguf.quants.quantize(w, kind), kind
     return w.astype(np.float16), None
 
 
@@ -213,7 +247,7 @@ def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = Non
     writer.add_rope_freq_base(float(rope_theta))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if quant == "f16" else gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{RECIPES[quant][0]}"))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, tokmeta)
 
@@ -233,7 +267,7 @@ def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = Non
             w = permute_qk(w, n_head)
         elif ".attn_k." in gname:
             w = permute_qk(w, n_kv)
-        data, raw = _encode(gname, w, quant)
+        data, raw = _encode(w, tensor_type(gname, quant, n_layers))
         writer.add_tensor(gname, data, raw_dtype=raw)
     try:
         writer.write_header_to_file()

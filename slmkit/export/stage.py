@@ -10,6 +10,7 @@ half-written artifact behind.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +64,23 @@ def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def recipes_for(fmt: str, quant: str) -> list[str]:
+    """The recipes one (format, quant) entry tries: itself, or for `auto` the 4-bit ones smallest first, then 8-bit."""
+    if quant != "auto":
+        return [quant]
+    if fmt == "gguf":
+        from slmkit.export.gguf import FOUR_BIT
+
+        return [*FOUR_BIT, "q8_0"]
+    from slmkit.export.onnx import FOUR_BIT
+
+    return [*FOUR_BIT, "int8"]
+
+
+def is_4bit(recipe: str) -> bool:
+    return recipe.startswith(("int4", "q4", "q5"))
+
+
 def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
     """Every format in `export.formats` (merged always first); `resume`: nothing to resume, each artifact is atomic."""
     return export_formats(cfg, run_dir)
@@ -73,11 +91,10 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
 
     Summary keys: path/bytes/verify (the merged export, as before), formats {dir: {path, bytes, verify}}, licence.
     """
-    from slmkit.eval import from_model, load_backend, max_new_tokens_for
-    from slmkit.export.card import render_card
+    from slmkit.eval import from_model, max_new_tokens_for
     from slmkit.export.licence import check_licences
     from slmkit.export.merge import export_merged
-    from slmkit.export.verify import load_eval_rows, verify_export
+    from slmkit.export.verify import load_eval_rows
     from slmkit.models import load_model, load_tokenizer
 
     run = RunDir.of_config(cfg, run_dir)
@@ -96,41 +113,121 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
         return summary
     source = from_model("source", load_model(merged, "float32", "cpu"), load_tokenizer(merged))
     task = ((read_manifest(run_dir, "data") or {}).get("summary") or {}).get("task")
-    rows = load_eval_rows(run_dir, opts.verify_examples, task)
-    new_tokens, source_preds = cfg.eval.max_new_tokens, None
-    if rows:
-        new_tokens = max_new_tokens_for(source.tok, rows[1], rows[2], cfg.eval.max_new_tokens)
-        source_preds = source.generate(rows[0], new_tokens, cfg.eval.batch_size)
-    for fmt, precision in todo:
-        name = fmt if fmt == "pt2" else f"{fmt}-{precision}"
-        dest = run.export(name)
-        margin = opts.metric_margin_4bit if precision == "int4" else opts.metric_margin
-        log.info("export %s: building from %s", name, merged)
-        with atomic_dir(dest) as tmp:
-            built = _build(fmt, precision, merged, tmp, cfg, licence["model"]["license"])
-            artifact = load_backend(str(built), name=name)
-            verify = verify_export(
-                source, artifact, precision, margin, rows, new_tokens, cfg.eval.batch_size, source_preds
-            )
-            del artifact
-            atomic_write_json(tmp / "verify.json", verify)
-            atomic_write_text(tmp / "README.md", render_card(run_dir, cfg, verify, name, licence))
-            atomic_write_json(
-                tmp / "slmkit.json",
-                {
-                    "base_model": cfg.model.base_model,
-                    "export": fmt,
-                    "precision": precision,
-                    "verify": verify,
-                    "run": cfg.name,
-                },
-            )
-        summary["formats"][name] = {
-            "path": str(dest / built.relative_to(tmp)) if built != tmp else str(dest),
-            "bytes": _folder_bytes(dest),
-            "verify": verify,
-        }
+    checks = {"test": load_eval_rows(run_dir, opts.verify_examples, task)}
+    if any(q == "auto" for _, q in todo):  # auto chooses on train rows, so the test rows stay a fair check
+        checks["calibration"] = load_eval_rows(run_dir, opts.verify_examples, task, split="train")
+    new_tokens = cfg.eval.max_new_tokens
+    if checks["test"]:
+        new_tokens = max_new_tokens_for(source.tok, checks["test"][1], checks["test"][2], cfg.eval.max_new_tokens)
+    preds = {k: rows and source.generate(rows[0], new_tokens, cfg.eval.batch_size) for k, rows in checks.items()}
+    ctx = _Context(cfg, opts, merged, source, licence, new_tokens, checks, preds)
+    for fmt, quant in todo:
+        name = fmt if fmt == "pt2" else f"{fmt}-{quant}"
+        summary["formats"][name] = _export_artifact(ctx, fmt, quant, run.export(name), name, run_dir)
     return summary
+
+
+@dataclass
+class _Context:
+    cfg: BuildConfig
+    opts: ExportConfig
+    merged: Path
+    source: object
+    licence: dict
+    new_tokens: int
+    checks: dict  # "test" / "calibration" -> (conversations, refs, task) or None
+    preds: dict  # the same keys -> the source model's answers
+
+
+class _Rejected(Exception):
+    """An `auto` recipe lost more than its margin on the calibration rows (its folder is discarded)."""
+
+
+def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str, run_dir: Path) -> dict:
+    """Build one (format, quant) entry into `dest`; `auto` keeps the first (smallest) recipe within the margin.
+
+    `auto` judges each recipe on train-split rows (calibration), then verifies the kept one on the test rows
+    like any export. A recipe that fails never reaches `dest` (atomic folder); verify.json lists the attempts.
+    """
+    from slmkit.eval import load_backend
+    from slmkit.export.card import render_card
+    from slmkit.export.verify import compare_metric, rows_sha256, verify_export
+
+    recipes, tried = recipes_for(fmt, quant), []
+    calibration = ctx.checks.get("calibration")
+    unjudged = quant == "auto" and not calibration and not ctx.checks["test"]
+    if unjudged:  # nothing to measure a drop on: the most conservative 4-bit recipe, said so in the card
+        recipes = recipes[-2:-1]
+    batch = ctx.cfg.eval.batch_size
+    for recipe in recipes:
+        margin = ctx.opts.metric_margin_4bit if is_4bit(recipe) else ctx.opts.metric_margin
+        log.info("export %s: building %s from %s", name, recipe, ctx.merged)
+        try:
+            with atomic_dir(dest) as tmp:
+                built = _build(fmt, recipe, ctx.merged, tmp, ctx.cfg, ctx.licence["model"]["license"])
+                artifact = load_backend(str(built), name=name)
+                attempt = {"recipe": recipe, "bytes": _folder_bytes(tmp), "margin_points": margin}
+                tried.append(attempt)
+                if quant == "auto" and calibration:
+                    attempt["calibration"] = compare_metric(
+                        ctx.source, artifact, *calibration, ctx.new_tokens, batch, ctx.preds["calibration"]
+                    )
+                    if attempt["calibration"]["drop_points"] > margin:
+                        raise _Rejected
+                verify = verify_export(
+                    ctx.source, artifact, recipe, margin, ctx.checks["test"], ctx.new_tokens, batch, ctx.preds["test"]
+                )
+                del artifact
+                if quant == "auto":
+                    verify["auto"] = {
+                        "chosen": recipe,
+                        "tried": tried,
+                        "calibration_split": "train" if calibration else None,
+                        "calibration_rows": len(calibration[1]) if calibration else 0,
+                        "calibration_sha256": rows_sha256(calibration) if calibration else None,
+                    }
+                    if unjudged:
+                        verify["auto"]["warning"] = (
+                            "no train or test rows to judge recipes on: the most conservative 4-bit recipe was "
+                            "written, checked on fixed prompts' logits only"
+                        )
+                    elif not calibration:
+                        verify["auto"]["warning"] = (
+                            "no train rows to choose on: each recipe was judged on the test rows"
+                        )
+                atomic_write_json(tmp / "verify.json", verify)
+                atomic_write_text(tmp / "README.md", render_card(run_dir, ctx.cfg, verify, name, ctx.licence))
+                meta = {"base_model": ctx.cfg.model.base_model, "export": fmt, "precision": recipe, "run": ctx.cfg.name}
+                atomic_write_json(tmp / "slmkit.json", meta | {"verify": verify})
+                path = dest / built.relative_to(tmp) if built != tmp else dest
+        except (_Rejected, SlmError) as e:
+            if isinstance(e, SlmError):
+                if quant != "auto" or not tried or tried[-1]["recipe"] != recipe:
+                    raise  # a build failure (not a metric miss) is not a reason to try the next recipe
+                tried[-1]["rejected"] = e.message
+            if isinstance(e, _Rejected):
+                cal = tried[-1]["calibration"]
+                why = f"lost {cal['drop_points']:.1f} points on {cal['n']} train rows (allowed {margin})"
+            else:
+                why = f"failed its test check: {e.message}"
+            log.info("export %s: %s %s, trying the next recipe", name, recipe, why)
+            continue
+        return {"path": str(path), "bytes": _folder_bytes(dest), "verify": verify, "recipe": recipe}
+    raise SlmError(
+        f"export {name}: no recipe kept {_metric_name(tried)} within its margin ({_tried(tried)})",
+        "raise export.metric_margin_4bit / metric_margin, or export a higher precision (gguf f16, onnx int8)",
+    )
+
+
+def _metric_name(tried: list[dict]) -> str:
+    return next((t["calibration"]["metric"] for t in tried if "calibration" in t), "the metric")
+
+
+def _tried(tried: list[dict]) -> str:
+    return "; ".join(
+        f"{t['recipe']} -{t['calibration']['drop_points']:.1f}" if "calibration" in t else f"{t['recipe']} failed"
+        for t in tried
+    )
 
 
 def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | None = None, **option_overrides) -> dict:
@@ -138,7 +235,8 @@ def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | Non
     key = {"gguf": "gguf_quant", "onnx": "onnx_quant"}.get(fmt)
     if quant and key is None:
         raise SlmError(
-            f"--quant does not apply to --format {fmt}", "use --quant only with gguf (f16, q8_0) or onnx (int4, int8)"
+            f"--quant does not apply to --format {fmt}",
+            "use --quant only with gguf (auto, q4_0..q8_0, f16) or onnx (auto, int4.., int8)",
         )
     overrides = {"formats": [fmt], **({key: quant} if quant else {}), **option_overrides}
     try:
@@ -146,6 +244,7 @@ def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | Non
     except ValueError as e:
         raise SlmError(
             f"bad export option: {str(e).splitlines()[-2].strip() if len(str(e).splitlines()) > 1 else e}",
-            "formats: merged|gguf|onnx|pt2; gguf quant: f16|q8_0; onnx quant: int4|int8",
+            "formats: merged|gguf|onnx|pt2; gguf quant: auto|q4_0|q4_0_m|q5_0_m|q4_0_gate_up|q8_0|f16; "
+            "onnx quant: auto|int4|int4_kq|int4_kq_head8|int4_kq_mixed|int4_gate_up|int8",
         ) from None
     return export_formats(cfg, run_dir, opts)

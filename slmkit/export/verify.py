@@ -135,12 +135,24 @@ def verify_export(
     return result
 
 
-def load_eval_rows(run_dir: Path, max_examples: int, task: str | None = None):
-    """(conversations, refs, task) from the run's test split, or None when there is none or max_examples is 0."""
+def load_eval_rows(run_dir: Path, max_examples: int, task: str | None = None, split: str = "test"):
+    """(conversations, refs, task): `max_examples` rows spread evenly over one of the run's splits (stratified splits
+    are written label by label, so the first rows would cover a few labels only), or None when there are none."""
     from slmkit.eval import infer_task, load_test_split
 
-    path = RunDir(run_dir).split("test")
-    if max_examples <= 0 or not path.is_file():
+    path = RunDir(run_dir).split(split)
+    if max_examples <= 0 or not path.is_file() or path.stat().st_size == 0:
         return None
-    conversations, refs = load_test_split(path, max_examples)
+    conversations, refs = load_test_split(path, None)
+    keep = [i * len(refs) // max_examples for i in range(max_examples)] if len(refs) > max_examples else range(len(refs))
+    conversations, refs = [conversations[i] for i in keep], [refs[i] for i in keep]
     return conversations, refs, task or infer_task(refs)
+
+
+def rows_sha256(rows: tuple[list[list[dict]], list[str], str]) -> str:
+    """Fingerprint of the rows a check ran on (prompts and references), for the export card."""
+    import hashlib
+    import json
+
+    conversations, refs, _ = rows
+    return hashlib.sha256(json.dumps([conversations, refs], sort_keys=True).encode()).hexdigest()

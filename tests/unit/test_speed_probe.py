@@ -92,7 +92,14 @@ def test_a_failing_probe_falls_back_to_fp32_with_one_warning(cpu_only, monkeypat
 
 
 def test_the_real_measurement_has_the_shape_choose_needs(monkeypatch):
+    import torch
+
     monkeypatch.setattr(speed_probe, "SECONDS_PER_CASE", 0.01)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
     g = speed_probe.measure()
+    # a seeded run must train the same whether or not the probe measured in its process (LoRA init after it)
+    assert torch.equal(torch.rand(3), expected)
     assert set(g) == {"train", "decode", "attention"} and all(v > 0 for phase in g.values() for v in phase.values())
     assert set(speed_probe.choose(g).values()) <= {"float32", "bfloat16"}
