@@ -97,6 +97,13 @@ TINY_ROWS = [
 ]
 
 
+def write_tiny_csv(folder: Path, suffixes: tuple[str, ...] = ("", " please", " today", " tomorrow")) -> Path:
+    """rows.csv (text,intent): every TINY_ROWS request once per suffix, so each intent has a few rows."""
+    csv = Path(folder) / "rows.csv"
+    csv.write_text("text,intent\n" + "".join(f"{t}{s},{label}\n" for s in suffixes for t, label in TINY_ROWS))
+    return csv
+
+
 @pytest.fixture()
 def tiny_csv(tmp_path) -> Path:
     """40 rows (4 copies of 10 phrasings with a varying suffix) of a 5-intent router, as CSV."""

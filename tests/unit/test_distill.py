@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from slmkit.cli import app
 from slmkit.distill.stage import DistillConfig, build_teacher_cache, distill
 from slmkit.errors import SlmError
-from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config
+from tests.conftest import make_tiny_model_dir, make_tiny_tokenizer, tiny_config, write_tiny_csv
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,9 @@ def run(tmp_path_factory, tiny_model_dir):
     """A run folder with the data stage done on 40 rows of the tiny intent router."""
     from slmkit.data import prepare
     from slmkit.runs import RunDir
-    from tests.conftest import TINY_ROWS
 
     tmp = tmp_path_factory.mktemp("distill")
-    csv = tmp / "rows.csv"
-    csv.write_text(
-        "text,intent\n"
-        + "".join(f"{t}{s},{lab}\n" for s in ("", " please", " today", " tomorrow") for t, lab in TINY_ROWS)
-    )
+    csv = write_tiny_csv(tmp)
     cfg = tiny_config(tmp, tiny_model_dir, csv)
     run_dir = RunDir.of(cfg).root
     prepare(cfg, run_dir / "data")

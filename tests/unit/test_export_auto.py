@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmkit.errors import SlmError
-from tests.conftest import read_json, tiny_config
+from tests.conftest import read_json, tiny_config, write_tiny_csv
 from tests.unit.test_export_formats import PROMPTS, make_bpe_llama
 
 
@@ -23,14 +23,9 @@ def tiny_run(tmp_path_factory, bpe_llama):
     from slmkit.export.stage import ExportOptions, export_formats
     from slmkit.pipeline import fingerprints, run_stage
     from slmkit.runs import RunDir
-    from tests.conftest import TINY_ROWS
 
     tmp = tmp_path_factory.mktemp("auto_run")
-    csv = tmp / "rows.csv"
-    csv.write_text(
-        "text,intent\n"
-        + "".join(f"{t}{s},{label}\n" for s in ("", " please", " today", " now") for t, label in TINY_ROWS)
-    )
+    csv = write_tiny_csv(tmp, ("", " please", " today", " now"))
     cfg = tiny_config(tmp, bpe_llama, csv, max_steps=4)
     run = RunDir.of(cfg).root
     fp = fingerprints(cfg)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmkit.errors import SlmError
-from tests.conftest import CHATML, WORDS, read_json, save_onnx_ready_llama, tiny_config
+from tests.conftest import CHATML, WORDS, read_json, save_onnx_ready_llama, tiny_config, write_tiny_csv
 
 PROMPTS = ["what is the weather today", "Hello! What can you do? 1,234 + 56", "book a flight to paris"]
 
@@ -128,14 +128,9 @@ def exported_run(tmp_path_factory, bpe_llama):
     from slmkit.export.stage import ExportOptions, export_formats
     from slmkit.pipeline import fingerprints, run_stage
     from slmkit.runs import RunDir
-    from tests.conftest import TINY_ROWS
 
     tmp = tmp_path_factory.mktemp("exported_run")
-    csv = tmp / "rows.csv"
-    csv.write_text(
-        "text,intent\n"
-        + "".join(f"{t}{s},{label}\n" for s in ("", " please", " today", " tomorrow") for t, label in TINY_ROWS)
-    )
+    csv = write_tiny_csv(tmp)
     cfg = tiny_config(tmp, bpe_llama, csv)
     cfg.data.license = "CC-BY-NC-4.0"
     run = RunDir.of(cfg).root
