@@ -83,7 +83,9 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny random llama, a few tokens")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--run", type=Path, default=None, help="a finished run: export its merged model, score its test split")
+    ap.add_argument(
+        "--run", type=Path, default=None, help="a finished run: export its merged model, score its test split"
+    )
     args = ap.parse_args()
 
     import torch

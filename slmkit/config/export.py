@@ -16,8 +16,8 @@ class ExportConfig(_Strict):
     gguf_quant: list[Literal["auto", "q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up", "q8_0", "f16"]] = Field(
         default_factory=lambda: ["q8_0"]
     )
-    onnx_quant: list[Literal["auto", "int4", "int4_kq", "int4_kq_head8", "int4_kq_mixed", "int4_gate_up", "int8"]] = Field(
-        default_factory=lambda: ["auto"]
+    onnx_quant: list[Literal["auto", "int4", "int4_kq", "int4_kq_head8", "int4_kq_mixed", "int4_gate_up", "int8"]] = (
+        Field(default_factory=lambda: ["auto"])
     )
     verify_tolerance: float = Field(1e-3, gt=0, description="max abs logit diff allowed for the merged export")
     metric_margin: float = Field(2.0, ge=0, description="points of task metric a 16/8-bit export may lose")

@@ -144,7 +144,9 @@ def load_eval_rows(run_dir: Path, max_examples: int, task: str | None = None, sp
     if max_examples <= 0 or not path.is_file() or path.stat().st_size == 0:
         return None
     conversations, refs = load_test_split(path, None)
-    keep = [i * len(refs) // max_examples for i in range(max_examples)] if len(refs) > max_examples else range(len(refs))
+    keep = (
+        [i * len(refs) // max_examples for i in range(max_examples)] if len(refs) > max_examples else range(len(refs))
+    )
     conversations, refs = [conversations[i] for i in keep], [refs[i] for i in keep]
     return conversations, refs, task or infer_task(refs)
 
