@@ -232,13 +232,13 @@ def micro_batch_size(t_cfg, device: str) -> int | None:
     return None if device == "cpu" else t_cfg.batch_size
 
 
-def micro_chunks(examples: list[dict], micro: int | None) -> list[list[dict]]:
-    """Split a batch into passes: `micro` rows each, or (None) as many rows as fit in MICRO_TOKENS padded tokens."""
+def micro_chunks(examples: list[dict], micro: int | None, budget: int = MICRO_TOKENS) -> list[list[dict]]:
+    """Split a batch into passes: `micro` rows each, or (None) as many rows as fit in `budget` padded tokens."""
     if micro is not None:
         return [examples[i : i + micro] for i in range(0, len(examples), micro)]
     chunks: list[list[dict]] = []
     for ex in sorted(examples, key=lambda e: len(e["input_ids"])):
-        if chunks and (len(chunks[-1]) + 1) * len(ex["input_ids"]) <= MICRO_TOKENS:
+        if chunks and (len(chunks[-1]) + 1) * len(ex["input_ids"]) <= budget:
             chunks[-1].append(ex)
         else:
             chunks.append([ex])
@@ -246,13 +246,19 @@ def micro_chunks(examples: list[dict], micro: int | None) -> list[list[dict]]:
 
 
 def batch_backward(
-    model, examples: list[dict], pad_id: int, micro: int | None, accelerator, scale: float = 1.0
+    model,
+    examples: list[dict],
+    pad_id: int,
+    micro: int | None,
+    accelerator,
+    scale: float = 1.0,
+    budget: int = MICRO_TOKENS,
 ) -> tuple[float, int]:
     """Forward + backward of one batch in micro-batches, each weighted by its share of the batch's labelled tokens,
     so the accumulated gradient equals the whole batch's mean-loss gradient. Returns (batch loss, non-pad tokens)."""
     total = sum(sum(1 for t in e["labels"][1:] if t != -100) for e in examples)
     loss_sum, tokens = 0.0, 0
-    for chunk in micro_chunks(examples, micro):
+    for chunk in micro_chunks(examples, micro, budget):
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         with accelerator.autocast():
             loss, n = assistant_ce_loss(model, **batch)

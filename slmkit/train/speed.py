@@ -115,7 +115,9 @@ def plan_lines(device: str) -> dict[str, str]:
     _, why = compile_plan("auto", device, None)
     return {
         "train.compile": f"auto: {why}",
-        "train.micro_batch_size": "auto: passes of ~384 padded tokens" if device == "cpu" else "auto: the whole batch",
+        "train.micro_batch_size": "auto: passes of ~384 padded tokens (768 for LoRA over bf16-stored weights)"
+        if device == "cpu"
+        else "auto: the whole batch",
         "train.lora.fused": "true: peft's LoRA layers train through one fused autograd function each",
         "train.keep_freed_memory": (
             "true: glibc keeps freed buffers (no page faults per pass)"

@@ -29,8 +29,9 @@ from slmkit.io import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_
 from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
 from slmkit.train.balance import balance_records
-from slmkit.train.bf16 import native_bf16, store_frozen_in, use_fp32_attention
+from slmkit.train.bf16 import MICRO_TOKENS_BF16, native_bf16, store_frozen_in, use_fp32_attention
 from slmkit.train.loop import (
+    MICRO_TOKENS,
     add_lora,
     batch_backward,
     checkpoint_if_due,
@@ -190,7 +191,13 @@ def fine_tune(
                 order = order_cache.setdefault(epoch, batch_order(lengths, t_cfg.batch_size, t_cfg.seed, epoch))
                 rows = order[pos % len(order)][rank::world] or order[pos % len(order)]
                 loss, n_tok = batch_backward(
-                    model, [train_ex[i] for i in rows], pad_id, micro_size, accelerator, scale=1.0 / t_cfg.grad_accum
+                    model,
+                    [train_ex[i] for i in rows],
+                    pad_id,
+                    micro_size,
+                    accelerator,
+                    scale=1.0 / t_cfg.grad_accum,
+                    budget=MICRO_TOKENS_BF16 if native else MICRO_TOKENS,
                 )
                 window.append(loss)
                 state["tokens"] += n_tok

@@ -181,14 +181,12 @@ def test_micro_batches_give_the_full_batch_gradient(tiny_model_dir):
         assert torch.allclose(g, grads[0], atol=1e-6, rtol=1e-4)
 
 
-def test_auto_micro_batches_follow_the_token_budget(monkeypatch):
-    import slmkit.train.loop as loop
+def test_auto_micro_batches_follow_the_token_budget():
     from slmkit.train.loop import micro_chunks
 
-    monkeypatch.setattr(loop, "MICRO_TOKENS", 512)  # the expected chunks below are worked out for this budget
-    MICRO_TOKENS = 512
+    MICRO_TOKENS = 512  # the expected chunks below are worked out for this budget
     exs = [{"input_ids": [0] * n, "labels": [0] * n} for n in (300, 100, 100, 100, 100, 250, 40, 40)]
-    chunks = micro_chunks(exs, None)
+    chunks = micro_chunks(exs, None, budget=MICRO_TOKENS)
     assert sorted(len(e["input_ids"]) for c in chunks for e in c) == sorted(len(e["input_ids"]) for e in exs)
     for c in chunks:  # padded size within budget, unless a single row is already larger
         assert len(c) == 1 or len(c) * max(len(e["input_ids"]) for e in c) <= MICRO_TOKENS

@@ -146,7 +146,7 @@ def test_bf16_lora_on_cpu_trains_in_stored_bf16(tmp_path, tiny_model_dir, tiny_c
     from slmkit.data import prepare
     from slmkit.hardware import detect
     from slmkit.runs import RunDir
-    from slmkit.train import bf16, stage
+    from slmkit.train import bf16, loop, stage
     from slmkit.train.loop import make_accelerator
     from slmkit.train.stage import run as train
 
@@ -163,6 +163,13 @@ def test_bf16_lora_on_cpu_trains_in_stored_bf16(tmp_path, tiny_model_dir, tiny_c
         return n
 
     monkeypatch.setattr(stage, "store_frozen_in", spy)
+    real_backward, budgets = stage.batch_backward, set()
+
+    def backward_spy(*a, budget, **k):
+        budgets.add(budget)
+        return real_backward(*a, budget=budget, **k)
+
+    monkeypatch.setattr(stage, "batch_backward", backward_spy)
     make_accelerator(detect("cpu", "float32"), [], tmp_path)  # an fp32 run earlier in this process must not block bf16
     # 32 steps: at 16, bf16 on an AMX CPU had only reached 0.75x its first loss (fp32 0.59x); at 32 it is at 0.50x
     cfg = tiny_config(tmp_path, tiny_model_dir, tiny_csv, dtype="bfloat16", max_steps=32, lr=5e-2, warmup_ratio=0.0)
@@ -173,6 +180,7 @@ def test_bf16_lora_on_cpu_trains_in_stored_bf16(tmp_path, tiny_model_dir, tiny_c
     assert summary["dtype"] == "bfloat16" and summary["compiled"] is False  # a tiny run: auto does not compile
     assert summary["final_loss"] < history[0]["loss"] * 0.7
     assert summary["precision"] == "bf16 weights" and seen["frozen"] == {torch.bfloat16}
+    assert budgets == {bf16.MICRO_TOKENS_BF16} == {2 * loop.MICRO_TOKENS}  # bf16 activations: twice the tokens a pass
     assert seen["trainable"] == {torch.float32}
     fp32_attn = attention == "float32"
     assert seen["attn"] == (bf16.FP32_ATTENTION if fp32_attn else "sdpa")
