@@ -56,7 +56,7 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
             device = "mps"
         else:
             device = "cpu"
-    reason = "set in config"
+    reason, result = "set in config", None
     if dtype == "auto":
         if device == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
@@ -68,7 +68,7 @@ def detect(device: str = "auto", dtype: str = "auto") -> Hardware:
             dtype, reason = result["choice"]["train"], speed_probe.reason(result, "train")
     attention = None
     if device == "cpu" and dtype == "bfloat16":  # measured (once per machine) even when the dtype was set
-        attention = speed_probe.probe()["choice"]["attention"]
+        attention = (result or speed_probe.probe())["choice"]["attention"]  # one probe (one cache read) per call
     return Hardware(device, dtype, cpu_cores(), round(_memory_gb(), 1), cap, bf16, reason, attention)
 
 

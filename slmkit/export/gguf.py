@@ -23,11 +23,11 @@ log = logging.getLogger("slmkit")
 SUPPORTED = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama"}
 QK = 32  # every GGML type written here quantises rows in blocks of 32 (ggml-common.h: QK8_0, QK4_0, QK5_0)
 
-# quant -> (type of the 2-D body tensors, tensors kept at Q8_0). gguf-py quantises Q4_0/Q4_1/Q5_0/Q8_0 (no
-# K-quants; Q4_1 is left out: written by gguf-py and read back by transformers it scored 0.24 where Q4_0 scored
-# 0.94 on the demo, a reader or writer bug not chased here), so the "_m" mixes follow llama.cpp's own *_M recipes with Q8_0 where those use Q6_K: the token
+# quant -> (type of the 2-D body tensors, tensors kept at Q8_0). gguf-py quantises Q4_0/Q4_1/Q5_0/Q8_0 but no
+# K-quants, so the "_m" mixes follow llama.cpp's own *_M recipes with Q8_0 where those use Q6_K: the token
 # embedding (here also the tied output head) and attn_v / ffn_down of the layers `use_more_bits` picks
-# (src/llama-quant.cpp). Listed smallest first: the order `auto` tries them in.
+# (src/llama-quant.cpp). Q4_1 is left out: written by gguf-py and read back by transformers it scored 0.24 where
+# Q4_0 scored 0.94 on the demo (a reader or writer bug, not chased). FOUR_BIT, smallest first, is what `auto` tries.
 RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "q4_0": ("Q4_0", ()),
     "q4_0_m": ("Q4_0", ("token_embd", "more_bits")),

@@ -200,17 +200,18 @@ def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str,
                 meta = {"base_model": ctx.cfg.model.base_model, "export": fmt, "precision": recipe, "run": ctx.cfg.name}
                 atomic_write_json(tmp / "slmkit.json", meta | {"verify": verify})
                 path = dest / built.relative_to(tmp) if built != tmp else dest
-        except (_Rejected, SlmError) as e:
-            if isinstance(e, SlmError):
-                if quant != "auto" or not tried or tried[-1]["recipe"] != recipe:
-                    raise  # a build failure (not a metric miss) is not a reason to try the next recipe
-                tried[-1]["rejected"] = e.message
-            if isinstance(e, _Rejected):
-                cal = tried[-1]["calibration"]
-                why = f"lost {cal['drop_points']:.1f} points on {cal['n']} train rows (allowed {margin})"
-            else:
-                why = f"failed its test check: {e.message}"
-            log.info("export %s: %s %s, trying the next recipe", name, recipe, why)
+        except _Rejected:
+            cal = tried[-1]["calibration"]
+            log.info(
+                "export %s: %s lost %.1f points on %d train rows (allowed %s), trying the next recipe",
+                *(name, recipe, cal["drop_points"], cal["n"], margin),
+            )
+            continue
+        except SlmError as e:  # only a failed test check of a built auto recipe moves on; a build failure stops
+            if quant != "auto" or not tried or tried[-1]["recipe"] != recipe:
+                raise
+            tried[-1]["rejected"] = e.message
+            log.info("export %s: %s failed its test check (%s), trying the next recipe", name, recipe, e.message)
             continue
         return {"path": str(path), "bytes": _folder_bytes(dest), "verify": verify, "recipe": recipe}
     raise SlmError(
