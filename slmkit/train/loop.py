@@ -13,7 +13,7 @@ import torch
 
 from slmkit.encoding import collate, encode_chat
 from slmkit.errors import SlmError
-from slmkit.hardware import detect, keep_freed_memory, setup_threads
+from slmkit.hardware import bound_onednn_cache, detect, keep_freed_memory, setup_threads
 from slmkit.io import atomic_dir, atomic_write_json, read_jsonl
 from slmkit.train.losses import assistant_ce_loss
 from slmkit.train.speed import eager
@@ -100,7 +100,9 @@ def optimizer_step(accelerator, params, optimizer, scheduler, max_grad_norm: flo
 
 def setup_runtime(t_cfg):
     """Device and dtype for a training run (`hardware.detect`), every core for intra-op work, and on CPU glibc's
-    buffer reuse unless `train.keep_freed_memory: false`. Returns the Hardware."""
+    buffer reuse unless `train.keep_freed_memory: false`, and a bounded oneDNN primitive cache (before the speed
+    probe's matmuls). Returns the Hardware."""
+    bound_onednn_cache()
     hw = detect(t_cfg.device, t_cfg.dtype)
     setup_threads()
     if t_cfg.keep_freed_memory and hw.device == "cpu":

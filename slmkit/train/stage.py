@@ -30,6 +30,7 @@ from slmkit.models import load_model, load_tokenizer, resolve_model
 from slmkit.runs import RunDir
 from slmkit.train.balance import balance_records
 from slmkit.train.bf16 import MICRO_TOKENS_BF16, native_bf16, store_frozen_in, use_fp32_attention
+from slmkit.train.fused_layers import fuse_layers
 from slmkit.train.loop import (
     MICRO_TOKENS,
     add_lora,
@@ -144,6 +145,8 @@ def fine_tune(
     use_compile, compile_why = compile_plan(t_cfg.compile, hw.device, planned_tokens, t_cfg.method)
     if use_compile:
         compile_layers(model)
+    else:  # eager: norms and MLP products that keep less for the backward (the compiler fuses these itself)
+        fuse_layers(model)
 
     params, optimizer, scheduler = make_optimizer(model, t_cfg, total_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)

@@ -151,3 +151,20 @@ def test_keep_freed_memory_stops_page_faulting_buffers_back_in(tmp_path):
         check=True,
     )
     assert user.stdout.strip() == "False"
+
+
+def test_onednn_primitive_cache_is_bounded_unless_the_user_chose(monkeypatch):
+    from slmkit import hardware
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "DNNL_PRIMITIVE_CACHE_CAPACITY"):
+        monkeypatch.setenv(name, "0")  # recorded, so the test leaves the environment as it found it
+        monkeypatch.delenv(name)
+    assert hardware.bound_onednn_cache() is True
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(hardware.ONEDNN_PRIMITIVE_CACHE)
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")  # the user's own value stays
+    assert hardware.bound_onednn_cache() is False
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    monkeypatch.setenv("DNNL_PRIMITIVE_CACHE_CAPACITY", "8")  # oneDNN's older name counts as a choice too
+    assert hardware.bound_onednn_cache() is False
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
