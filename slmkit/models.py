@@ -51,14 +51,18 @@ def convert_embedded(dest: Path | None = None) -> Path:
         return dest
     gguf = embedded_gguf()
     log.info("converting embedded default model %s to safetensors in %s (once)", gguf.name, dest)
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    config = loaded.config
-    # transformers 5 refuses save_pretrained on a GGUF-loaded model: rebuild from config, copy weights.
-    del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config)
+    # from_config initialises weights from the global RNG: a seeded run that converts first (the first run on a
+    # machine) would otherwise draw other LoRA weights than the same run on a warm cache.
+    with torch.random.fork_rng(devices=[]):
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        config = loaded.config
+        # transformers 5 refuses save_pretrained on a GGUF-loaded model: rebuild from config, copy weights.
+        del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(loaded.state_dict(), strict=True)
     fresh.generation_config.eos_token_id = tok.eos_token_id
     fresh.generation_config.pad_token_id = tok.pad_token_id

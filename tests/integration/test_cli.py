@@ -130,7 +130,11 @@ def _final_loss(run: Path) -> float:
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, small_csv):
     cfg = str(EXAMPLE / "build.yaml")
-    args = lambda name: few_steps(tmp_path, small_csv, name, steps=8)  # noqa: E731
+    # fp32: resuming is exact there. In bf16 on CPU a process's history (here: the eval()/train() toggle around
+    # validation) moves the fused RMSNorm's backward by bf16 rounding, so a resumed run agrees with an uninterrupted
+    # one to ~0.3% in loss, not bit for bit (measured on an AMX Xeon, 2026-12-03).
+    fp32 = ["--set", "train.dtype=float32"]
+    args = lambda name: [*few_steps(tmp_path, small_csv, name, steps=8), *fp32]  # noqa: E731
     assert slm("data", cfg, *args("whole")[:4], "--set", f"data.path={small_csv}").returncode == 0
     whole = slm("train", cfg, *args("whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
