@@ -10,7 +10,9 @@ from slmkit.config.base import _Strict
 
 
 class ExportConfig(_Strict):
-    formats: list[Literal["merged", "gguf", "onnx", "pt2"]] = Field(default_factory=lambda: ["merged"])
+    # auto: merged, plus the ONNX export (`onnx_quant`, verified like any) when onnxruntime-genai is installed: the
+    # format `slm serve` runs fastest on CPU. An auto ONNX export that misses its margin is skipped with a warning.
+    formats: list[Literal["auto", "merged", "gguf", "onnx", "pt2"]] = Field(default_factory=lambda: ["auto"])
     # Recipes are defined in slmkit/export/{gguf,onnx}.py; `auto` tries the 4-bit ones smallest first (then 8-bit)
     # and keeps the first whose metric on train rows stays within metric_margin_4bit.
     gguf_quant: list[Literal["auto", "q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up", "q8_0", "f16"]] = Field(

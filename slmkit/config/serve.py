@@ -14,8 +14,9 @@ class ServeConfig(_Strict):
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
     backend: Literal["auto", "torch", "onnx"] = Field(
         "auto",
-        description="auto: onnx for an ONNX export folder (genai_config.json), else torch; "
-        "onnx: ONNX Runtime GenAI on the export folder or a run's export/onnx-*",
+        description="auto: onnx for an ONNX export folder (genai_config.json) or a run with a verified "
+        "export/onnx-* (when onnxruntime-genai is installed), else torch; onnx: ONNX Runtime GenAI on the export "
+        "folder or a run's export/onnx-*",
     )
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the folder or model name")
     api_key_env: str = Field("SLM_API_KEY", description="env var holding the bearer key; unset or empty = no auth")

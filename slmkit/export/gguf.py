@@ -213,8 +213,16 @@ def _encode(w: np.ndarray, qtype: str) -> tuple[np.ndarray, object | None]:
     return w.astype(np.float16), None
 
 
-def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = None, license_: str | None = None) -> Path:
-    """Write `src` (an HF llama folder with safetensors + tokenizer.json) as one GGUF file at `path`."""
+def write_gguf(
+    src: Path,
+    path: Path,
+    quant: str = "f16",
+    name: str | None = None,
+    license_: str | None = None,
+    system: str | None = None,
+) -> Path:
+    """Write `src` (an HF llama folder with safetensors + tokenizer.json) as one GGUF file at `path`, and an Ollama
+    Modelfile beside it (SYSTEM: `system`, else the chat template's default)."""
     import gguf
 
     if quant not in QUANTS:
@@ -279,7 +287,20 @@ def write_gguf(src: Path, path: Path, quant: str = "f16", name: str | None = Non
         tmp.unlink(missing_ok=True)
         raise
     log.info("GGUF %s written: %s (%.1f MB)", quant, path, path.stat().st_size / 1e6)
+    _write_modelfile(src, path, system)
     return path
+
+
+def _write_modelfile(src: Path, path: Path, system: str | None = None) -> None:
+    """An Ollama Modelfile beside the GGUF. It is an extra: a chat template it cannot express skips it, with a warning."""
+    from transformers import AutoTokenizer
+
+    from slmkit.export.modelfile import write_modelfile
+
+    try:
+        write_modelfile(path.parent, path.name, AutoTokenizer.from_pretrained(str(src)), src, system=system)
+    except SlmError as e:
+        log.warning("GGUF: no Ollama Modelfile written beside %s: %s", path.name, e)
 
 
 def _add_tokenizer(writer, t: dict) -> None:

@@ -32,10 +32,26 @@ def options_from_config(cfg: BuildConfig, **overrides) -> ExportConfig:
     return ExportConfig.model_validate(cfg.export.model_dump() | overrides)
 
 
+def onnx_available() -> bool:
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def expand_formats(formats: list[str]) -> list[str]:
+    """`auto` -> merged, plus onnx when onnxruntime-genai is installed (the other formats as listed)."""
+    out: list[str] = []
+    for fmt in formats:
+        out += (["merged"] + (["onnx"] if onnx_available() else [])) if fmt == "auto" else [fmt]
+    return list(dict.fromkeys(out))
+
+
 def artifacts_for(opts: ExportOptions) -> list[tuple[str, str]]:
     """[(format, precision)] in build order, merged excluded (it is always built first)."""
     out: list[tuple[str, str]] = []
-    for fmt in dict.fromkeys(opts.formats):
+    for fmt in expand_formats(opts.formats):
         if fmt == "gguf":
             out += [("gguf", q) for q in opts.gguf_quant]
         elif fmt == "onnx":
@@ -45,12 +61,16 @@ def artifacts_for(opts: ExportOptions) -> list[tuple[str, str]]:
     return out
 
 
-def _build(fmt: str, precision: str, src: Path, tmp: Path, cfg: BuildConfig, licence: str) -> Path:
-    """Write one artifact into tmp; return the path load_backend reads."""
+def _build(
+    fmt: str, precision: str, src: Path, tmp: Path, cfg: BuildConfig, licence: str, system: str | None = None
+) -> Path:
+    """Write one artifact into tmp; return the path load_backend reads. `system`: the run's system prompt (the
+    GGUF's Ollama Modelfile sets it as SYSTEM, so `ollama run` prompts the model as it was trained)."""
     if fmt == "gguf":
         from slmkit.export.gguf import write_gguf
 
-        return write_gguf(src, tmp / f"{cfg.name}-{precision}.gguf", precision, name=cfg.name, license_=licence)
+        path = tmp / f"{cfg.name}-{precision}.gguf"
+        return write_gguf(src, path, precision, name=cfg.name, license_=licence, system=system)
     if fmt == "onnx":
         from slmkit.export.onnx import build_onnx
 
@@ -103,7 +123,7 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
     merged = run.merged
     summary = (
         export_merged(cfg, run)
-        if "merged" in opts.formats or not (merged / "slmkit.json").is_file()
+        if "merged" in expand_formats(opts.formats) or not (merged / "slmkit.json").is_file()
         else {"path": str(merged), "bytes": _folder_bytes(merged), "verify": {}}
     )
     licence = check_licences(cfg.model.base_model, run_dir)
@@ -121,9 +141,17 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
         new_tokens = max_new_tokens_for(source.tok, checks["test"][1], checks["test"][2], cfg.eval.max_new_tokens)
     preds = {k: rows and source.generate(rows[0], new_tokens, cfg.eval.batch_size) for k, rows in checks.items()}
     ctx = _Context(cfg, opts, merged, source, licence, new_tokens, checks, preds)
+    optional = "auto" in opts.formats and "onnx" not in opts.formats  # onnx came from `auto`, not from the user
     for fmt, quant in todo:
         name = fmt if fmt == "pt2" else f"{fmt}-{quant}"
-        summary["formats"][name] = _export_artifact(ctx, fmt, quant, run.export(name), name, run_dir)
+        try:
+            summary["formats"][name] = _export_artifact(ctx, fmt, quant, run.export(name), name, run_dir)
+        except SlmError as e:
+            if not (optional and fmt == "onnx"):
+                raise
+            # the merged export is the deliverable; serve falls back to torch and says why
+            log.warning("export %s skipped: %s (%s)", name, e.message, e.hint)
+            summary["formats"][name] = {"skipped": e.message}
     return summary
 
 
@@ -164,7 +192,7 @@ def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str,
         log.info("export %s: building %s from %s", name, recipe, ctx.merged)
         try:
             with atomic_dir(dest) as tmp:
-                built = _build(fmt, recipe, ctx.merged, tmp, ctx.cfg, ctx.licence["model"]["license"])
+                built = _build(fmt, recipe, ctx.merged, tmp, ctx.cfg, ctx.licence["model"]["license"], _system(ctx))
                 artifact = load_backend(str(built), name=name)
                 attempt = {"recipe": recipe, "bytes": _folder_bytes(tmp), "margin_points": margin}
                 tried.append(attempt)
@@ -218,6 +246,13 @@ def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str,
         f"export {name}: no recipe kept {_metric_name(tried)} within its margin ({_tried(tried)})",
         "raise export.metric_margin_4bit / metric_margin, or export a higher precision (gguf f16, onnx int8)",
     )
+
+
+def _system(ctx: _Context) -> str | None:
+    """The run's system prompt, as its data rows carry it (data.system_prompt with {labels} expanded)."""
+    rows = ctx.checks.get("test") or ctx.checks.get("calibration")
+    first = rows[0][0] if rows and rows[0] else []
+    return first[0]["content"] if first and first[0].get("role") == "system" else None
 
 
 def _metric_name(tried: list[dict]) -> str:

@@ -46,11 +46,12 @@ def run_server(target: str, cfg: ServeConfig) -> None:
     key = os.environ.get(cfg.api_key_env) or None
     app = create_app(engine, api_key=key)
     log.info(
-        "serving '%s' on http://%s:%d (backend: %s, batching: %s, max batch %d, auth: %s)",
+        "serving '%s' on http://%s:%d (backend: %s, %s; batching: %s, max batch %d, auth: %s)",
         engine.name,
         cfg.host,
         cfg.port,
         engine.runner.kind,
+        engine.backend_reason,
         engine.batching,
         engine.max_batch,
         f"${cfg.api_key_env}" if key else "off",
@@ -81,7 +82,8 @@ def serve(
     backend: Optional[str] = typer.Option(
         None,
         "--backend",
-        help="auto (default: onnx for an ONNX export folder, else torch), torch, or onnx (a run's export/onnx-*)",
+        help="auto (default: the run's fastest verified export: onnx when the run has one and onnxruntime-genai "
+        "is installed, else torch), torch, or onnx (an ONNX export folder or a run's export/onnx-*)",
     ),
     api_key_env: Optional[str] = typer.Option(
         None, "--api-key-env", help="env var with the bearer key (default SLM_API_KEY)"

@@ -135,8 +135,9 @@ class Runner(Protocol):
 class Engine:
     """Runner + tokenizer + scheduler thread. Create with `serve.load.load_engine(target, cfg)`; `start()` before use."""
 
-    def __init__(self, runner: Runner, tokenizer, name: str, cfg: ServeConfig | None = None):
+    def __init__(self, runner: Runner, tokenizer, name: str, cfg: ServeConfig | None = None, backend_reason: str = ""):
         self.runner, self.tok, self.name = runner, tokenizer, name
+        self.backend_reason = backend_reason  # why this backend serves the target (serve.load.pick_backend)
         self.model = runner.model
         self.cfg = cfg or ServeConfig()
         self.metrics = Metrics()

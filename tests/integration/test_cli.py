@@ -77,6 +77,8 @@ def test_build_writes_every_stage(built):
     assert {"train.jsonl", "val.jsonl", "test.jsonl", "card.md"} <= {p.name for p in (run / "data").iterdir()}
     assert (run / "train" / "final" / "adapter_model.safetensors").is_file()
     assert (run / "train" / "loss.png").stat().st_size > 1000
+    onnx = read_json(run / "export" / "manifest.json")["summary"]["formats"]["onnx-auto"]  # export.formats: [auto]
+    assert "skipped" in onnx or (run / "export" / "onnx-auto" / "verify.json").is_file(), onnx
     metrics = read_json(run / "eval" / "metrics.json")
     assert metrics["task"] == "classification" and set(metrics["models"]) == {"base", "trained"}
     assert metrics["n"] == 8
@@ -111,6 +113,9 @@ def test_chat_answers_one_prompt(built):
     res = slm("chat", str(run), "--prompt", "what's the weather like in paris", "--max-new-tokens", "8")
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip()
+    # --backend auto serves the build's verified ONNX export when there is one, and says which and why
+    onnx = (run / "export" / "onnx-auto" / "verify.json").is_file()
+    assert ("backend onnx: the run's fastest verified export, onnx-auto" if onnx else "backend torch:") in res.stderr
 
 
 def test_dry_run_plans_without_running(tmp_path, small_csv):
