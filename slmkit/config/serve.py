@@ -12,11 +12,11 @@ from slmkit.config.base import _Strict
 class ServeConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535, description="0 picks a free port")
-    backend: Literal["auto", "torch", "onnx"] = Field(
+    backend: Literal["auto", "torch", "onnx", "gguf"] = Field(
         "auto",
-        description="auto: onnx for an ONNX export folder (genai_config.json) or a run with a verified "
-        "export/onnx-* (when onnxruntime-genai is installed), else torch; onnx: ONNX Runtime GenAI on the export "
-        "folder or a run's export/onnx-*",
+        description="auto: an ONNX/GGUF export folder by its runtime; a run by its verified export/onnx-* "
+        "(onnxruntime-genai) or else export/gguf-* (llama-cpp-python) when installed; else torch. onnx / gguf: that "
+        "runtime on the export folder or a run's export",
     )
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the folder or model name")
     api_key_env: str = Field("SLM_API_KEY", description="env var holding the bearer key; unset or empty = no auth")

@@ -82,8 +82,8 @@ def serve(
     backend: Optional[str] = typer.Option(
         None,
         "--backend",
-        help="auto (default: the run's fastest verified export: onnx when the run has one and onnxruntime-genai "
-        "is installed, else torch), torch, or onnx (an ONNX export folder or a run's export/onnx-*)",
+        help="auto (default: the run's fastest verified export whose runtime is installed: onnx, then gguf via "
+        "llama-cpp-python; else torch), torch, onnx or gguf (an export folder, or a run's export)",
     ),
     api_key_env: Optional[str] = typer.Option(
         None, "--api-key-env", help="env var with the bearer key (default SLM_API_KEY)"

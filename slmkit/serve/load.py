@@ -3,11 +3,13 @@ name), load its Runner and tokenizer, and name the model as /v1/models shows it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 from pathlib import Path
 
 from slmkit.config.serve import ServeConfig
+from slmkit.errors import SlmError
 from slmkit.runs import RunDir, get_model
 from slmkit.serve.engine import Engine
 
@@ -15,7 +17,7 @@ log = logging.getLogger("slmkit")
 
 
 def load_engine(target: str, cfg: ServeConfig | None = None, trust_remote_code: bool = False) -> Engine:
-    """An Engine (not started) for a run folder, model folder, ONNX export folder, registry name or model name.
+    """An Engine (not started) for a run folder, model folder, ONNX or GGUF export, registry name or model name.
 
     The backend is cfg.backend; 'auto' picks the fastest verified export (`pick_backend`). The choice and its
     reason are kept on the engine (`engine.backend_reason`) for the server's first log line.
@@ -27,6 +29,10 @@ def load_engine(target: str, cfg: ServeConfig | None = None, trust_remote_code: 
         from slmkit.serve.onnx_runner import load_onnx
 
         runner, tok = load_onnx(str(folder or target), cfg)
+    elif backend == "gguf":
+        from slmkit.serve.llamacpp_runner import load_llamacpp
+
+        runner, tok = load_llamacpp(str(folder or _only_export(target, "gguf")), cfg)
     else:
         from slmkit.serve.torch_runner import load_torch
 
@@ -34,44 +40,78 @@ def load_engine(target: str, cfg: ServeConfig | None = None, trust_remote_code: 
     return Engine(runner, tok, cfg.served_model_name or served_name(target), cfg, backend_reason=reason)
 
 
-def pick_backend(target: str, backend: str) -> tuple[str, str, Path | None]:
-    """(backend, why, ONNX folder or None) for `target`.
+# What `auto` tries, fastest first on CPU: onnxruntime-genai int4 decoded ~5x the fp32 torch model for one stream
+# on 2 cores (109 vs 22 tok/s, issue 17); llama.cpp runs the GGUF export when there is no usable ONNX one.
+RUNTIMES = (
+    ("onnx", "onnxruntime_genai", "slmkit.onnx_runtime"),
+    ("gguf", "llama_cpp", "slmkit.serve.llamacpp_runner"),
+)
 
-    'auto': an ONNX export folder is served by onnxruntime-genai; a run (or a registered model of one) by its
-    verified ONNX export when onnxruntime-genai is installed (int4 decodes ~5x faster than the fp32 torch model on
-    2 CPU cores: 109 vs 22 tok/s for one stream, issue 17), else by torch. An export folder exists only if its
-    checks passed (written by atomic rename after verification), and its verify.json says so.
+
+def pick_backend(target: str, backend: str) -> tuple[str, str, Path | None]:
+    """(backend, why, export folder or None) for `target`.
+
+    'auto': an ONNX or GGUF export folder is served by its runtime; a run (or a registered model of one) by its
+    fastest verified export whose runtime is installed (`RUNTIMES`), else by torch. An export folder exists only
+    if its checks passed (it is renamed into place after verification), and its verify.json says so.
     """
     if backend != "auto":
         return backend, f"--backend {backend}", None
     p = Path(target).expanduser()
     if (p / "genai_config.json").is_file():
         return "onnx", "an ONNX export folder", p
+    if p.suffix == ".gguf" or (p.is_dir() and any(p.glob("*.gguf"))):
+        return "gguf", "a GGUF export", p
     run = _owning_run(target)
     if run is None:
         return "torch", "a model folder or name (no run with exports)", None
-    verified = verified_onnx_exports(run)
-    if not verified:
-        return "torch", f"no verified ONNX export in {run.root} (add one: slm export-model {run.root} -f onnx)", None
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        from slmkit.onnx_runtime import INSTALL_HINT
+    missing = []
+    for kind, module, hint_from in RUNTIMES:
+        verified = verified_exports(run, kind)
+        if not verified:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            hint = importlib.import_module(hint_from).INSTALL_HINT
+            missing.append(f"{verified[0].name} needs {module.replace('_', '-')} ({hint})")
+            continue
+        return (
+            kind,
+            f"the run's fastest verified export, {verified[0].name} ({_verified_line(verified[0])})",
+            verified[0],
+        )
+    if missing:
+        return "torch", "; ".join(missing), None
+    return (
+        "torch",
+        f"no verified ONNX or GGUF export in {run.root} (add one: slm export-model {run.root} -f onnx)",
+        None,
+    )
 
-        return "torch", f"{verified[0].name} is there but onnxruntime-genai is not installed ({INSTALL_HINT})", None
-    folder = verified[0]
-    return "onnx", f"the run's fastest verified export, {folder.name} ({_verified_line(folder)})", folder
 
-
-def verified_onnx_exports(run: RunDir) -> list[Path]:
-    """The run's ONNX export folders with a verify.json, 4-bit before 8-bit (the faster decoders on CPU)."""
-    found = [d.parent for d in run.root.glob("export/onnx-*/verify.json") if (d.parent / "genai_config.json").is_file()]
+def verified_exports(run: RunDir, kind: str) -> list[Path]:
+    """The run's export/<kind>-* folders with a verify.json and their model file, 4-bit first (then by name)."""
+    marker = "genai_config.json" if kind == "onnx" else "*.gguf"
+    found = [d.parent for d in run.root.glob(f"export/{kind}-*/verify.json") if any(d.parent.glob(marker))]
 
     def bits(folder: Path) -> int:
         precision = str(_read_json(folder / "verify.json").get("precision", folder.name))
-        return 4 if "int4" in precision else 8
+        return 4 if precision.startswith(("int4", "q4", "q5")) else 8
 
     return sorted(found, key=lambda d: (bits(d), d.name))
+
+
+def _only_export(target: str, kind: str) -> Path:
+    """`--backend gguf` on a run: its verified GGUF export (4-bit first)."""
+    run = _owning_run(target)
+    found = verified_exports(run, kind) if run else []
+    if not found:
+        raise SlmError(
+            f"no verified {kind.upper()} export for '{target}'",
+            f"export one: slm export-model RUN -f {kind}, or pass the export folder",
+        )
+    return found[0]
 
 
 def _verified_line(folder: Path) -> str:

@@ -118,6 +118,36 @@ def test_chat_answers_one_prompt(built):
     assert ("backend onnx: the run's fastest verified export, onnx-auto" if onnx else "backend torch:") in res.stderr
 
 
+def test_gguf_exports_run_in_llama_cpp_with_their_chat_template(built):
+    """Each GGUF recipe the build can write loads in llama.cpp and answers the test rows as the merged model does
+    (greedy, the embedded chat template), with an Ollama Modelfile beside it."""
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra (CI builds it)")
+    from slmkit.config.serve import ServeConfig
+    from slmkit.eval.decode import load_test_split
+    from slmkit.serve.engine import SamplingParams
+    from slmkit.serve.load import load_engine
+
+    run, _ = built
+    res = slm("export-model", str(run), "-f", "gguf", "-q", "q8_0", "-q", "auto")
+    assert res.returncode == 0, res.stderr[-2000:]
+    conversations, _ = load_test_split(run / "data" / "test.jsonl", 12)
+    params = SamplingParams(max_tokens=12)
+    merged = load_engine(str(run / "export" / "merged"), ServeConfig(backend="torch")).start()
+    want = [merged.generate(c, params).text for c in conversations]
+    merged.stop()
+    for name, least in (("gguf-q8_0", 0.9), ("gguf-auto", 0.75)):
+        folder = run / "export" / name
+        assert "TEMPLATE" in (folder / "Modelfile").read_text()
+        engine = load_engine(str(folder), ServeConfig()).start()
+        try:
+            assert engine.runner.kind == "gguf"
+            got = [engine.generate(c, params).text for c in conversations]
+        finally:
+            engine.stop()
+        same = sum(g == w for g, w in zip(got, want)) / len(want)
+        assert same >= least, (name, list(zip(got, want)))
+
+
 def test_dry_run_plans_without_running(tmp_path, small_csv):
     res = slm("build", str(EXAMPLE / "build.yaml"), *few_steps(tmp_path, small_csv, "dry"), "--dry-run")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from slmkit.errors import SlmError
-from slmkit.serve.load import load_engine, pick_backend, verified_onnx_exports
+from slmkit.serve.load import load_engine, pick_backend, verified_exports
 from tests.unit.test_export_auto import bpe_llama, tiny_run  # noqa: F401  (module fixtures)
 
 
@@ -32,7 +32,7 @@ def test_auto_prefers_a_verified_4bit_onnx_export_and_says_why(tmp_path):
     _fake_onnx(run / "export" / "onnx-unchecked", None)  # no verify.json: never picked by auto
     metric = {"metric": "accuracy", "source": 0.95, "export": 0.94, "n": 64}
     best = _fake_onnx(run / "export" / "onnx-auto", "int4_gate_up", metric)
-    assert verified_onnx_exports(type("R", (), {"root": run})()) == [best, run / "export" / "onnx-int8"]
+    assert verified_exports(type("R", (), {"root": run})(), "onnx") == [best, run / "export" / "onnx-int8"]
     for target in (run, run / "export" / "merged"):  # the run, or the merged folder a registry entry points at
         backend, why, folder = pick_backend(str(target), "auto")
         assert (backend, folder) == ("onnx", best)
@@ -45,11 +45,11 @@ def test_auto_falls_back_to_torch_with_the_reason(tmp_path, monkeypatch):
     run = tmp_path / "run"
     (run / "export" / "merged").mkdir(parents=True)
     backend, why, _ = pick_backend(str(run), "auto")
-    assert backend == "torch" and "no verified ONNX export" in why and "slm export-model" in why
+    assert backend == "torch" and "no verified ONNX or GGUF export" in why and "slm export-model" in why
     _fake_onnx(run / "export" / "onnx-auto", "int4")
     monkeypatch.setitem(sys.modules, "onnxruntime_genai", None)  # import fails as if not installed
     backend, why, _ = pick_backend(str(run), "auto")
-    assert backend == "torch" and "onnxruntime-genai is not installed" in why and "pip install" in why
+    assert backend == "torch" and "onnx-auto needs onnxruntime-genai" in why and "pip install" in why
     model = tmp_path / "model"
     model.mkdir()
     assert pick_backend(str(model), "auto")[0] == "torch"
