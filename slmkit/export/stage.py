@@ -260,10 +260,12 @@ def _metric_name(tried: list[dict]) -> str:
 
 
 def _tried(tried: list[dict]) -> str:
-    return "; ".join(
-        f"{t['recipe']} -{t['calibration']['drop_points']:.1f}" if "calibration" in t else f"{t['recipe']} failed"
-        for t in tried
-    )
+    """One clause a recipe: its change on the train rows (-2.0 = lost 2 points), and why the test check refused it."""
+    parts = []
+    for t in tried:
+        part = f"{t['recipe']} {-t['calibration']['drop_points']:+.1f} on train rows" if "calibration" in t else t["recipe"]
+        parts.append(part + (f", refused on test rows: {t['rejected']}" if "rejected" in t else ""))
+    return "; ".join(parts)
 
 
 def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | None = None, **option_overrides) -> dict:
