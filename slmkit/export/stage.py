@@ -263,7 +263,11 @@ def _tried(tried: list[dict]) -> str:
     """One clause a recipe: its change on the train rows (-2.0 = lost 2 points), and why the test check refused it."""
     parts = []
     for t in tried:
-        part = f"{t['recipe']} {-t['calibration']['drop_points']:+.1f} on train rows" if "calibration" in t else t["recipe"]
+        part = (
+            f"{t['recipe']} {-t['calibration']['drop_points']:+.1f} on train rows"
+            if "calibration" in t
+            else t["recipe"]
+        )
         parts.append(part + (f", refused on test rows: {t['rejected']}" if "rejected" in t else ""))
     return "; ".join(parts)
 
