@@ -10,6 +10,8 @@ llama.cpp's logits by the torch backend's `sample`, so temperature / top_p / see
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,32 @@ def import_llama_cpp():
     except ImportError:
         raise SlmError("serving a GGUF export needs llama-cpp-python, which is not installed", INSTALL_HINT) from None
     return llama_cpp
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_extra_buffers():
+    """Load with llama.cpp's `use_extra_bufts` off. Its CPU extra buffers repack weights for AMX (and other
+    kernels) at load; on a 2-core AMX Xeon that path segfaulted in the first decode of SmolLM2-135M q8_0 exports
+    (llama-cpp-python 0.3.36 built from source, 2026-12-03) while the plain CPU path ran them. `Llama()` takes no
+    such argument, so its default model params are swapped while one is built."""
+    import llama_cpp.llama as high
+
+    with _PARAMS_LOCK:
+        default = high.llama_cpp.llama_model_default_params
+
+        def params():
+            p = default()
+            p.use_extra_bufts = False
+            return p
+
+        high.llama_cpp.llama_model_default_params = params
+        try:
+            yield
+        finally:
+            high.llama_cpp.llama_model_default_params = default
 
 
 def find_gguf(target: str) -> Path:
@@ -86,9 +114,10 @@ class LlamaCppRunner:
     def _new(self):
         llama_cpp = import_llama_cpp()
         try:
-            return llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads, n_batch=512, verbose=False
-            )
+            with _without_extra_buffers():
+                return llama_cpp.Llama(
+                    model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads, n_batch=512, verbose=False
+                )
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
             raise SlmError(f"llama.cpp cannot load {self.path}: {e}", "re-export it: slm export-model RUN -f gguf")
 
