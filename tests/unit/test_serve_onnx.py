@@ -224,9 +224,9 @@ def test_backend_selection_run_layout_and_chat(onnx_dir, tmp_path, monkeypatch):
     from slmkit.onnx_runtime import find_onnx_folder
     from slmkit.serve.chat import load_engine_for_chat, stream_reply
 
-    assert pick_backend(str(onnx_dir), "auto") == "onnx"
-    assert pick_backend(str(onnx_dir.parent / "hf"), "auto") == "torch"
-    assert pick_backend(str(onnx_dir), "torch") == "torch"
+    assert pick_backend(str(onnx_dir), "auto")[0] == "onnx"
+    assert pick_backend(str(onnx_dir.parent / "hf"), "auto")[0] == "torch"
+    assert pick_backend(str(onnx_dir), "torch")[0] == "torch"
     from slmkit.runs import register_model
 
     run = tmp_path / "runs" / "my-run"
