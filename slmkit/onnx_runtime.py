@@ -3,16 +3,22 @@ everything that runs one (eval's ONNX backend, the serve engine's OnnxRunner).""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 from slmkit.errors import SlmError
-from slmkit.runs import RunDir, get_model
+from slmkit.runs import RunDir, target_folder
 
 INSTALL_HINT = (
     "pip install 'slmkit[export]' (onnxruntime-genai); `slm serve` can run the merged export with --backend torch"
 )
+
+
+def installed() -> bool:
+    """Whether onnxruntime-genai is importable (found, not imported: importing it loads the runtime)."""
+    return importlib.util.find_spec("onnxruntime_genai") is not None
 
 
 def import_og():
@@ -29,11 +35,8 @@ def find_onnx_folder(target: str) -> Path:
 
     The target may also be a registered model name or runs/<name>, as for the torch backend.
     """
-    p = Path(target).expanduser()
-    if not p.is_dir():
-        entry = get_model(target)
-        p = Path(entry["path"]) if entry else Path("runs", target)
-    if not p.is_dir():
+    p = target_folder(target)
+    if p is None:
         raise SlmError(
             f"'{target}' is not a folder, a registered model or a run in runs/",
             "pass an ONNX export folder (with genai_config.json) or a run folder that has export/onnx-*",

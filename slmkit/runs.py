@@ -175,6 +175,25 @@ class RunDir:
         return None
 
 
+def target_folder(target: str) -> Path | None:
+    """The folder a RUN_OR_MODEL names: the folder itself, a registered model's path, or runs/<name>; else None."""
+    p = Path(target).expanduser()
+    if not p.is_dir():
+        entry = get_model(target)
+        p = Path(entry["path"]) if entry else Path("runs", target)
+    return p if p.is_dir() else None
+
+
+def run_of(target: str) -> RunDir | None:
+    """The run a target belongs to: a run folder (it has export/), a model folder inside one (export/<x>,
+    train/final, distill/final, where registered paths point), else None."""
+    p = target_folder(target)
+    if p is None:
+        return None
+    p = p.resolve()
+    return RunDir(p) if (p / "export").is_dir() else RunDir.owning(p)
+
+
 def resolve_target(target: str) -> tuple[Path | str, Path | None, dict]:
     """RUN_OR_MODEL -> (model folder or hub id, adapter folder or None, slmkit info).
 

@@ -17,6 +17,7 @@ from typing import Literal
 from slmkit.config import BuildConfig, ExportConfig
 from slmkit.errors import SlmError
 from slmkit.io import atomic_dir, atomic_write_json, atomic_write_text
+from slmkit.onnx_runtime import installed as onnx_available
 from slmkit.runs import RunDir, read_manifest
 
 log = logging.getLogger("slmkit")
@@ -30,14 +31,6 @@ ExportOptions = ExportConfig  # one schema: the export section of the build conf
 def options_from_config(cfg: BuildConfig, **overrides) -> ExportConfig:
     """cfg.export with CLI overrides applied (validated again)."""
     return ExportConfig.model_validate(cfg.export.model_dump() | overrides)
-
-
-def onnx_available() -> bool:
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def expand_formats(formats: list[str]) -> list[str]:

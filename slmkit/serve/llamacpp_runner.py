@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from slmkit.config.serve import ServeConfig
@@ -100,6 +101,7 @@ class LlamaCppRunner:
         from slmkit.speed_probe import cpu_cores
 
         self.path, self.max_sequences, self.threads, self.n_ctx = path, max_sequences, cpu_cores(), N_CTX
+        self._llama_cpp = import_llama_cpp()  # once: _logits runs every token
         first = self._new()
         if first._model.n_ctx_train() < self.n_ctx:  # no use holding positions the model was never trained on
             self.n_ctx = first._model.n_ctx_train()
@@ -112,10 +114,9 @@ class LlamaCppRunner:
         self.context = int(self.model.n_ctx())
 
     def _new(self):
-        llama_cpp = import_llama_cpp()
         try:
             with _without_extra_buffers():
-                return llama_cpp.Llama(
+                return self._llama_cpp.Llama(
                     model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads, n_batch=512, verbose=False
                 )
         except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
@@ -124,9 +125,7 @@ class LlamaCppRunner:
     def _logits(self, llm) -> torch.Tensor:
         """[1, V]: the last evaluated position's logits, copied out of llama.cpp's buffer (llama-cpp-python keeps
         `scores` only with logits_all, which would compute the head for every prompt position)."""
-        import numpy as np
-
-        ptr = import_llama_cpp().llama_get_logits_ith(llm.ctx, -1)
+        ptr = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
         return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).copy())[None]
 
     def prefill(self, requests: list[Request]) -> list[int]:

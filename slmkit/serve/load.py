@@ -4,13 +4,14 @@ name), load its Runner and tokenizer, and name the model as /v1/models shows it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 from pathlib import Path
 
 from slmkit.config.serve import ServeConfig
 from slmkit.errors import SlmError
-from slmkit.runs import RunDir, get_model
+from slmkit.runs import RunDir, run_of
 from slmkit.serve.engine import Engine
 
 log = logging.getLogger("slmkit")
@@ -62,7 +63,7 @@ def pick_backend(target: str, backend: str) -> tuple[str, str, Path | None]:
         return "onnx", "an ONNX export folder", p
     if p.suffix == ".gguf" or (p.is_dir() and any(p.glob("*.gguf"))):
         return "gguf", "a GGUF export", p
-    run = _owning_run(target)
+    run = run_of(target)
     if run is None:
         return "torch", "a model folder or name (no run with exports)", None
     missing = []
@@ -70,9 +71,7 @@ def pick_backend(target: str, backend: str) -> tuple[str, str, Path | None]:
         verified = verified_exports(run, kind)
         if not verified:
             continue
-        try:
-            importlib.import_module(module)
-        except ImportError:
+        if importlib.util.find_spec(module) is None:  # found, not imported: loading the runtime is the runner's job
             hint = importlib.import_module(hint_from).INSTALL_HINT
             missing.append(f"{verified[0].name} needs {module.replace('_', '-')} ({hint})")
             continue
@@ -104,7 +103,7 @@ def verified_exports(run: RunDir, kind: str) -> list[Path]:
 
 def _only_export(target: str, kind: str) -> Path:
     """`--backend gguf` on a run: its verified GGUF export (4-bit first)."""
-    run = _owning_run(target)
+    run = run_of(target)
     found = verified_exports(run, kind) if run else []
     if not found:
         raise SlmError(
@@ -130,18 +129,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def _owning_run(target: str) -> RunDir | None:
-    """The run a target belongs to: a run folder, a folder inside one, or a registered model's path."""
-    p = Path(target).expanduser()
-    if not p.is_dir():
-        entry = get_model(target)
-        p = Path(entry["path"]) if entry else Path("runs", target)
-    if not p.is_dir():
-        return None
-    p = p.resolve()
-    return RunDir(p) if (p / "export").is_dir() else RunDir.owning(p)
 
 
 def served_name(target: str) -> str:
