@@ -13,6 +13,7 @@ from typing import Any, Callable
 import torch
 
 from slmkit.errors import SlmError
+from slmkit.llamacpp_runtime import last_logits
 
 
 @dataclass
@@ -135,20 +136,74 @@ class Pt2Backend(Backend):
         return out
 
 
+class LlamaCppBackend(Backend):
+    """A GGUF run by llama.cpp itself (the llamacpp extra): what users deploy it in. The HF tokenizer read from the
+    GGUF renders the chat template and encodes; llama.cpp sees token ids only. Greedy, one row at a time."""
+
+    def __init__(self, name: str, path: Path, tok):
+        from slmkit.llamacpp_runtime import open_llama
+
+        super().__init__(name, "gguf", tok, None, {"path": str(path), "reader": "llama.cpp"})
+        self.llm = open_llama(path)
+        self.vocab = int(self.llm.n_vocab())
+        self.eos = {int(self.llm.token_eos())} | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+
+    def next_token_logits(self, ids: list[int]) -> torch.Tensor:
+        self.llm.reset()  # a reused context starts from an empty cache
+        self.llm.eval(ids)
+        return last_logits(self.llm, self.vocab)
+
+    def generate(self, conversations, max_new_tokens, batch_size, on_batch=None) -> list[str]:
+        out = []
+        for conv in conversations:
+            ids = self.prompt_ids(conv)
+            if len(ids) + max_new_tokens > self.llm.n_ctx():
+                raise SlmError(
+                    f"a prompt of {len(ids)} tokens + {max_new_tokens} new does not fit llama.cpp's context of "
+                    f"{self.llm.n_ctx()} ({self.name})",
+                    "shorten the eval rows or lower eval.max_new_tokens",
+                )
+            new: list[int] = []
+            nxt = int(self.next_token_logits(ids).argmax())
+            while nxt not in self.eos and len(new) < max_new_tokens:
+                new.append(nxt)
+                if len(new) < max_new_tokens:
+                    self.llm.eval([nxt])
+                    nxt = int(last_logits(self.llm, self.vocab).argmax())
+            out.append(self.tok.decode(new, skip_special_tokens=True).strip())
+            if on_batch:
+                on_batch(1)
+        return out
+
+    @property
+    def has_torch_model(self) -> bool:
+        return False
+
+
+def gguf_reader() -> str:
+    """Who reads GGUF files for eval and export checks: llama.cpp where the extra is installed, else transformers."""
+    from slmkit.llamacpp_runtime import installed
+
+    return "llama.cpp" if installed() else "transformers"
+
+
 def _gguf_backend(name: str, path: Path) -> Backend:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    reader = gguf_reader()
     try:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        if reader == "llama.cpp":
+            return LlamaCppBackend(name, path, tok)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except (ValueError, OSError, KeyError) as e:
         raise SlmError(
             f"cannot read GGUF file {path}: {str(e).splitlines()[0]}",
             "check it is a complete GGUF file of a supported architecture",
         ) from None
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return Backend(name, "gguf", tok, model.eval(), {"path": str(path)})
+    return Backend(name, "gguf", tok, model.eval(), {"path": str(path), "reader": "transformers"})
 
 
 def _torch_backend(name: str, target: str, device: str, dtype: str) -> Backend:

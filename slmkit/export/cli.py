@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 
 from slmkit.errors import SlmError
+from slmkit.export.gguf import QUANTS as GGUF_QUANTS
+from slmkit.export.onnx import QUANTS as ONNX_QUANTS
 from slmkit.runs import RunDir
 
 FORMATS = ("merged", "gguf", "onnx", "pt2")
@@ -35,8 +37,8 @@ def export_model(
         None,
         "--quant",
         "-q",
-        help="gguf: auto, q4_0, q4_0_m, q5_0_m, q4_0_gate_up, q8_0, f16; onnx: auto, int4, int4_kq, int4_kq_head8, "
-        "int4_kq_mixed, int4_gate_up, int8 (repeatable; auto keeps the smallest 4-bit recipe within export.metric_margin_4bit)",
+        help=f"gguf: auto, {', '.join(GGUF_QUANTS)}; onnx: auto, {', '.join(ONNX_QUANTS)} (repeatable; auto keeps the "
+        "smallest 4-bit recipe within export.metric_margin_4bit; q4_k_m, q5_k_m, iq4_nl need slmkit[llamacpp])",
     ),
     margin: Optional[float] = typer.Option(
         None, "--metric-margin", help="Max metric drop in points before the export fails"

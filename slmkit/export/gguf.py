@@ -35,9 +35,16 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "q4_0_gate_up": ("Q4_0", ("token_embd", "all_but_gate_up")),  # only ffn_gate / ffn_up at 4 bits
     "q8_0": ("Q8_0", ()),
     "f16": ("F16", ()),
+    "f32": ("F32", ()),
 }
-QUANTS = tuple(RECIPES)
-FOUR_BIT = ("q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up")
+# Recipes llama.cpp's own quantiser writes (llama_model_quantize, through the llamacpp extra) from an F32 GGUF
+# written here: its K-quant mixes and the non-linear IQ4_NL. Tensors whose rows are not a multiple of 256 (QK_K;
+# SmolLM2-135M's width is 576) cannot hold K-quants, and llama.cpp falls back per tensor (Q4_K -> Q5_0, Q6_K ->
+# Q8_0; src/llama-quant.cpp), so on such models Q4_K_M is mostly Q5_0 with an 8-bit head.
+LLAMA_RECIPES = {"q4_k_m": "Q4_K_M", "q5_k_m": "Q5_K_M", "iq4_nl": "IQ4_NL"}
+QUANTS = (*RECIPES, *LLAMA_RECIPES)
+# What `auto` tries, smallest first on SmolLM2-135M (docs/benchmarks.md); the llama.cpp ones only where it is installed
+FOUR_BIT = ("q4_0", "iq4_nl", "q4_0_m", "q4_k_m", "q5_0_m", "q4_0_gate_up")
 
 # llama.cpp token types (gguf.TokenType): only these three occur in a byte-level BPE vocabulary.
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -205,7 +212,7 @@ def _encode(w: np.ndarray, qtype: str) -> tuple[np.ndarray, object | None]:
     import gguf
 
     w = w.astype(np.float32)
-    if w.ndim == 1:
+    if w.ndim == 1 or qtype == "F32":
         return w, None  # norms stay F32, as llama.cpp's converter keeps them
     if qtype != "F16" and w.shape[-1] % QK == 0:
         kind = getattr(gguf.GGMLQuantizationType, qtype)
@@ -220,14 +227,17 @@ def write_gguf(
     name: str | None = None,
     license_: str | None = None,
     system: str | None = None,
+    modelfile: bool = True,
 ) -> Path:
     """Write `src` (an HF llama folder with safetensors + tokenizer.json) as one GGUF file at `path`, and an Ollama
-    Modelfile beside it (SYSTEM: `system`, else the chat template's default)."""
+    Modelfile beside it (SYSTEM: `system`, else the chat template's default) unless `modelfile` is False."""
     import gguf
 
     if quant not in QUANTS:
         raise SlmError(f"GGUF quantisation {quant!r} is not supported", f"use one of: {', '.join(QUANTS)}")
     src, path = Path(src), Path(path)
+    if quant in LLAMA_RECIPES:
+        return _write_llama_quantized(src, path, quant, name, license_, system)
     config = _read_config(src)
     arch = check_supported(config, str(src))
     n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
@@ -255,7 +265,8 @@ def write_gguf(
     writer.add_rope_freq_base(float(rope_theta))
     writer.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-6)))
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(getattr(gguf.LlamaFileType, f"MOSTLY_{RECIPES[quant][0]}"))
+    body = RECIPES[quant][0]
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if body == "F32" else getattr(gguf.LlamaFileType, f"MOSTLY_{body}"))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, tokmeta)
 
@@ -287,6 +298,28 @@ def write_gguf(
         tmp.unlink(missing_ok=True)
         raise
     log.info("GGUF %s written: %s (%.1f MB)", quant, path, path.stat().st_size / 1e6)
+    if modelfile:
+        _write_modelfile(src, path, system)
+    return path
+
+
+def _write_llama_quantized(
+    src: Path, path: Path, quant: str, name: str | None, license_: str | None, system: str | None
+) -> Path:
+    """`quant` in LLAMA_RECIPES: an F32 GGUF written here, then quantised by llama.cpp (log: quantize.log beside)."""
+    from slmkit.llamacpp_runtime import import_llama_cpp, quantize
+
+    import_llama_cpp(f"GGUF {quant} (written by llama.cpp's quantiser)")  # before any file is written
+    full = path.with_name(f".{path.stem}-f32.gguf")
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_gguf(src, full, "f32", name, license_, modelfile=False)
+        quantize(full, tmp, LLAMA_RECIPES[quant], path.with_name("quantize.log"))
+        os.replace(tmp, path)
+    finally:
+        full.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
+    log.info("GGUF %s written by llama.cpp: %s (%.1f MB)", quant, path, path.stat().st_size / 1e6)
     _write_modelfile(src, path, system)
     return path
 

@@ -32,7 +32,13 @@ RECIPES: dict[str, tuple[str, dict[str, str], tuple[str, ...]]] = {
     "int4_gate_up": ("int4", {}, ("attn/qkv_proj", "attn/o_proj", "mlp/down_proj")),
     "int8": ("int8", {}, ()),
 }
-QUANTS = tuple(RECIPES)
+# Recipes whose body is quantised after the builder by onnxruntime's own MatMulNBitsQuantizer: the builder writes the
+# head at int8 and leaves every layer MatMul fp32 (`nodes_to_exclude`), then HQQ (half-quadratic scale/zero search,
+# Badri & Shaji 2023; data-free, so no calibration rows) puts those at 4 bits, block 32, and the (untied) embedding
+# lookup at 4 bits (onnxruntime's quantiser writes Gather at 4 bits only).
+HQQ = {"int4_hqq": 32}
+QUANTS = (*RECIPES, *HQQ)
+LAYER_MATMULS = ("attn/qkv_proj", "attn/o_proj", "mlp/gate_proj", "mlp/up_proj", "mlp/down_proj")
 # What `auto` tries, smallest first: k-quant dominates round-to-nearest at +2% size, and an 8-bit head pays for
 # its 15 MB on small models, whose tied embedding is a fifth of the weights.
 FOUR_BIT = ("int4_kq_head8", "int4_kq_mixed", "int4_gate_up")
@@ -49,6 +55,13 @@ def build_onnx(
     """
     if quant not in QUANTS:
         raise SlmError(f"ONNX quantisation {quant!r} is not supported", f"use one of: {', '.join(QUANTS)} (CPU)")
+    if quant in HQQ:
+        layers = json.loads((Path(src) / "config.json").read_text())["num_hidden_layers"]
+        body = ",".join(f"/model/layers.{i}/{m}/MatMul" for i in range(layers) for m in LAYER_MATMULS)
+        build_onnx(
+            src, dest, "int8", {"nodes_to_exclude": body, "op_types_to_quantize": "MatMul/Gather"} | (extra or {})
+        )
+        return _hqq_body(Path(dest), HQQ[quant])
     precision, options, int8_matmuls = RECIPES[quant]
     options = options | (extra or {})
     if int8_matmuls and target is None:
@@ -102,3 +115,39 @@ def _int8_overrides(src: Path, matmuls: tuple[str, ...]) -> dict:
     ]
     weights = {"type": "int4", "method": "k_quant", "block_size": 32, "op_types": ["MatMul", "Gather"]}
     return {"quant_config": {"weights": weights | {"overrides": overrides}}}
+
+
+def _hqq_body(folder: Path, block: int) -> Path:
+    """HQQ int4 for every MatMul the builder left fp32, RTN int4 for the embedding Gather, in place in `folder`."""
+    import os
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(folder / "model.onnx"))
+    body = MatMulNBitsQuantizer(model, algo_config=HQQWeightOnlyQuantConfig(block_size=block, bits=4))
+    body.process()  # MatMuls only: HQQ's float zero points do not fit GatherBlockQuantized
+    embed = DefaultWeightOnlyQuantConfig(
+        block_size=block, bits=4, is_symmetric=True, op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),)
+    )
+    gather = MatMulNBitsQuantizer(body.model.model, algo_config=embed)
+    gather.process()
+    staged = folder / ".hqq"
+    staged.mkdir()
+    onnx.save_model(
+        gather.model.model,
+        str(staged / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+    )
+    for name in ("model.onnx.data", "model.onnx"):
+        os.replace(staged / name, folder / name)
+    staged.rmdir()
+    log.info("ONNX: layer MatMuls quantised to int4 by HQQ (block %d) in %s", block, folder)
+    return folder

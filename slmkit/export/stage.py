@@ -82,16 +82,17 @@ def recipes_for(fmt: str, quant: str) -> list[str]:
     if quant != "auto":
         return [quant]
     if fmt == "gguf":
-        from slmkit.export.gguf import FOUR_BIT
+        from slmkit.export.gguf import FOUR_BIT, LLAMA_RECIPES
+        from slmkit.llamacpp_runtime import installed
 
-        return [*FOUR_BIT, "q8_0"]
+        return [r for r in FOUR_BIT if installed() or r not in LLAMA_RECIPES] + ["q8_0"]
     from slmkit.export.onnx import FOUR_BIT
 
     return [*FOUR_BIT, "int8"]
 
 
 def is_4bit(recipe: str) -> bool:
-    return recipe.startswith(("int4", "q4", "q5"))
+    return recipe.startswith(("int4", "q4", "q5", "iq4"))
 
 
 def run(cfg: BuildConfig, run_dir: RunDir, *, resume: bool = False, show_progress: bool = True) -> dict:
@@ -267,6 +268,9 @@ def _tried(tried: list[dict]) -> str:
 
 def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | None = None, **option_overrides) -> dict:
     """`slm export-model RUN --format F [--quant Q]`: one format (merged is built first when missing)."""
+    from slmkit.export.gguf import QUANTS as GGUF_QUANTS
+    from slmkit.export.onnx import QUANTS as ONNX_QUANTS
+
     key = {"gguf": "gguf_quant", "onnx": "onnx_quant"}.get(fmt)
     if quant and key is None:
         raise SlmError(
@@ -279,7 +283,7 @@ def export_one(run_dir: Path, cfg: BuildConfig, fmt: str, quant: list[str] | Non
     except ValueError as e:
         raise SlmError(
             f"bad export option: {str(e).splitlines()[-2].strip() if len(str(e).splitlines()) > 1 else e}",
-            "formats: merged|gguf|onnx|pt2; gguf quant: auto|q4_0|q4_0_m|q5_0_m|q4_0_gate_up|q8_0|f16; "
-            "onnx quant: auto|int4|int4_kq|int4_kq_head8|int4_kq_mixed|int4_gate_up|int8",
+            f"formats: merged|gguf|onnx|pt2; gguf quant: auto|{'|'.join(GGUF_QUANTS)}; "
+            f"onnx quant: auto|{'|'.join(ONNX_QUANTS)}",
         ) from None
     return export_formats(cfg, run_dir, opts)

@@ -10,56 +10,17 @@ llama.cpp's logits by the torch backend's `sample`, so temperature / top_p / see
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from slmkit.config.serve import ServeConfig
 from slmkit.errors import SlmError
+from slmkit.llamacpp_runtime import INSTALL_HINT, import_llama_cpp, last_logits, open_llama
 from slmkit.serve.engine import Request
 from slmkit.serve.torch_runner import sample
 
-INSTALL_HINT = "pip install 'slmkit[llamacpp]' (llama-cpp-python builds from source: ~5 min on 2 cores)"
-N_CTX = 2048  # per row: SmolLM2-135M's f16 KV cache is ~23 KB a position, so ~47 MB a row
+__all__ = ["INSTALL_HINT", "LlamaCppRunner", "find_gguf", "load_llamacpp"]
 MAX_ROWS = 8  # rows are stepped one by one: more only queue behind each other, holding memory
-
-
-def import_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError:
-        raise SlmError("serving a GGUF export needs llama-cpp-python, which is not installed", INSTALL_HINT) from None
-    return llama_cpp
-
-
-_PARAMS_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_extra_buffers():
-    """Load with llama.cpp's `use_extra_bufts` off. Its CPU extra buffers repack weights for AMX (and other
-    kernels) at load; on a 2-core AMX Xeon that path segfaulted in the first decode of SmolLM2-135M q8_0 exports
-    (llama-cpp-python 0.3.36 built from source, 2026-12-03) while the plain CPU path ran them. `Llama()` takes no
-    such argument, so its default model params are swapped while one is built."""
-    import llama_cpp.llama as high
-
-    with _PARAMS_LOCK:
-        default = high.llama_cpp.llama_model_default_params
-
-        def params():
-            p = default()
-            p.use_extra_bufts = False
-            return p
-
-        high.llama_cpp.llama_model_default_params = params
-        try:
-            yield
-        finally:
-            high.llama_cpp.llama_model_default_params = default
 
 
 def find_gguf(target: str) -> Path:
@@ -100,33 +61,21 @@ class LlamaCppRunner:
     def __init__(self, path: Path, max_sequences: int):
         from slmkit.speed_probe import cpu_cores
 
-        self.path, self.max_sequences, self.threads, self.n_ctx = path, max_sequences, cpu_cores(), N_CTX
-        self._llama_cpp = import_llama_cpp()  # once: _logits runs every token
-        first = self._new()
-        if first._model.n_ctx_train() < self.n_ctx:  # no use holding positions the model was never trained on
-            self.n_ctx = first._model.n_ctx_train()
-            first = self._new()
+        self.path, self.max_sequences, self.threads = path, max_sequences, cpu_cores()
+        first = open_llama(path, threads=self.threads)
+        self.n_ctx = int(first.n_ctx())
         self._rows: list = []
         self._free = [first]
         self.model = first
         self.vocab = int(first.n_vocab())
         self.eos_ids = {int(self.model.token_eos())}
-        self.context = int(self.model.n_ctx())
+        self.context = self.n_ctx
 
     def _new(self):
-        try:
-            with _without_extra_buffers():
-                return self._llama_cpp.Llama(
-                    model_path=str(self.path), n_ctx=self.n_ctx, n_threads=self.threads, n_batch=512, verbose=False
-                )
-        except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
-            raise SlmError(f"llama.cpp cannot load {self.path}: {e}", "re-export it: slm export-model RUN -f gguf")
+        return open_llama(self.path, self.n_ctx, self.threads)
 
-    def _logits(self, llm) -> torch.Tensor:
-        """[1, V]: the last evaluated position's logits, copied out of llama.cpp's buffer (llama-cpp-python keeps
-        `scores` only with logits_all, which would compute the head for every prompt position)."""
-        ptr = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        return torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).copy())[None]
+    def _logits(self, llm):
+        return last_logits(llm, self.vocab)[None]  # [1, V]
 
     def prefill(self, requests: list[Request]) -> list[int]:
         tokens = []

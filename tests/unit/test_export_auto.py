@@ -72,6 +72,29 @@ def test_onnx_mixed_recipe_keeps_the_head_at_8_bits(tmp_path, bpe_llama):
     assert {b for name, b in bits.items() if "lm_head" not in name} == {4}
 
 
+def test_onnx_hqq_recipe_puts_the_layers_at_4_bits_and_runs(tmp_path, bpe_llama):
+    import onnx
+
+    from slmkit.eval.backends import load_backend
+    from slmkit.export.onnx import build_onnx
+    from slmkit.export.verify import compare_logits
+
+    folder = build_onnx(bpe_llama, tmp_path / "onnx", "int4_hqq")
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    bits = {  # GatherBlockQuantized's bits attribute defaults to 4 (onnxruntime's contrib op schema)
+        n.name: next((a.i for a in n.attribute if a.name == "bits"), 4)
+        for n in graph.node
+        if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+    }
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and "layers" in n.name]  # every layer quantised
+    assert [b for name, b in bits.items() if "lm_head" in name] == [8], bits
+    assert {b for name, b in bits.items() if "lm_head" not in name} == {4}
+    assert any("embed_tokens" in name for name in bits)  # the embedding lookup too
+    assert not (folder / ".hqq").exists()
+    res = compare_logits(load_backend(str(bpe_llama)), load_backend(str(folder)), PROMPTS)
+    assert res["tokenizer_match"] and res["rel_diff"] < 0.5, res
+
+
 def _stub_metric(monkeypatch, drops: dict[str, float], test_drops: dict[str, float] | None = None):
     """compare_metric reports `drops[recipe]` for the recipe built last (real builds, made-up accuracy); on the test
     rows `test_drops[recipe]` when given."""
@@ -100,7 +123,12 @@ def test_auto_keeps_the_smallest_recipe_within_the_margin_judged_on_train_rows(t
     from slmkit.export.stage import ExportOptions, export_formats, is_4bit, recipes_for
     from slmkit.io import read_jsonl
 
+    import slmkit.export.gguf as gguf
+
     cfg, run = tiny_run
+    # the ladder is ordered by size on SmolLM2-135M; llama.cpp's recipes fall back to 8-bit heads on this tiny width,
+    # so the writer's own recipes (smallest first on any llama) keep "smallest first" true here
+    monkeypatch.setattr(gguf, "FOUR_BIT", ("q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up"))
     ladder = recipes_for("gguf", "auto")
     first, second, third = ladder[:3]
     assert ladder[-1] == "q8_0" and all(is_4bit(q) for q in ladder[:-1])
