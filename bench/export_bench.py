@@ -6,9 +6,9 @@ A fine-tuned run (its merged export, every 4-bit recipe too, with the task metri
     python bench/export_bench.py --run runs/intent-router --out runs/bench-export-demo
 Smoke (seconds, tiny random llama, checks the plumbing only):
     python bench/export_bench.py --smoke
-Decode speed = (N - 1) / (time for N new tokens - time for 1), so prompt prefill is left out. GGUF is read by
-transformers, which dequantises to fp32: its speed is PyTorch's, not llama.cpp's (not installed here), and is
-reported as such. The .pt2 program has no KV cache, so it recomputes the whole prefix per token.
+Decode speed = (N - 1) / (time for N new tokens - time for 1), so prompt prefill is left out. GGUF runs in
+llama.cpp where the llamacpp extra is installed, else it is read by transformers, which dequantises to fp32 (its
+speed is then PyTorch's, and is reported as such). The .pt2 program has no KV cache, so it recomputes the whole prefix per token.
 Writes <out>/results.json and <out>/results.md (paste into docs/benchmarks.md).
 """
 
@@ -46,7 +46,18 @@ def decode_rate(backend, n: int) -> float | None:
     import torch
 
     ids = backend.prompt_ids(PROMPT)
-    if backend.kind in ("torch", "gguf"):
+    if getattr(backend, "llm", None) is not None:  # llama.cpp
+        from slmkit.llamacpp_runtime import last_logits
+
+        def run(k: int) -> None:
+            backend.llm.reset()
+            backend.llm.eval(ids)
+            for _ in range(k - 1):
+                backend.llm.eval([int(last_logits(backend.llm, backend.vocab).argmax())])
+
+        run(2)
+        t1, tn = _timed(lambda: run(1)), _timed(lambda: run(n))
+    elif backend.kind in ("torch", "gguf"):
         enc = torch.tensor([ids])
         kw = dict(do_sample=False, pad_token_id=backend.tok.pad_token_id)
         with torch.no_grad():
@@ -86,6 +97,7 @@ def main() -> None:
     ap.add_argument(
         "--run", type=Path, default=None, help="a finished run: export its merged model, score its test split"
     )
+    ap.add_argument("--only", default=None, help="comma list of formats to build, e.g. 'gguf q4_k_m,onnx int4_hqq'")
     args = ap.parse_args()
 
     import torch
@@ -120,15 +132,20 @@ def main() -> None:
     rows = None
     if args.run:  # the 4-bit recipes, scored on the task: what `export quant: auto` chooses between
         from slmkit.eval import max_new_tokens_for
-        from slmkit.export import gguf, onnx
+        from slmkit.export import onnx
         from slmkit.export.verify import load_eval_rows
 
         del builds["pt2"], builds["gguf f16"]
-        for q in ("q4_0", *gguf.FOUR_BIT[1:]):
-            builds[f"gguf {q}"] = lambda q=q: write_gguf(src, work / "gguf" / f"model-{q}.gguf", q)
-        for q in onnx.FOUR_BIT:
+        from slmkit.export.stage import recipes_for
+
+        for q in recipes_for("gguf", "auto")[:-1]:  # the 4-bit ladder (llama.cpp's recipes where it is installed)
+            builds[f"gguf {q}"] = lambda q=q: write_gguf(src, work / "gguf" / q / f"model-{q}.gguf", q)
+        for q in dict.fromkeys([*onnx.FOUR_BIT, *onnx.HQQ]):
             builds[f"onnx {q}"] = lambda q=q: build_onnx(src, work / f"onnx-{q}", q)
         rows = load_eval_rows(args.run, 100_000)
+    if args.only:
+        keep = [k.strip() for k in args.only.split(",")]
+        builds = {k: v for k, v in builds.items() if k in keep}
     source = load_backend(str(src), name="pytorch fp32")
     if rows:
         new_tokens = max_new_tokens_for(source.tok, rows[1], rows[2], 32)
@@ -155,7 +172,7 @@ def main() -> None:
 
             metric = compare_metric(source, backend, *rows, new_tokens, 16, source_preds)
         runtime = {
-            "gguf": "transformers (dequantised fp32)",
+            "gguf": "llama.cpp" if backend.info.get("reader") == "llama.cpp" else "transformers (dequantised fp32)",
             "onnx": "onnxruntime-genai",
             "pt2": "torch.export, no KV cache",
         }[backend.kind]
