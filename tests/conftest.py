@@ -36,6 +36,17 @@ def _isolated_home(tmp_path_factory):
         os.environ["SLM_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def _serve_in_fp32(monkeypatch):
+    """The torch serve backend in fp32 whatever this machine measures (no test may depend on its real speed): in
+    process through the probe's one door, in `slm serve` subprocesses through the config's env layer. Tests of the
+    measured choice stub the probe itself (tests/unit/test_serve_dtype.py)."""
+    import slmkit.serve.torch_runner as torch_runner
+
+    monkeypatch.setattr(torch_runner, "measured_decode_dtype", lambda: ("float32", "pinned by the test suite"))
+    monkeypatch.setenv("SLM_SERVE__DTYPE", "float32")
+
+
 def make_tiny_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

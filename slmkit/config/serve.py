@@ -21,6 +21,11 @@ class ServeConfig(_Strict):
     served_model_name: str | None = Field(None, description="name in /v1/models; default: the folder or model name")
     api_key_env: str = Field("SLM_API_KEY", description="env var holding the bearer key; unset or empty = no auth")
     max_batch_size: int = Field(32, gt=0, description="sequences decoded together in one step")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="torch backend: auto = on CPU the speed probe's decode choice (bf16 weights where measured "
+        ">= 1.15x fp32 on this machine, else fp32), on a GPU the accelerator's dtype",
+    )
     pack_weights: bool = Field(
         True,
         description="torch backend on CPU: reorder Linear weights once into oneDNN's "

@@ -90,6 +90,9 @@ def serve(
     ),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="id in /v1/models"),
     max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size"),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="torch backend: auto (default: measured on this CPU), float32 or bfloat16"
+    ),
     pack_weights: Optional[bool] = typer.Option(
         None, "--pack-weights/--no-pack-weights", help="torch on CPU: oneDNN-packed Linear weights (default on)"
     ),
@@ -111,6 +114,7 @@ def serve(
         api_key_env=api_key_env,
         served_model_name=served_model_name,
         max_batch_size=max_batch_size,
+        dtype=dtype,
         pack_weights=pack_weights,
         max_queue=max_queue,
         max_tokens=max_tokens,

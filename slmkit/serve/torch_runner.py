@@ -63,6 +63,24 @@ class TorchRunner:
         self._batch = RunningBatch(self.model)
 
 
+def decode_dtype(requested: str, hw) -> tuple[str, str]:
+    """(dtype, why) of the torch serve model: an explicit dtype wins; `auto` on CPU is the speed probe's measured
+    decode choice (bf16 weights only where a decode-shaped matmul ran >= MARGIN x fp32 here), on a GPU hw.dtype."""
+    if requested != "auto":
+        return requested, "asked for (--dtype / serve.dtype)"
+    if hw.device != "cpu":
+        return hw.dtype, f"the {hw.device} default"
+    return measured_decode_dtype()
+
+
+def measured_decode_dtype() -> tuple[str, str]:
+    """The speed probe's decode dtype on this CPU (cached per machine) and its one-line reason."""
+    from slmkit import speed_probe
+
+    result = speed_probe.probe()
+    return result["choice"]["decode"], speed_probe.reason(result, "decode")
+
+
 def load_torch(target: str, cfg: ServeConfig, trust_remote_code: bool) -> tuple[TorchRunner, Any]:
     from slmkit.hardware import detect, setup_threads
     from slmkit.models import load_model, load_tokenizer
@@ -73,7 +91,9 @@ def load_torch(target: str, cfg: ServeConfig, trust_remote_code: bool) -> tuple[
     setup_threads()
     trust = trust_remote_code or info.get("trust_remote_code", False)
     tok = load_tokenizer(adapter or model_path, trust)
-    model = load_model(model_path, "float32" if hw.device == "cpu" else hw.dtype, hw.device, trust, adapter=adapter)
+    dtype, why = decode_dtype(cfg.dtype, hw)
+    log.info("torch backend in %s: %s", dtype, why)
+    model = load_model(model_path, dtype, hw.device, trust, adapter=adapter)
     if adapter is not None:  # one merged matrix per layer decodes faster than base + LoRA branch
         model = model.merge_and_unload()
     if cfg.pack_weights:

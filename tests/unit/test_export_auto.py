@@ -120,10 +120,9 @@ def _stub_metric(monkeypatch, drops: dict[str, float], test_drops: dict[str, flo
 
 
 def test_auto_keeps_the_smallest_recipe_within_the_margin_judged_on_train_rows(tiny_run, monkeypatch):
+    import slmkit.export.gguf as gguf
     from slmkit.export.stage import ExportOptions, export_formats, is_4bit, recipes_for
     from slmkit.io import read_jsonl
-
-    import slmkit.export.gguf as gguf
 
     cfg, run = tiny_run
     # the ladder is ordered by size on SmolLM2-135M; llama.cpp's recipes fall back to 8-bit heads on this tiny width,
