@@ -138,7 +138,11 @@ def main() -> None:
         del builds["pt2"], builds["gguf f16"]
         from slmkit.export.stage import recipes_for
 
-        for q in recipes_for("gguf", "auto")[:-1]:  # the 4-bit ladder (llama.cpp's recipes where it is installed)
+        from slmkit.export.gguf import LLAMA_RECIPES
+        from slmkit.llamacpp_runtime import installed
+
+        # the 4-bit ladder, and every llama.cpp recipe where it is installed
+        for q in dict.fromkeys([*recipes_for("gguf", "auto")[:-1], *(LLAMA_RECIPES if installed() else ())]):
             builds[f"gguf {q}"] = lambda q=q: write_gguf(src, work / "gguf" / q / f"model-{q}.gguf", q)
         for q in dict.fromkeys([*onnx.FOUR_BIT, *onnx.HQQ]):
             builds[f"onnx {q}"] = lambda q=q: build_onnx(src, work / f"onnx-{q}", q)
