@@ -136,9 +136,8 @@ def main() -> None:
         from slmkit.export.verify import load_eval_rows
 
         del builds["pt2"], builds["gguf f16"]
-        from slmkit.export.stage import recipes_for
-
         from slmkit.export.gguf import LLAMA_RECIPES
+        from slmkit.export.stage import recipes_for
         from slmkit.llamacpp_runtime import installed
 
         # the 4-bit ladder, and every llama.cpp recipe where it is installed
