@@ -101,6 +101,53 @@ def quantize(src: Path, dest: Path, ftype: str, log_path: Path, threads: int | N
         raise SlmError(f"llama.cpp could not quantise {src} to {ftype}: {last}", f"see {log_path}")
 
 
+_GGML = None
+
+
+def _ggml():
+    """libggml-base from llama-cpp-python's own lib folder (the same build that runs the files), with the row
+    quantiser's signature declared: ggml_quantize_chunk(type, src, dst, start, nrows, n_per_row, imatrix)."""
+    global _GGML
+    if _GGML is None:
+        import ctypes
+
+        llama_cpp = import_llama_cpp("GGUF quantisation with an importance matrix")
+        lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+        f32 = ctypes.POINTER(ctypes.c_float)
+        lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, f32, ctypes.c_void_p, *[ctypes.c_int64] * 3, f32]
+        lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+        lib.ggml_row_size.argtypes = [ctypes.c_int, ctypes.c_int64]
+        lib.ggml_row_size.restype = ctypes.c_size_t
+        lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+        _GGML = lib
+    return _GGML
+
+
+def quantize_rows(w: np.ndarray, ggml_type: int, imatrix: np.ndarray | None) -> np.ndarray:
+    """[rows, n] float32 -> [rows, row_bytes] uint8 in GGML type `ggml_type` (gguf.GGMLQuantizationType's numbers),
+    by llama.cpp's own quantiser; `imatrix` [n] weights each column's rounding error by how large its activations
+    are (llama.cpp's importance matrix: the mean square of each input over calibration tokens)."""
+    import ctypes
+
+    lib = _ggml()
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    rows, n = w.shape
+    lib.ggml_quantize_init(ggml_type)  # the IQ types' lookup tables; a no-op for the others
+    row_bytes = int(lib.ggml_row_size(ggml_type, n))
+    out = np.empty((rows, row_bytes), dtype=np.uint8)
+    f32 = ctypes.POINTER(ctypes.c_float)
+    im = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    written = lib.ggml_quantize_chunk(
+        ggml_type, w.ctypes.data_as(f32), out.ctypes.data, 0, rows, n, None if im is None else im.ctypes.data_as(f32)
+    )
+    if written != out.nbytes:
+        raise SlmError(
+            f"llama.cpp wrote {written} bytes for a {rows}x{n} tensor, expected {out.nbytes}",
+            "a llama.cpp / slmkit mismatch: please report it",
+        )
+    return out
+
+
 def _quantize_main(src: str, dest: str, ftype: str, threads: str) -> int:
     import llama_cpp
 

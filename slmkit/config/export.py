@@ -15,9 +15,26 @@ class ExportConfig(_Strict):
     formats: list[Literal["auto", "merged", "gguf", "onnx", "pt2"]] = Field(default_factory=lambda: ["auto"])
     # Recipes are defined in slmkit/export/{gguf,onnx}.py; `auto` tries the 4-bit ones smallest first (then 8-bit)
     # and keeps the first whose metric on train rows stays within metric_margin_4bit.
-    # q4_k_m / q5_k_m / iq4_nl are written by llama.cpp's own quantiser (the llamacpp extra)
+    # q4_k_m / q5_k_m / iq4_nl and the `_im` ones (importance matrix from the train rows) are quantised by
+    # llama.cpp's own code (the llamacpp extra)
     gguf_quant: list[
-        Literal["auto", "q4_0", "q4_0_m", "q5_0_m", "q4_0_gate_up", "q4_k_m", "q5_k_m", "iq4_nl", "q8_0", "f16", "f32"]
+        Literal[
+            "auto",
+            "q4_0",
+            "q4_0_m",
+            "q5_0_m",
+            "q4_0_gate_up",
+            "q4_k_m",
+            "q5_k_m",
+            "iq4_nl",
+            "iq4_nl_m_im",
+            "q4_0_m_im",
+            "q5_0_m_im",
+            "q4_0_gate_up_im",
+            "q8_0",
+            "f16",
+            "f32",
+        ]
     ] = Field(default_factory=lambda: ["q8_0"])
     onnx_quant: list[
         Literal["auto", "int4", "int4_kq", "int4_kq_head8", "int4_kq_mixed", "int4_gate_up", "int4_hqq", "int8"]

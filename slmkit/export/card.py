@@ -31,6 +31,12 @@ def _verify_lines(verify: dict) -> list[str]:
             f"- {m['metric']} on {m['n']} eval examples: source {m['source']:.4f}, this export {m['export']:.4f} "
             f"(drop {m['drop_points']:.1f} points, allowed {verify.get('margin_points')})"
         )
+    if im := verify.get("imatrix"):
+        lines.append(
+            f"- warning: {im['warning']}"
+            if "warning" in im
+            else f"- importance matrix from {im['rows']} {im['split']}-split rows (sha256 `{im['sha256'][:16]}`)"
+        )
     if auto := verify.get("auto"):
         tried = ", ".join(
             f"{t['recipe']} ({t['bytes'] / 1e6:.1f} MB"

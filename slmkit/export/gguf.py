@@ -36,7 +36,14 @@ RECIPES: dict[str, tuple[str, tuple[str, ...]]] = {
     "q8_0": ("Q8_0", ()),
     "f16": ("F16", ()),
     "f32": ("F32", ()),
+    # "_im": the same mixes (and IQ4_NL, llama.cpp's non-linear 4-bit levels, block 32) quantised by llama.cpp's own
+    # row quantisers with an importance matrix from the run's train rows (imatrix.py; the llamacpp extra)
+    "iq4_nl_m_im": ("IQ4_NL", ("token_embd", "more_bits")),
+    "q4_0_m_im": ("Q4_0", ("token_embd", "more_bits")),
+    "q5_0_m_im": ("Q5_0", ("token_embd", "more_bits")),
+    "q4_0_gate_up_im": ("Q4_0", ("token_embd", "all_but_gate_up")),
 }
+IMATRIX_RECIPES = tuple(q for q in RECIPES if q.endswith("_im"))
 # Recipes llama.cpp's own quantiser writes (llama_model_quantize, through the llamacpp extra) from an F32 GGUF
 # written here: its K-quant mixes and the non-linear IQ4_NL. Tensors whose rows are not a multiple of 256 (QK_K;
 # SmolLM2-135M's width is 576) cannot hold K-quants, and llama.cpp falls back per tensor (Q4_K -> Q5_0, Q6_K ->
@@ -207,8 +214,11 @@ def tensor_type(gname: str, quant: str, n_layers: int) -> str:
     return body
 
 
-def _encode(w: np.ndarray, qtype: str) -> tuple[np.ndarray, object | None]:
-    """Array to write and its GGML type (None = infer from numpy dtype)."""
+def _encode(
+    w: np.ndarray, qtype: str, by_llama_cpp: bool = False, imatrix: np.ndarray | None = None
+) -> tuple[np.ndarray, object | None]:
+    """Array to write and its GGML type (None = infer from numpy dtype); `by_llama_cpp`: llama.cpp's quantiser
+    (with `imatrix` [in_features] where given) instead of gguf-py's."""
     import gguf
 
     w = w.astype(np.float32)
@@ -216,6 +226,10 @@ def _encode(w: np.ndarray, qtype: str) -> tuple[np.ndarray, object | None]:
         return w, None  # norms stay F32, as llama.cpp's converter keeps them
     if qtype != "F16" and w.shape[-1] % QK == 0:
         kind = getattr(gguf.GGMLQuantizationType, qtype)
+        if by_llama_cpp:
+            from slmkit.llamacpp_runtime import quantize_rows
+
+            return quantize_rows(w, int(kind), imatrix), kind
         return gguf.quants.quantize(w, kind), kind
     return w.astype(np.float16), None
 
@@ -228,9 +242,13 @@ def write_gguf(
     license_: str | None = None,
     system: str | None = None,
     modelfile: bool = True,
+    imatrix: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write `src` (an HF llama folder with safetensors + tokenizer.json) as one GGUF file at `path`, and an Ollama
-    Modelfile beside it (SYSTEM: `system`, else the chat template's default) unless `modelfile` is False."""
+    Modelfile beside it (SYSTEM: `system`, else the chat template's default) unless `modelfile` is False.
+
+    `imatrix` (HF weight name -> [in_features], imatrix.collect) is used by the `_im` recipes; without one they
+    quantise with llama.cpp's kernels uncalibrated (the caller says so in the card)."""
     import gguf
 
     if quant not in QUANTS:
@@ -238,6 +256,10 @@ def write_gguf(
     src, path = Path(src), Path(path)
     if quant in LLAMA_RECIPES:
         return _write_llama_quantized(src, path, quant, name, license_, system)
+    if quant in IMATRIX_RECIPES:
+        from slmkit.llamacpp_runtime import import_llama_cpp
+
+        import_llama_cpp(f"GGUF {quant} (llama.cpp's quantisers with an importance matrix)")  # before any file
     config = _read_config(src)
     arch = check_supported(config, str(src))
     n_layers, n_head = config["num_hidden_layers"], config["num_attention_heads"]
@@ -286,7 +308,8 @@ def write_gguf(
             w = permute_qk(w, n_head)
         elif ".attn_k." in gname:
             w = permute_qk(w, n_kv)
-        data, raw = _encode(w, tensor_type(gname, quant, n_layers))
+        weights = (imatrix or {}).get("lm_head.weight" if tied and gname.startswith("token_embd.") else hf_name)
+        data, raw = _encode(w, tensor_type(gname, quant, n_layers), quant in IMATRIX_RECIPES, weights)
         writer.add_tensor(gname, data, raw_dtype=raw)
     try:
         writer.write_header_to_file()

@@ -55,15 +55,23 @@ def artifacts_for(opts: ExportOptions) -> list[tuple[str, str]]:
 
 
 def _build(
-    fmt: str, precision: str, src: Path, tmp: Path, cfg: BuildConfig, licence: str, system: str | None = None
+    fmt: str,
+    precision: str,
+    src: Path,
+    tmp: Path,
+    cfg: BuildConfig,
+    licence: str,
+    system: str | None = None,
+    imatrix: dict | None = None,
 ) -> Path:
     """Write one artifact into tmp; return the path load_backend reads. `system`: the run's system prompt (the
-    GGUF's Ollama Modelfile sets it as SYSTEM, so `ollama run` prompts the model as it was trained)."""
+    GGUF's Ollama Modelfile sets it as SYSTEM, so `ollama run` prompts the model as it was trained); `imatrix`: the
+    importance matrix of the GGUF `_im` recipes."""
     if fmt == "gguf":
         from slmkit.export.gguf import write_gguf
 
         path = tmp / f"{cfg.name}-{precision}.gguf"
-        return write_gguf(src, path, precision, name=cfg.name, license_=licence, system=system)
+        return write_gguf(src, path, precision, name=cfg.name, license_=licence, system=system, imatrix=imatrix)
     if fmt == "onnx":
         from slmkit.export.onnx import build_onnx
 
@@ -128,7 +136,8 @@ def export_formats(cfg: BuildConfig, run_dir: RunDir, opts: ExportOptions | None
     source = from_model("source", load_model(merged, "float32", "cpu"), load_tokenizer(merged))
     task = ((read_manifest(run_dir, "data") or {}).get("summary") or {}).get("task")
     checks = {"test": load_eval_rows(run_dir, opts.verify_examples, task)}
-    if any(q == "auto" for _, q in todo):  # auto chooses on train rows, so the test rows stay a fair check
+    # auto chooses on train rows, so the test rows stay a fair check; the `_im` recipes calibrate on them
+    if any(q == "auto" or q.endswith("_im") for _, q in todo):
         checks["calibration"] = load_eval_rows(run_dir, opts.verify_examples, task, split="train")
     new_tokens = cfg.eval.max_new_tokens
     if checks["test"]:
@@ -159,6 +168,22 @@ class _Context:
     new_tokens: int
     checks: dict  # "test" / "calibration" -> (conversations, refs, task) or None
     preds: dict  # the same keys -> the source model's answers
+    imatrix: tuple | None = None  # (importance matrix, its record for verify.json), collected once
+
+    def importance(self) -> tuple[dict | None, dict]:
+        """The GGUF importance matrix from the calibration (train) rows, and what verify.json records of it."""
+        if self.imatrix is None:
+            from slmkit.export.imatrix import calibration_texts, collect, texts_sha256
+
+            rows = self.checks.get("calibration")
+            if not rows:
+                log.warning("GGUF: no train rows to calibrate on: quantising without an importance matrix")
+                self.imatrix = (None, {"warning": "no train rows: quantised without an importance matrix"})
+            else:
+                texts = calibration_texts(rows[0], rows[1], self.source.tok)
+                matrix = collect(self.source.model, self.source.tok, texts, self.cfg.eval.batch_size)
+                self.imatrix = (matrix, {"split": "train", "rows": len(texts), "sha256": texts_sha256(texts)})
+        return self.imatrix
 
 
 class _Rejected(Exception):
@@ -185,8 +210,10 @@ def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str,
         margin = ctx.opts.metric_margin_4bit if is_4bit(recipe) else ctx.opts.metric_margin
         log.info("export %s: building %s from %s", name, recipe, ctx.merged)
         try:
+            matrix, im_record = ctx.importance() if recipe.endswith("_im") else (None, None)
             with atomic_dir(dest) as tmp:
-                built = _build(fmt, recipe, ctx.merged, tmp, ctx.cfg, ctx.licence["model"]["license"], _system(ctx))
+                licence = ctx.licence["model"]["license"]
+                built = _build(fmt, recipe, ctx.merged, tmp, ctx.cfg, licence, _system(ctx), matrix)
                 artifact = load_backend(str(built), name=name)
                 attempt = {"recipe": recipe, "bytes": _folder_bytes(tmp), "margin_points": margin}
                 tried.append(attempt)
@@ -200,6 +227,8 @@ def _export_artifact(ctx: _Context, fmt: str, quant: str, dest: Path, name: str,
                     ctx.source, artifact, recipe, margin, ctx.checks["test"], ctx.new_tokens, batch, ctx.preds["test"]
                 )
                 del artifact
+                if im_record:
+                    verify["imatrix"] = im_record
                 if quant == "auto":
                     verify["auto"] = {
                         "chosen": recipe,

@@ -221,3 +221,29 @@ def test_a_recipe_that_passes_on_train_rows_but_fails_the_test_check_is_passed_o
     assert "drops from 1.0000 to 0.9700" in auto["tried"][0]["rejected"]
     assert f"{first} (" in (card := (run / "export" / "gguf-auto" / "README.md").read_text())
     assert "failed the test check" in card
+
+
+def test_an_imatrix_recipe_records_its_calibration_rows_in_verify_and_card(tiny_run, monkeypatch):
+    pytest.importorskip("llama_cpp", reason="the llamacpp extra (CI builds it)")
+    import slmkit.export.imatrix as imatrix
+    from slmkit.export.stage import ExportOptions, export_formats
+
+    cfg, run = tiny_run
+    seen = []
+    real = imatrix.collect
+    monkeypatch.setattr(imatrix, "collect", lambda *a, **k: seen.append(len(a[2])) or real(*a, **k))
+    opts = ExportOptions(formats=["gguf"], gguf_quant=["q4_0_m_im"], verify_examples=8, metric_margin_4bit=100.0)
+    entry = export_formats(cfg, run, opts)["formats"]["gguf-q4_0_m_im"]
+    im = entry["verify"]["imatrix"]
+    assert seen == [8] and im["split"] == "train" and im["rows"] == 8 and len(im["sha256"]) == 64
+    card = (run / "export" / "gguf-q4_0_m_im" / "README.md").read_text()
+    assert f"importance matrix from 8 train-split rows (sha256 `{im['sha256'][:16]}`)" in card
+    # no rows to calibrate on (verify_examples 0): uncalibrated, with the warning in the card
+    opts = ExportOptions(formats=["gguf"], gguf_quant=["q4_0_m_im"], verify_examples=0)
+    entry = export_formats(cfg, run, opts)["formats"]["gguf-q4_0_m_im"]
+    assert "warning" in entry["verify"]["imatrix"] and seen == [8]
+    assert "warning: no train rows: quantised without an importance matrix" in card_of(run, "gguf-q4_0_m_im")
+
+
+def card_of(run, name: str) -> str:
+    return (run / "export" / name / "README.md").read_text()
