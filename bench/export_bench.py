@@ -143,6 +143,20 @@ def main() -> None:
         # the 4-bit ladder, and every llama.cpp recipe where it is installed
         for q in dict.fromkeys([*recipes_for("gguf", "auto")[:-1], *(LLAMA_RECIPES if installed() else ())]):
             builds[f"gguf {q}"] = lambda q=q: write_gguf(src, work / "gguf" / q / f"model-{q}.gguf", q)
+        if installed():  # the importance-matrix recipes, calibrated on 256 train rows as the export stage does
+            from slmkit.export.gguf import IMATRIX_RECIPES
+            from slmkit.export.imatrix import calibration_texts, collect
+
+            train, matrix = load_eval_rows(args.run, 256, split="train"), {}
+
+            def imatrix():
+                if not matrix:
+                    matrix.update(collect(source.model, source.tok, calibration_texts(*train[:2], source.tok)))
+                return matrix
+
+            for q in IMATRIX_RECIPES:
+                path = work / "gguf" / q / f"model-{q}.gguf"
+                builds[f"gguf {q}"] = lambda q=q, path=path: write_gguf(src, path, q, imatrix=imatrix())
         for q in dict.fromkeys([*onnx.FOUR_BIT, *onnx.HQQ]):
             builds[f"onnx {q}"] = lambda q=q: build_onnx(src, work / f"onnx-{q}", q)
         rows = load_eval_rows(args.run, 100_000)
