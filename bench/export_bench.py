@@ -97,6 +97,7 @@ def main() -> None:
     ap.add_argument(
         "--run", type=Path, default=None, help="a finished run: export its merged model, score its test split"
     )
+    ap.add_argument("--rows", type=int, default=100_000, help="--run: test rows scored (spread over the split)")
     ap.add_argument("--only", default=None, help="comma list of formats to build, e.g. 'gguf q4_k_m,onnx int4_hqq'")
     args = ap.parse_args()
 
@@ -159,7 +160,7 @@ def main() -> None:
                 builds[f"gguf {q}"] = lambda q=q, path=path: write_gguf(src, path, q, imatrix=imatrix())
         for q in dict.fromkeys([*onnx.FOUR_BIT, *onnx.HQQ]):
             builds[f"onnx {q}"] = lambda q=q: build_onnx(src, work / f"onnx-{q}", q)
-        rows = load_eval_rows(args.run, 100_000)
+        rows = load_eval_rows(args.run, args.rows)
     if args.only:
         keep = [k.strip() for k in args.only.split(",")]
         builds = {k: v for k, v in builds.items() if k in keep}
