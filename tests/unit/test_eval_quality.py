@@ -103,7 +103,7 @@ def test_a_model_trained_on_one_answer_is_flagged_and_fails_on_collapse(tmp_path
     majority.write_text(
         "text,intent\n" + "".join(f"{t}{s},weather\n" for s in ("", " please", " today", " now") for t, _ in TINY_ROWS)
     )
-    cfg = tiny_config(tmp_path, tiny_model_dir, majority, max_steps=20, lr=5e-2, warmup_ratio=0.0, dtype="float32")
+    cfg = tiny_config(tmp_path, tiny_model_dir, majority, max_steps=60, lr=5e-2, warmup_ratio=0.0, dtype="float32")
     run = RunDir.of(cfg).root
     prepare(cfg, run / "data")
     train(cfg, run, show_progress=False)
