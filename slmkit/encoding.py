@@ -74,3 +74,18 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def steps_for(n_batches: int, grad_accum: int, epochs: float, max_steps: int | None) -> int:
     return max_steps or max(1, math.ceil(epochs * math.ceil(n_batches / grad_accum)))
+
+
+def padded_batches(tok, texts: list[str], max_len: int, batch_size: int):
+    """Right-padded, truncated encodings of `texts` (already rendered, so no special tokens added), `batch_size` at
+    a time: what forward passes over calibration text (pruning scores, importance matrices) read."""
+    tok.padding_side = "right"
+    for i in range(0, len(texts), batch_size):
+        yield tok(
+            texts[i : i + batch_size],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_len,
+            add_special_tokens=False,
+        )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from slmkit.encoding import padded_batches
 from slmkit.errors import SlmError
 from slmkit.io import atomic_dir, atomic_write_json, read_jsonl
 from slmkit.models import load_model, load_tokenizer, resolve_model
@@ -117,19 +118,6 @@ def read_calibration(path: str | Path | None, tok, limit: int = 128) -> list[str
     return texts
 
 
-def _batches(tok, texts: list[str], max_len: int, batch_size: int):
-    tok.padding_side = "right"
-    for i in range(0, len(texts), batch_size):
-        yield tok(
-            texts[i : i + batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_len,
-            add_special_tokens=False,
-        )
-
-
 @torch.no_grad()
 def measure_importance(
     model, tok, texts: list[str], max_len: int = 256, batch_size: int = 8
@@ -173,7 +161,7 @@ def measure_importance(
             handles.append(proj.register_forward_pre_hook(down(i)))
     try:
         model.eval()
-        for enc in _batches(tok, texts, max_len, batch_size):
+        for enc in padded_batches(tok, texts, max_len, batch_size):
             state["mask"] = enc["attention_mask"].bool()
             tok_count += int(state["mask"].sum())
             model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])

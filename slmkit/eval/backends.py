@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 from slmkit.errors import SlmError
-from slmkit.llamacpp_runtime import last_logits
+from slmkit.llamacpp_runtime import last_logits, open_llama
 
 
 @dataclass
@@ -141,8 +141,6 @@ class LlamaCppBackend(Backend):
     GGUF renders the chat template and encodes; llama.cpp sees token ids only. Greedy, one row at a time."""
 
     def __init__(self, name: str, path: Path, tok):
-        from slmkit.llamacpp_runtime import open_llama
-
         super().__init__(name, "gguf", tok, None, {"path": str(path), "reader": "llama.cpp"})
         self.llm = open_llama(path)
         self.vocab = int(self.llm.n_vocab())

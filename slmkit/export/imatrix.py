@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import torch
 
+from slmkit.encoding import padded_batches
+
 log = logging.getLogger("slmkit")
 
 
@@ -54,17 +56,8 @@ def collect(model, tok, texts: list[str], batch_size: int = 8, max_len: int = 51
     handles = [
         m.register_forward_hook(hook(f"{n}.weight")) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
     ]
-    tok.padding_side = "right"
     try:
-        for start in range(0, len(texts), batch_size):
-            enc = tok(
-                texts[start : start + batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=max_len,
-                add_special_tokens=False,
-            )
+        for enc in padded_batches(tok, texts, max_len, batch_size):
             mask_now[:] = [enc["attention_mask"]]
             model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
     finally:
